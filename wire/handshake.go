@@ -1,0 +1,276 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Export describes one export as the handshake advertises it.
+type Export struct {
+	Name        string
+	Description string
+	Size        uint64
+	Flags       TxFlags
+	// Block size constraints (NBD_INFO_BLOCK_SIZE).
+	BlockMin       uint32
+	BlockPreferred uint32
+	BlockMax       uint32
+}
+
+// Bounds of the option phase: together they cap what one client can make
+// the server buffer (OptionDataMax) and how long it can keep a handshake
+// going (OptionRoundsMax) before it must pick an export.
+const (
+	// OptionDataMax caps one option's data: a GO with a 4096-byte name and
+	// every info item fits many times over; larger is hostile.
+	OptionDataMax = 64 << 10
+	// OptionRoundsMax caps options per handshake; real clients use < 10.
+	OptionRoundsMax = 64
+	// infoRequestsMax caps NBD_INFO items in one GO/INFO; there are 4 kinds.
+	infoRequestsMax = 64
+)
+
+// Step tells the caller what to do after sending an option's reply.
+type Step uint8
+
+const (
+	StepContinue Step = iota // read the next option
+	StepServe                // enter the transmission phase
+	StepClose                // close the connection
+)
+
+// Negotiated is the outcome of a handshake that reached StepServe.
+type Negotiated struct {
+	Export     int  // index into the exports given to NewServerHandshake
+	Structured bool // NBD_OPT_STRUCTURED_REPLY was acknowledged
+	// BlockSizeAsked: the client requested NBD_INFO_BLOCK_SIZE in GO, so it
+	// agreed to honour the advertised constraints.
+	BlockSizeAsked bool
+}
+
+// ServerHandshake is the server's option-haggling state machine: bytes in,
+// reply bytes and a decision out. It does no I/O.
+type ServerHandshake struct {
+	exports     []Export
+	noZeroes    bool
+	fixed       bool
+	structured  bool
+	rounds      int
+	out         []byte
+	Result      Negotiated
+	closeReason string
+}
+
+// NewServerHandshake starts a handshake offering exports.
+func NewServerHandshake(exports []Export) *ServerHandshake {
+	return &ServerHandshake{exports: exports}
+}
+
+// CloseReason says why the state machine chose StepClose or an error.
+func (h *ServerHandshake) CloseReason() string { return h.closeReason }
+
+// Greeting returns the server's first 18 bytes.
+func (h *ServerHandshake) Greeting() []byte {
+	b := make([]byte, GreetingSize)
+	be.PutUint64(b[0:], MagicInit)
+	be.PutUint64(b[8:], MagicOpts)
+	be.PutUint16(b[16:], FlagFixedNewstyle|FlagNoZeroes)
+	return b
+}
+
+// ClientFlags takes the client's 4-byte flags. Unknown flags are an error:
+// proto.md says the server MUST close then.
+func (h *ServerHandshake) ClientFlags(b []byte) error {
+	f := be.Uint32(b[:4])
+	if f&^clientFlagsKnown != 0 {
+		return fmt.Errorf("nbd: unknown client flags %#x", f)
+	}
+	h.fixed = f&ClientFlagFixedNewstyle != 0
+	h.noZeroes = f&ClientFlagNoZeroes != 0
+	return nil
+}
+
+// ErrOptionMagic: an option header without IHAVEOPT.
+var ErrOptionMagic = errors.New("nbd: bad option magic")
+
+// OptionHeader decodes a 16-byte option header and bounds its data length.
+func (h *ServerHandshake) OptionHeader(b []byte) (Opt, uint32, error) {
+	if be.Uint64(b[0:]) != MagicOpts {
+		return 0, 0, ErrOptionMagic
+	}
+	opt, n := Opt(be.Uint32(b[8:])), be.Uint32(b[12:])
+	h.rounds++
+	if h.rounds > OptionRoundsMax {
+		return opt, n, fmt.Errorf("nbd: more than %d options", OptionRoundsMax)
+	}
+	if n > OptionDataMax {
+		return opt, n, fmt.Errorf("nbd: %v carries %d bytes, more than %d", opt, n, OptionDataMax)
+	}
+	return opt, n, nil
+}
+
+// Option answers one option with its data. It returns the bytes to send
+// (valid until the next call) and what to do after sending them.
+func (h *ServerHandshake) Option(opt Opt, data []byte) ([]byte, Step) {
+	h.out = h.out[:0]
+	if !h.fixed && opt != OptExportName {
+		// Plain newstyle has no error replies: closing is all we can do.
+		h.closeReason = "client without fixed newstyle sent " + opt.String()
+		return nil, StepClose
+	}
+	switch opt {
+	case OptExportName:
+		return h.exportName(data)
+	case OptAbort:
+		h.reply(opt, RepAck, nil)
+		h.closeReason = "client sent NBD_OPT_ABORT"
+		return h.out, StepClose
+	case OptList:
+		return h.list(data), StepContinue
+	case OptInfo, OptGo:
+		return h.infoGo(opt, data)
+	case OptStructured:
+		switch {
+		case len(data) != 0:
+			h.replyErr(opt, RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
+		case h.structured:
+			h.replyErr(opt, RepErrInvalid, "structured replies already negotiated")
+		default:
+			h.structured = true
+			h.reply(opt, RepAck, nil)
+		}
+		return h.out, StepContinue
+	}
+	h.replyErr(opt, RepErrUnsup, "option not supported: "+opt.String())
+	return h.out, StepContinue
+}
+
+func (h *ServerHandshake) lookup(name []byte) int {
+	for i := range h.exports {
+		if h.exports[i].Name == string(name) {
+			return i
+		}
+	}
+	return -1
+}
+
+func (h *ServerHandshake) exportName(data []byte) ([]byte, Step) {
+	i := h.lookup(data)
+	if len(data) > StringMax || i < 0 {
+		// NBD_OPT_EXPORT_NAME has no error reply; proto.md: close.
+		h.closeReason = fmt.Sprintf("NBD_OPT_EXPORT_NAME for unknown export %q", data)
+		return nil, StepClose
+	}
+	e := &h.exports[i]
+	var b [10 + ExportNameZeroes]byte
+	be.PutUint64(b[0:], e.Size)
+	be.PutUint16(b[8:], uint16(e.Flags))
+	n := len(b)
+	if h.noZeroes {
+		n = 10
+	}
+	h.out = append(h.out, b[:n]...)
+	// Without NBD_OPT_GO the client never saw block sizes: not strict.
+	h.Result = Negotiated{Export: i, Structured: h.structured}
+	return h.out, StepServe
+}
+
+func (h *ServerHandshake) list(data []byte) []byte {
+	if len(data) != 0 {
+		h.replyErr(OptList, RepErrInvalid, "NBD_OPT_LIST takes no data")
+		return h.out
+	}
+	for i := range h.exports {
+		e := &h.exports[i]
+		p := make([]byte, 4, 4+len(e.Name)+len(e.Description))
+		be.PutUint32(p, uint32(len(e.Name)))
+		p = append(p, e.Name...)
+		p = append(p, e.Description...)
+		h.reply(OptList, RepServer, p)
+	}
+	h.reply(OptList, RepAck, nil)
+	return h.out
+}
+
+// infoGo parses: name length (4), name, info count (2), info items (2 each).
+func (h *ServerHandshake) infoGo(opt Opt, data []byte) ([]byte, Step) {
+	if len(data) < 6 {
+		h.replyErr(opt, RepErrInvalid, "option data too short")
+		return h.out, StepContinue
+	}
+	nameLen := be.Uint32(data)
+	if nameLen > StringMax || uint64(nameLen)+6 > uint64(len(data)) {
+		h.replyErr(opt, RepErrInvalid, "export name length out of bounds")
+		return h.out, StepContinue
+	}
+	name := data[4 : 4+nameLen]
+	rest := data[4+nameLen:]
+	count := int(be.Uint16(rest))
+	if count > infoRequestsMax || len(rest) != 2+2*count {
+		h.replyErr(opt, RepErrInvalid, "info request count does not match option length")
+		return h.out, StepContinue
+	}
+	for _, c := range name {
+		if c == 0 {
+			h.replyErr(opt, RepErrInvalid, "export name contains a NUL byte")
+			return h.out, StepContinue
+		}
+	}
+	i := h.lookup(name)
+	if i < 0 {
+		h.replyErr(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", name))
+		return h.out, StepContinue
+	}
+	var wantName, wantDesc, wantBlock bool
+	for k := 0; k < count; k++ {
+		switch Info(be.Uint16(rest[2+2*k:])) {
+		case InfoName:
+			wantName = true
+		case InfoDescription:
+			wantDesc = true
+		case InfoBlockSize:
+			wantBlock = true
+		}
+	}
+	e := &h.exports[i]
+	var p [18]byte
+	be.PutUint16(p[0:], uint16(InfoExport))
+	be.PutUint64(p[2:], e.Size)
+	be.PutUint16(p[10:], uint16(e.Flags))
+	h.reply(opt, RepInfo, p[:12])
+	if wantName {
+		h.reply(opt, RepInfo, append([]byte{0, byte(InfoName)}, e.Name...))
+	}
+	if wantDesc && e.Description != "" {
+		h.reply(opt, RepInfo, append([]byte{0, byte(InfoDescription)}, e.Description...))
+	}
+	// Block sizes are sent even when not asked for (proto.md allows it) so
+	// that clients learn the preferred size; only a client that asked is
+	// held to them.
+	be.PutUint16(p[0:], uint16(InfoBlockSize))
+	be.PutUint32(p[2:], e.BlockMin)
+	be.PutUint32(p[6:], e.BlockPreferred)
+	be.PutUint32(p[10:], e.BlockMax)
+	h.reply(opt, RepInfo, p[:14])
+	h.reply(opt, RepAck, nil)
+	if opt == OptInfo {
+		return h.out, StepContinue
+	}
+	h.Result = Negotiated{Export: i, Structured: h.structured, BlockSizeAsked: wantBlock}
+	return h.out, StepServe
+}
+
+func (h *ServerHandshake) reply(opt Opt, typ Rep, data []byte) {
+	var hdr [OptionReplyHeadSize]byte
+	be.PutUint64(hdr[0:], MagicReply)
+	be.PutUint32(hdr[8:], uint32(opt))
+	be.PutUint32(hdr[12:], uint32(typ))
+	be.PutUint32(hdr[16:], uint32(len(data)))
+	h.out = append(h.out, hdr[:]...)
+	h.out = append(h.out, data...)
+}
+
+// replyErr sends an error reply; its data is a message for a human.
+func (h *ServerHandshake) replyErr(opt Opt, typ Rep, msg string) {
+	h.reply(opt, typ, []byte(msg))
+}

@@ -1,0 +1,155 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"syscall"
+)
+
+var be = binary.BigEndian
+
+// Request is a decoded transmission-phase request header.
+type Request struct {
+	Flags  CmdFlags
+	Type   Cmd
+	Cookie uint64
+	Offset uint64
+	Length uint32
+}
+
+// ErrRequestMagic means a request header did not start with
+// NBD_REQUEST_MAGIC: the stream is out of sync and the only safe answer is
+// a hard disconnect.
+var ErrRequestMagic = errors.New("nbd: bad request magic")
+
+// DecodeRequest decodes a compact request header from b[:RequestSize].
+func DecodeRequest(b []byte, r *Request) error {
+	_ = b[RequestSize-1]
+	if be.Uint32(b[0:]) != MagicRequest {
+		return ErrRequestMagic
+	}
+	r.Flags = CmdFlags(be.Uint16(b[4:]))
+	r.Type = Cmd(be.Uint16(b[6:]))
+	r.Cookie = be.Uint64(b[8:])
+	r.Offset = be.Uint64(b[16:])
+	r.Length = be.Uint32(b[24:])
+	return nil
+}
+
+// EncodeRequest writes a compact request header into b[:RequestSize].
+func EncodeRequest(b []byte, r *Request) {
+	_ = b[RequestSize-1]
+	be.PutUint32(b[0:], MagicRequest)
+	be.PutUint16(b[4:], uint16(r.Flags))
+	be.PutUint16(b[6:], uint16(r.Type))
+	be.PutUint64(b[8:], r.Cookie)
+	be.PutUint64(b[16:], r.Offset)
+	be.PutUint32(b[24:], r.Length)
+}
+
+// EncodeSimpleReply writes a simple reply header into b[:SimpleReplySize].
+func EncodeSimpleReply(b []byte, cookie uint64, errno Errno) {
+	_ = b[SimpleReplySize-1]
+	be.PutUint32(b[0:], MagicSimple)
+	be.PutUint32(b[4:], uint32(errno))
+	be.PutUint64(b[8:], cookie)
+}
+
+// EncodeChunkHeader writes a structured reply chunk header into
+// b[:ChunkHeaderSize]; length is the payload length that follows.
+func EncodeChunkHeader(b []byte, flags uint16, typ ReplyType, cookie uint64, length uint32) {
+	_ = b[ChunkHeaderSize-1]
+	be.PutUint32(b[0:], MagicStructured)
+	be.PutUint16(b[4:], flags)
+	be.PutUint16(b[6:], uint16(typ))
+	be.PutUint64(b[8:], cookie)
+	be.PutUint32(b[16:], length)
+}
+
+// EncodeOffsetDataHeader writes the header of a final OFFSET_DATA chunk
+// carrying dataLen bytes read at offset into b[:OffsetDataHeaderSize].
+func EncodeOffsetDataHeader(b []byte, cookie, offset uint64, dataLen uint32) {
+	_ = b[OffsetDataHeaderSize-1]
+	EncodeChunkHeader(b, ReplyFlagDone, ReplyOffsetData, cookie, 8+dataLen)
+	be.PutUint64(b[ChunkHeaderSize:], offset)
+}
+
+// ErrorChunkSize is the size of an ERROR chunk with a message of msgLen bytes.
+func ErrorChunkSize(msgLen int) int { return ChunkHeaderSize + 6 + msgLen }
+
+// EncodeErrorChunk writes a final ERROR chunk with msg into b and returns
+// its length. b must hold ErrorChunkSize(len(msg)) bytes.
+func EncodeErrorChunk(b []byte, cookie uint64, errno Errno, msg string) int {
+	n := ErrorChunkSize(len(msg))
+	EncodeChunkHeader(b, ReplyFlagDone, ReplyError, cookie, uint32(6+len(msg)))
+	be.PutUint32(b[ChunkHeaderSize:], uint32(errno))
+	be.PutUint16(b[ChunkHeaderSize+4:], uint16(len(msg)))
+	copy(b[ChunkHeaderSize+6:n], msg)
+	return n
+}
+
+// Errno is an error value carried in NBD replies.
+type Errno uint32
+
+// NBD error values (proto.md "Error values"); they share Linux's numbers.
+const (
+	EOK       Errno = 0
+	EPERM     Errno = 1   // NBD_EPERM
+	EIO       Errno = 5   // NBD_EIO
+	ENOMEM    Errno = 12  // NBD_ENOMEM
+	EINVAL    Errno = 22  // NBD_EINVAL
+	ENOSPC    Errno = 28  // NBD_ENOSPC
+	EOVERFLOW Errno = 75  // NBD_EOVERFLOW
+	ENOTSUP   Errno = 95  // NBD_ENOTSUP
+	ESHUTDOWN Errno = 108 // NBD_ESHUTDOWN
+)
+
+func (e Errno) String() string {
+	switch e {
+	case EOK:
+		return "OK"
+	case EPERM:
+		return "EPERM"
+	case EIO:
+		return "EIO"
+	case ENOMEM:
+		return "ENOMEM"
+	case EINVAL:
+		return "EINVAL"
+	case ENOSPC:
+		return "ENOSPC"
+	case EOVERFLOW:
+		return "EOVERFLOW"
+	case ENOTSUP:
+		return "ENOTSUP"
+	case ESHUTDOWN:
+		return "ESHUTDOWN"
+	}
+	return "NBD_E" + syscall.Errno(e).Error()
+}
+
+// ErrnoFromSys maps a Linux errno (a negative io_uring result's absolute
+// value) to the NBD error sent to the client. It is the one mapping. Errors
+// the protocol has no name for become EIO: for a storage client an unnamed
+// device failure is an I/O error, never "invalid argument".
+func ErrnoFromSys(e syscall.Errno) Errno {
+	switch e {
+	case 0:
+		return EOK
+	case syscall.EPERM, syscall.EACCES, syscall.EROFS:
+		return EPERM
+	case syscall.ENOMEM:
+		return ENOMEM
+	case syscall.EINVAL:
+		return EINVAL
+	case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
+		return ENOSPC
+	case syscall.EOVERFLOW:
+		return EOVERFLOW
+	case syscall.EOPNOTSUPP:
+		return ENOTSUP
+	case syscall.ESHUTDOWN:
+		return ESHUTDOWN
+	}
+	return EIO
+}
