@@ -3,6 +3,6 @@ module github.com/nbdring/nbdring
 go 1.26.8
 
 require (
-	github.com/pawelgaczynski/giouring v0.0.0-20230826085535-69588b89acb9 // indirect
-	golang.org/x/sys v0.49.0 // indirect
+	github.com/pawelgaczynski/giouring v0.0.0-20230826085535-69588b89acb9
+	golang.org/x/sys v0.49.0
 )

@@ -1,0 +1,218 @@
+// Package ring is a thin, concrete layer over giouring for one shard: ring
+// setup with explicit flags, a feature probe with actionable errors, the
+// user_data encoding, batch submit and reap, and the one place that decides
+// what EINTR, EAGAIN, EBUSY and a full submission queue mean. It knows
+// nothing of NBD.
+//
+// A Ring is owned by one goroutine that has locked its OS thread: the ring
+// is created with IORING_SETUP_SINGLE_ISSUER and DEFER_TASKRUN, which tie
+// it to the creating thread.
+package ring
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+	"unsafe"
+
+	"github.com/pawelgaczynski/giouring"
+	"golang.org/x/sys/unix"
+)
+
+// SQE and CQE are giouring's submission and completion entries.
+type (
+	SQE = giouring.SubmissionQueueEntry
+	CQE = giouring.CompletionQueueEvent
+)
+
+// Stats counts ring activity for the shard's counters page.
+type Stats struct {
+	Enters      uint64 // io_uring_enter calls
+	Submitted   uint64 // SQEs handed to the kernel
+	Completions uint64 // CQEs reaped
+}
+
+// Ring is one io_uring with a preallocated completion batch.
+type Ring struct {
+	r     *giouring.Ring
+	batch []*CQE
+	Stats Stats
+}
+
+// required lists the opcodes every shard uses; the probe checks them once
+// at start so a missing one is an error at start, not a failed request.
+var required = []struct {
+	op   uint8
+	name string
+}{
+	{giouring.OpRecv, "RECV"}, {giouring.OpSendmsg, "SENDMSG"},
+	{giouring.OpRead, "READ"}, {giouring.OpWrite, "WRITE"},
+	{giouring.OpFsync, "FSYNC"}, {giouring.OpFallocate, "FALLOCATE"},
+}
+
+// setupFlags: one thread submits (SINGLE_ISSUER) and completions are run
+// only when that thread asks for them (DEFER_TASKRUN), so the kernel never
+// interrupts the shard to post completions. Both need Linux 6.1.
+const setupFlags = giouring.SetupSingleIssuer | giouring.SetupDeferTaskrun
+
+// New creates a ring with entries submission slots (the completion queue
+// gets twice as many) and checks that the kernel has what the shard needs.
+// batch is how many completions one Reap returns at most.
+func New(entries uint32, batch int) (*Ring, error) {
+	r := giouring.NewRing()
+	if err := r.QueueInit(entries, setupFlags); err != nil {
+		switch {
+		case errors.Is(err, syscall.ENOSYS):
+			return nil, errors.New("io_uring is not available in this kernel " +
+				"(needs Linux >= 6.1 built with CONFIG_IO_URING)")
+		case errors.Is(err, syscall.EPERM):
+			return nil, errors.New("io_uring is disabled for this process: " +
+				"set sysctl kernel.io_uring_disabled=0, or run outside a seccomp " +
+				"profile that blocks it")
+		case errors.Is(err, syscall.EINVAL):
+			return nil, errors.New("io_uring lacks SINGLE_ISSUER/DEFER_TASKRUN: " +
+				"nbdring needs Linux >= 6.1")
+		case errors.Is(err, syscall.ENOMEM):
+			return nil, errors.New("io_uring setup: out of locked memory: raise " +
+				"RLIMIT_MEMLOCK (ulimit -l) or lower -shards")
+		}
+		return nil, fmt.Errorf("io_uring setup: %w", err)
+	}
+	ring := &Ring{r: r, batch: make([]*CQE, batch)}
+	if err := ring.probe(); err != nil {
+		r.QueueExit()
+		return nil, err
+	}
+	return ring, nil
+}
+
+func (rg *Ring) probe() error {
+	p, err := rg.r.GetProbeRing()
+	if err != nil {
+		return fmt.Errorf("io_uring probe: %w (needs Linux >= 6.1)", err)
+	}
+	for _, op := range required {
+		if !p.IsSupported(op.op) {
+			return fmt.Errorf("io_uring lacks IORING_OP_%s: nbdring needs Linux >= 6.1",
+				op.name)
+		}
+	}
+	return nil
+}
+
+// Close releases the ring. Operations still in flight are cancelled by the
+// kernel; their buffers must stay mapped until then, so callers unmap
+// their arena only after Close.
+func (rg *Ring) Close() { rg.r.QueueExit() }
+
+// SQE returns a zeroed submission entry. When the submission queue is full
+// it first submits what is queued (without waiting), which is always
+// possible because the completion queue is twice the size and completions
+// are reaped every loop.
+func (rg *Ring) SQE() *SQE {
+	for {
+		if sqe := rg.r.GetSQE(); sqe != nil {
+			*sqe = SQE{}
+			return sqe
+		}
+		if _, err := rg.submit(0); err != nil {
+			// A full CQ (EBUSY): nothing more can be queued until the
+			// shard reaps; that cannot happen with the sizes chosen here.
+			panic(fmt.Sprintf("ring: submission queue full and submit failed: %v", err))
+		}
+	}
+}
+
+// SubmitAndWait submits queued entries and waits for at least wait
+// completions. EINTR (the Go runtime's preemption signal) is retried;
+// EAGAIN and EBUSY mean the kernel wants completions reaped first, which
+// the caller's next Reap does, so they are not errors.
+func (rg *Ring) SubmitAndWait(wait uint32) error {
+	_, err := rg.submit(wait)
+	return err
+}
+
+func (rg *Ring) submit(wait uint32) (uint, error) {
+	for {
+		rg.Stats.Enters++
+		n, err := rg.r.SubmitAndWait(wait)
+		switch {
+		case err == nil:
+			rg.Stats.Submitted += uint64(n)
+			return n, nil
+		case errors.Is(err, syscall.EINTR):
+			continue
+		case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.EBUSY):
+			return 0, nil
+		}
+		return 0, fmt.Errorf("io_uring_enter: %w", err)
+	}
+}
+
+// Reap returns up to a batch of completions without waiting. The caller
+// handles them and then calls Advance(len).
+func (rg *Ring) Reap() []*CQE {
+	n := rg.r.PeekBatchCQE(rg.batch)
+	rg.Stats.Completions += uint64(n)
+	return rg.batch[:n]
+}
+
+// Advance marks n reaped completions as consumed.
+func (rg *Ring) Advance(n int) { rg.r.CQAdvance(uint32(n)) }
+
+// UserData packs an operation kind (8 bits), a generation (24 bits) and an
+// index (32 bits) into a completion's user_data. It is an index, never a
+// pointer: a completion is matched to its owner by index and checked by
+// generation.
+func UserData(op uint8, gen uint32, index uint32) uint64 {
+	return uint64(op)<<56 | uint64(gen&GenMask)<<32 | uint64(index)
+}
+
+// GenMask bounds generations to the 24 bits user_data has for them.
+const GenMask = 1<<24 - 1
+
+// SplitUserData undoes UserData.
+func SplitUserData(ud uint64) (op uint8, gen uint32, index uint32) {
+	return uint8(ud >> 56), uint32(ud>>32) & GenMask, uint32(ud)
+}
+
+// Prep helpers fill a zeroed SQE; addresses must stay valid (and outside
+// the Go heap, or pinned) until the completion arrives.
+
+// PrepRecv receives up to n bytes at p from socket fd.
+func PrepRecv(e *SQE, fd int, p unsafe.Pointer, n uint32, ud uint64) {
+	e.OpCode, e.Fd, e.Addr, e.Len, e.UserData = giouring.OpRecv, int32(fd), uint64(uintptr(p)), n, ud
+}
+
+// PrepSendmsg sends msg on socket fd; MSG_NOSIGNAL so a vanished client is
+// an EPIPE result, not a signal.
+func PrepSendmsg(e *SQE, fd int, msg *unix.Msghdr, ud uint64) {
+	e.OpCode, e.Fd, e.Addr, e.Len = giouring.OpSendmsg, int32(fd), uint64(uintptr(unsafe.Pointer(msg))), 1
+	e.OpcodeFlags, e.UserData = unix.MSG_NOSIGNAL, ud
+}
+
+// PrepRead reads n bytes at off of fd into p.
+func PrepRead(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, ud uint64) {
+	e.OpCode, e.Fd, e.Addr, e.Len, e.Off, e.UserData = giouring.OpRead, int32(fd), uint64(uintptr(p)), n, off, ud
+}
+
+// PrepWrite writes n bytes at off of fd from p with RWF_* flags rwf
+// (RWF_DSYNC for FUA).
+func PrepWrite(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, rwf uint32, ud uint64) {
+	e.OpCode, e.Fd, e.Addr, e.Len, e.Off, e.UserData = giouring.OpWrite, int32(fd), uint64(uintptr(p)), n, off, ud
+	e.OpcodeFlags = rwf
+}
+
+// PrepFdatasync flushes fd's data and the metadata needed to read it back.
+func PrepFdatasync(e *SQE, fd int, ud uint64) {
+	e.OpCode, e.Fd, e.OpcodeFlags, e.UserData = giouring.OpFsync, int32(fd), giouring.FsyncDatasync, ud
+}
+
+// PrepFallocate runs fallocate(fd, mode, off, n).
+func PrepFallocate(e *SQE, fd int, mode uint32, off, n uint64, ud uint64) {
+	// io_uring's fallocate takes the length in addr and the mode in len.
+	e.OpCode, e.Fd, e.Off, e.Addr, e.Len, e.UserData = giouring.OpFallocate, int32(fd), off, n, mode, ud
+}
+
+// Link makes the next SQE start only after e succeeds.
+func Link(e *SQE) { e.Flags |= giouring.SqeIOLink }
