@@ -1,0 +1,207 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/nbdring/nbdring/wire"
+	"golang.org/x/sys/unix"
+)
+
+// ExportConfig names one export on the command line.
+type ExportConfig struct {
+	Name     string // "" is the default export
+	Path     string // regular file or block device
+	ReadOnly bool
+}
+
+// Export is an open export shared by all shards: one O_DIRECT descriptor
+// (so a FLUSH on any shard covers writes completed on every shard: that is
+// what makes MULTI_CONN true), its size and its direct-I/O alignment.
+type Export struct {
+	Name     string
+	Path     string
+	fd       int
+	size     uint64
+	align    uint32 // O_DIRECT offset and length alignment
+	isDevice bool
+	readOnly bool
+	flags    wire.TxFlags
+	locks    rangeLocks
+	// writeFailed poisons FLUSH after a failed write: the data the client
+	// was told nothing about is lost, so no later FLUSH may claim
+	// durability (the lesson of fsyncgate).
+	writeFailed atomic.Bool
+}
+
+// OpenExport opens and probes an export. The errors say what to do.
+func OpenExport(c ExportConfig) (*Export, error) {
+	if len(c.Name) > wire.StringMax {
+		return nil, fmt.Errorf("export name is %d bytes; at most %d", len(c.Name), wire.StringMax)
+	}
+	mode := unix.O_RDWR
+	if c.ReadOnly {
+		mode = unix.O_RDONLY
+	}
+	fd, err := unix.Open(c.Path, mode|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EINVAL) {
+		return nil, fmt.Errorf("open %s: the filesystem refuses O_DIRECT; put the image "+
+			"on ext4, xfs or tmpfs, or serve a block device", c.Path)
+	}
+	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) && !c.ReadOnly {
+		return nil, fmt.Errorf("open %s for writing: %w (serve it with -readonly)", c.Path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open export %q: %w", c.Path, err)
+	}
+	e := &Export{Name: c.Name, Path: c.Path, fd: fd, readOnly: c.ReadOnly}
+	if err := e.probe(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	e.flags = wire.TxHasFlags | wire.TxSendFlush | wire.TxSendFUA | wire.TxSendTrim |
+		wire.TxSendWriteZeros | wire.TxCanMultiConn
+	if c.ReadOnly {
+		e.flags |= wire.TxReadOnly
+	}
+	return e, nil
+}
+
+func (e *Export) probe() error {
+	var st unix.Stat_t
+	if err := unix.Fstat(e.fd, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", e.Path, err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFBLK:
+		e.isDevice = true
+		var size uint64
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(e.fd), unix.BLKGETSIZE64,
+			uintptr(unsafe.Pointer(&size)))
+		if errno != 0 {
+			err := error(errno)
+			return fmt.Errorf("BLKGETSIZE64 %s: %w", e.Path, err)
+		}
+		ssz, err := unix.IoctlGetInt(e.fd, unix.BLKSSZGET)
+		if err != nil {
+			return fmt.Errorf("BLKSSZGET %s: %w", e.Path, err)
+		}
+		e.size, e.align = size, uint32(ssz)
+	case unix.S_IFREG:
+		align, err := fileDirectIOAlign(e.fd, e.Path)
+		if err != nil {
+			return err
+		}
+		e.size, e.align = uint64(st.Size), align
+	default:
+		return fmt.Errorf("%s is neither a regular file nor a block device", e.Path)
+	}
+	if e.align == 0 || e.align&(e.align-1) != 0 || e.align > directIOAlignMax {
+		return fmt.Errorf("%s: direct-I/O alignment %d is not a power of two up to %d",
+			e.Path, e.align, directIOAlignMax)
+	}
+	if rem := e.size % uint64(e.align); rem != 0 {
+		fmt.Fprintf(os.Stderr, "nbdring: %s: size %d is not a multiple of its %d-byte "+
+			"block; serving the first %d bytes (the last %d are not reachable)\n",
+			e.Path, e.size, e.align, e.size-rem, rem)
+		e.size -= rem
+	}
+	return nil
+}
+
+// fileDirectIOAlign asks statx for the file's O_DIRECT alignment
+// (STATX_DIOALIGN, Linux 6.1) and, where the filesystem does not say,
+// finds it by trying an aligned direct read at each size.
+func fileDirectIOAlign(fd int, path string) (uint32, error) {
+	var sx unix.Statx_t
+	err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_DIOALIGN, &sx)
+	if err == nil && sx.Mask&unix.STATX_DIOALIGN != 0 {
+		if sx.Dio_offset_align == 0 {
+			return 0, fmt.Errorf("%s: the filesystem does not support O_DIRECT; put the "+
+				"image on ext4, xfs or tmpfs, or serve a block device", path)
+		}
+		return sx.Dio_offset_align, nil
+	}
+	buf, err := unix.Mmap(-1, 0, directIOAlignMax, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return 0, fmt.Errorf("probe O_DIRECT alignment of %s: %w", path, err)
+	}
+	defer unix.Munmap(buf)
+	for a := 512; a <= directIOAlignMax; a *= 2 {
+		if _, err := unix.Pread(fd, buf[:a], 0); err == nil {
+			return uint32(a), nil
+		}
+	}
+	return 0, fmt.Errorf("%s: no direct read of up to %d bytes succeeded; the filesystem "+
+		"does not support O_DIRECT", path, directIOAlignMax)
+}
+
+// Close releases the export's descriptor.
+func (e *Export) Close() error { return unix.Close(e.fd) }
+
+// Size is the export's size in bytes as advertised.
+func (e *Export) Size() uint64 { return e.size }
+
+// Align is the advertised minimum block size: the O_DIRECT alignment.
+func (e *Export) Align() uint32 { return e.align }
+
+// IsDevice reports whether the export is a block device.
+func (e *Export) IsDevice() bool { return e.isDevice }
+
+// Wire describes the export for the handshake.
+func (e *Export) Wire() wire.Export {
+	return wire.Export{
+		Name: e.Name, Description: e.Path, Size: e.size, Flags: e.flags,
+		BlockMin: e.align, BlockPreferred: blockSizePreferred, BlockMax: blockSizeMax,
+	}
+}
+
+// rangeLocks serialises read-modify-write of the same aligned blocks across
+// all shards, so two unaligned writes to disjoint bytes of one block both
+// survive. It is on the slow path only (unaligned requests from clients
+// that never asked for block sizes); a shard never blocks on it: tryLock
+// fails and the request waits its turn in the shard's loop.
+type rangeLocks struct {
+	mu   sync.Mutex
+	span [rangeLocksMax]struct {
+		start, end uint64
+		used       bool
+	}
+}
+
+func (l *rangeLocks) tryLock(start, end uint64) (int, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	freeIdx := -1
+	for i := range l.span {
+		s := &l.span[i]
+		if !s.used {
+			if freeIdx < 0 {
+				freeIdx = i
+			}
+			continue
+		}
+		if start < s.end && s.start < end {
+			return -1, false
+		}
+	}
+	if freeIdx < 0 {
+		return -1, false
+	}
+	l.span[freeIdx].start, l.span[freeIdx].end, l.span[freeIdx].used = start, end, true
+	return freeIdx, true
+}
+
+func (l *rangeLocks) unlock(i int) {
+	l.mu.Lock()
+	l.span[i].used = false
+	l.mu.Unlock()
+}
+
+// bytesAt returns a pointer to b's first byte for handing to the kernel.
+func bytesAt(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }

@@ -1,0 +1,76 @@
+package engine
+
+import "github.com/nbdring/nbdring/wire"
+
+// Every bound of the engine lives here, with the reason for its value.
+const (
+	// blockSizePreferred is advertised as NBD_INFO_BLOCK_SIZE's preferred
+	// size: the page size, below which clients pay read-modify-write.
+	blockSizePreferred = 4096
+	// blockSizeMax is the largest READ/WRITE payload advertised and served:
+	// the spec's 32 MiB, which every client honours.
+	blockSizeMax = wire.PayloadMax
+	// directIOAlignMax: alignments above a page are refused at start; no
+	// real device needs more and the arena's smallest buffer is a page.
+	directIOAlignMax = 4096
+
+	// arenaBlockSize is the arena's smallest buffer: a page, so every
+	// buffer is aligned for O_DIRECT and for registration.
+	arenaBlockSize = 4096
+	// arenaSizeDefault per shard: one 32 MiB request expanded to 64 MiB by
+	// unaligned read-modify-write, plus as much again for everything else in
+	// flight. Large enough for 4k QD32 on hundreds of connections.
+	arenaSizeDefault = 128 << 20
+	// recvBufSize is each connection's receive staging buffer: many request
+	// headers and small WRITE payloads per recv; larger payloads are
+	// received straight into their data buffer.
+	recvBufSize = 64 << 10
+	// recvDirectMin: a WRITE payload with at least this much still to come
+	// is received straight into its data buffer rather than copied through
+	// the staging buffer.
+	recvDirectMin = 16 << 10
+
+	// connBufBytesMax bounds the arena bytes one connection's requests may
+	// hold, so a client that stops reading replies cannot starve the other
+	// connections of its shard. A single request may exceed it when it is
+	// the connection's only one (a 32 MiB unaligned write needs 96 MiB).
+	connBufBytesMax = arenaSizeDefault / 4
+
+	// slotsPerShardMax bounds requests in flight on one shard (each needs a
+	// slot); with 128 per connection that is 8 busy connections at full
+	// depth, more at usual depths.
+	slotsPerShardMax = 1024
+	// inflightPerConnMax bounds one connection's requests in flight so it
+	// cannot take every slot of its shard; clients rarely exceed 64.
+	inflightPerConnMax = 128
+	// connsPerShardMax bounds connections per shard; each holds a 64 KiB
+	// receive buffer and a send vector.
+	connsPerShardMax = 256
+	// iovecsPerSendMax bounds one sendmsg's vector: up to 63 replies
+	// (header + data each) gathered into one syscall; far below IOV_MAX.
+	iovecsPerSendMax = 128
+	// replyHeaderSize is each slot's reply header space: the largest header
+	// sent is an ERROR chunk with a short constant message.
+	replyHeaderSize = 128
+
+	// ringEntries is each shard's submission queue; the completion queue is
+	// twice that, above the most operations a shard can have in flight
+	// (slots + a recv and a send per connection + the wake-up read).
+	ringEntries = 2048
+	// reapBatch is how many completions one loop iteration handles at most.
+	reapBatch = 256
+
+	// rangeLocksMax bounds concurrent read-modify-write spans per export;
+	// a request that finds the table full waits like one that conflicts.
+	rangeLocksMax = 64
+	// handshakesMax bounds concurrent handshakes (one goroutine each, on the
+	// control plane, before a connection joins a shard).
+	handshakesMax = 64
+)
+
+// Compile-time checks of relations the code relies on.
+var (
+	_ [ringEntries*2 - (slotsPerShardMax + 2*connsPerShardMax + 1)]struct{}
+	_ [arenaSizeDefault - 2*blockSizeMax]struct{}
+	_ [recvBufSize - recvDirectMin]struct{}
+)

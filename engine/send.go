@@ -1,0 +1,159 @@
+package engine
+
+import (
+	"log"
+	"unsafe"
+
+	"github.com/nbdring/nbdring/ring"
+	"github.com/nbdring/nbdring/wire"
+	"golang.org/x/sys/unix"
+)
+
+// A reply header goes out only when the result is known; header and data
+// leave together in one vectored send, and replies that are ready at the
+// same time share one sendmsg.
+
+func (s *shard) replyOK(si int32) {
+	sl := &s.slots[si]
+	wire.EncodeSimpleReply(sl.hdr, sl.req.Cookie, wire.EOK)
+	sl.hdrLen, sl.dataLen = wire.SimpleReplySize, 0
+	s.enqueue(si)
+}
+
+func (s *shard) replyRead(si int32) {
+	sl := &s.slots[si]
+	c := &s.conns[sl.conn]
+	if c.sess.Structured {
+		wire.EncodeOffsetDataHeader(sl.hdr, sl.req.Cookie, sl.req.Offset, sl.req.Length)
+		sl.hdrLen = wire.OffsetDataHeaderSize
+	} else {
+		wire.EncodeSimpleReply(sl.hdr, sl.req.Cookie, wire.EOK)
+		sl.hdrLen = wire.SimpleReplySize
+	}
+	sl.dataLen = sl.req.Length
+	s.enqueue(si)
+}
+
+// replyErr answers with errno: an ERROR chunk carrying msg for a READ of a
+// structured connection (which must not get a simple reply), else a simple
+// reply.
+func (s *shard) replyErr(si int32, errno wire.Errno, msg string) {
+	sl := &s.slots[si]
+	c := &s.conns[sl.conn]
+	s.stats.Errors.Add(1)
+	if c.sess.Structured && sl.req.Type == wire.CmdRead {
+		sl.hdrLen = wire.EncodeErrorChunk(sl.hdr, sl.req.Cookie, errno, msg)
+	} else {
+		wire.EncodeSimpleReply(sl.hdr, sl.req.Cookie, errno)
+		sl.hdrLen = wire.SimpleReplySize
+	}
+	sl.dataLen = 0
+	s.enqueue(si)
+}
+
+func (s *shard) enqueue(si int32) {
+	sl := &s.slots[si]
+	ci := sl.conn
+	c := &s.conns[ci]
+	sl.next = -1
+	if c.qTail >= 0 {
+		s.slots[c.qTail].next = si
+	} else {
+		c.qHead = si
+	}
+	c.qTail = si
+	if !c.dirty {
+		c.dirty = true
+		s.dirty = append(s.dirty, ci)
+	}
+}
+
+// flushDirty sends the replies queued during the last batch of completions.
+func (s *shard) flushDirty() {
+	for _, ci := range s.dirty {
+		s.conns[ci].dirty = false
+		s.sendQueued(ci)
+	}
+	s.dirty = s.dirty[:0]
+}
+
+// sendQueued gathers queued replies into one sendmsg, unless one is in
+// flight: sends on one socket must not overlap, or a partial send would
+// interleave replies.
+func (s *shard) sendQueued(ci int32) {
+	c := &s.conns[ci]
+	if c.sending || c.qHead < 0 || c.closing || c.fd < 0 {
+		return
+	}
+	n, last := 0, int32(-1)
+	si := c.qHead
+	for si >= 0 && n+2 <= iovecsPerSendMax {
+		sl := &s.slots[si]
+		c.iov[n] = unix.Iovec{Base: &sl.hdr[0], Len: uint64(sl.hdrLen)}
+		n++
+		if sl.dataLen > 0 {
+			d := sl.data[sl.skip : sl.skip+sl.dataLen]
+			c.iov[n] = unix.Iovec{Base: &d[0], Len: uint64(len(d))}
+			n++
+		}
+		last, si = si, sl.next
+	}
+	s.slots[last].next = -1
+	c.sendHead, c.qHead = c.qHead, si
+	if si < 0 {
+		c.qTail = -1
+	}
+	c.iovAt, c.iovN = 0, n
+	s.submitSend(ci)
+}
+
+func (s *shard) submitSend(ci int32) {
+	c := &s.conns[ci]
+	c.msg.Iov = &c.iov[c.iovAt]
+	c.msg.Iovlen = uint64(c.iovN - c.iovAt)
+	c.sending = true
+	c.ops++
+	ring.PrepSendmsg(s.ring.SQE(), c.fd, c.msg, ring.UserData(opSend, c.gen, uint32(ci)))
+}
+
+func (s *shard) onSend(ci int32, res int32) {
+	c := &s.conns[ci]
+	c.ops--
+	c.sending = false
+	if c.closing || res < 0 {
+		if res < 0 && !c.closing && res != -int32(unix.EPIPE) &&
+			res != -int32(unix.ECONNRESET) {
+			log.Printf("shard %d: connection %d: send: %v", s.id, ci, unix.Errno(-res))
+		}
+		s.freeBatch(ci)
+		s.beginClose(ci)
+		s.maybeRelease(ci)
+		return
+	}
+	// Resume a partial send where it stopped (as internal/poll's writev).
+	left := uint64(res)
+	for c.iovAt < c.iovN && left >= c.iov[c.iovAt].Len {
+		left -= c.iov[c.iovAt].Len
+		c.iovAt++
+	}
+	if c.iovAt < c.iovN {
+		v := &c.iov[c.iovAt]
+		v.Base = (*byte)(unsafe.Add(unsafe.Pointer(v.Base), left))
+		v.Len -= left
+		s.submitSend(ci)
+		return
+	}
+	s.freeBatch(ci)
+	s.sendQueued(ci)
+	s.maybeFinishDisc(ci)
+}
+
+func (s *shard) freeBatch(ci int32) {
+	c := &s.conns[ci]
+	for si := c.sendHead; si >= 0; {
+		next := s.slots[si].next
+		s.freeSlot(si)
+		si = next
+	}
+	c.sendHead = -1
+}

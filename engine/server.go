@@ -1,0 +1,318 @@
+// Package engine is nbdring's server: shards (a pinned goroutine with its
+// io_uring, slot table and buffer arena), the per-connection state machine,
+// exports and their O_DIRECT alignment, accept and hand-off, and counters.
+//
+// Request life cycle on a shard:
+//
+//	recv (staging buffer) -> decode + validate -> slot + arena buffer
+//	  -> [WRITE: payload recv, straight into the buffer when large]
+//	  -> O_DIRECT read / write / fdatasync / fallocate on the ring
+//	  -> reply header built -> queued -> one sendmsg (header + data iovecs,
+//	     several replies gathered) -> slot and buffer freed
+//
+// The handshake runs before a connection joins a shard, on a bounded set of
+// control-plane goroutines with a deadline; from then on every byte of the
+// connection goes through its shard's ring.
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nbdring/nbdring/wire"
+	"golang.org/x/sys/unix"
+)
+
+// Config is the server's configuration.
+type Config struct {
+	Shards    int // 0: one per CPU this process may run on
+	ArenaSize int // bytes of buffer arena per shard; 0: the default
+}
+
+// Server owns the exports, the shards and the listener.
+type Server struct {
+	exports  []*Export
+	wireExps []wire.Export
+	shards   []*shard
+	stopping atomic.Bool
+	next     atomic.Uint32
+	sem      chan struct{}
+	done     sync.WaitGroup
+	mu       sync.Mutex
+	ln       net.Listener
+	err      error
+}
+
+const (
+	// handshakeTimeout bounds a client's whole option phase: a client that
+	// stalls cannot hold a handshake slot for longer.
+	handshakeTimeout = 30 * time.Second
+	// stopTimeout bounds the wait for connections to finish in-flight
+	// requests on shutdown (a client that stops reading replies).
+	stopTimeout = 10 * time.Second
+)
+
+// New starts the shards (pinned, each with its ring) for exports.
+func New(cfg Config, exports []*Export) (*Server, error) {
+	if len(exports) == 0 {
+		return nil, errors.New("no exports: name at least one file or block device")
+	}
+	cpus, err := UsableCPUs()
+	if err != nil {
+		return nil, err
+	}
+	n := cfg.Shards
+	if n <= 0 {
+		n = len(cpus)
+	}
+	arenaSize := cfg.ArenaSize
+	if arenaSize == 0 {
+		arenaSize = arenaSizeDefault
+	}
+	if arenaSize < 2*blockSizeMax {
+		return nil, fmt.Errorf("arena of %d MiB per shard is below the %d MiB one "+
+			"unaligned 32 MiB write needs", arenaSize>>20, 2*blockSizeMax>>20)
+	}
+	s := &Server{exports: exports, sem: make(chan struct{}, handshakesMax)}
+	seen := map[string]bool{}
+	for _, e := range exports {
+		if seen[e.Name] {
+			return nil, fmt.Errorf("export name %q given twice", e.Name)
+		}
+		seen[e.Name] = true
+		s.wireExps = append(s.wireExps, e.Wire())
+	}
+	for i := 0; i < n; i++ {
+		sh, err := newShard(s, i, cpus[i%len(cpus)], arenaSize)
+		if err != nil {
+			s.abort()
+			return nil, err
+		}
+		ready := make(chan error, 1)
+		s.done.Add(1)
+		go sh.run(ready)
+		if err := <-ready; err != nil {
+			s.done.Done()
+			sh.close()
+			s.abort()
+			return nil, err
+		}
+		s.shards = append(s.shards, sh)
+	}
+	log.Printf("%d shards on CPUs %v; per shard: %d MiB arena + %d KiB metadata "+
+		"(%d slots x %d B headers + %d conns x (%d KiB recv + send vector))",
+		n, cpus[:min(n, len(cpus))], arenaSize>>20, metaSize>>10, slotsPerShardMax,
+		replyHeaderSize, connsPerShardMax, recvBufSize>>10)
+	return s, nil
+}
+
+func (s *Server) abort() {
+	s.stopping.Store(true)
+	for _, sh := range s.shards {
+		sh.wake()
+	}
+	s.done.Wait()
+}
+
+// UsableCPUs lists the CPUs this process may run on.
+func UsableCPUs() ([]int, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil, fmt.Errorf("sched_getaffinity: %w", err)
+	}
+	var cpus []int
+	for i := 0; i < len(set)*64; i++ {
+		if set.IsSet(i) {
+			cpus = append(cpus, i)
+		}
+	}
+	return cpus, nil
+}
+
+// Listen opens ADDR: host:port for TCP, unix:/path for a Unix socket.
+func Listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if _, err := os.Stat(path); err == nil {
+			if c, err := net.Dial("unix", path); err == nil {
+				c.Close()
+				return nil, fmt.Errorf("listen %s: another server is listening there", addr)
+			}
+			os.Remove(path) // stale socket of an earlier run
+		}
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("listen %s: %w", addr, err)
+		}
+		return ln, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w (is another NBD server on that port? "+
+			"choose another with -listen)", addr, err)
+	}
+	return ln, nil
+}
+
+// Serve accepts connections on ln until Stop. It returns nil after Stop.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	s.ln = ln
+	s.mu.Unlock()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.stopping.Load() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				log.Printf("accept: %v: raise the open-files limit (ulimit -n)", err)
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		select {
+		case s.sem <- struct{}{}:
+			go s.handshake(nc)
+		default:
+			log.Printf("refusing %v: %d handshakes already under way", nc.RemoteAddr(),
+				handshakesMax)
+			nc.Close()
+		}
+	}
+}
+
+// Stop stops accepting, lets every connection finish its requests in
+// flight (bounded by stopTimeout) and stops the shards.
+func (s *Server) Stop() error {
+	s.stopping.Store(true)
+	s.mu.Lock()
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	s.mu.Unlock()
+	for _, sh := range s.shards {
+		sh.wake()
+	}
+	done := make(chan struct{})
+	go func() { s.done.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(stopTimeout):
+		return fmt.Errorf("connections still busy after %v; exiting anyway", stopTimeout)
+	}
+	for _, e := range s.exports {
+		e.Close()
+	}
+	return s.err
+}
+
+func (s *Server) shardDone(sh *shard, err error) {
+	if err != nil {
+		log.Printf("shard %d stopped: %v", sh.id, err)
+		s.mu.Lock()
+		s.err = errors.Join(s.err, err)
+		s.mu.Unlock()
+	}
+	s.done.Done()
+}
+
+// handshake runs the option phase on a control-plane goroutine, then hands
+// the socket to a shard.
+func (s *Server) handshake(nc net.Conn) {
+	defer func() { <-s.sem }()
+	handed := false
+	defer func() {
+		if !handed {
+			nc.Close()
+		}
+	}()
+	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout))
+	h := wire.NewServerHandshake(s.wireExps)
+	if _, err := nc.Write(h.Greeting()); err != nil {
+		return
+	}
+	var b [wire.OptionHeaderSize]byte
+	if _, err := io.ReadFull(nc, b[:4]); err != nil {
+		return
+	}
+	if err := h.ClientFlags(b[:4]); err != nil {
+		log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
+		return
+	}
+	for {
+		if _, err := io.ReadFull(nc, b[:]); err != nil {
+			return
+		}
+		opt, n, err := h.OptionHeader(b[:])
+		if err != nil {
+			log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
+			return
+		}
+		data := make([]byte, n)
+		if _, err := io.ReadFull(nc, data); err != nil {
+			return
+		}
+		reply, step := h.Option(opt, data)
+		if len(reply) > 0 {
+			if _, err := nc.Write(reply); err != nil {
+				return
+			}
+		}
+		switch step {
+		case wire.StepClose:
+			if r := h.CloseReason(); r != "" && opt != wire.OptAbort {
+				log.Printf("%v: %s; closing", nc.RemoteAddr(), r)
+			}
+			return
+		case wire.StepServe:
+			handed = s.handOff(nc, h.Result)
+			return
+		}
+	}
+}
+
+// handOff moves the socket to a shard, round robin.
+func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	fd := -1
+	_ = rc.Control(func(f uintptr) { fd, err = unix.Dup(int(f)) })
+	if err != nil {
+		log.Printf("%v: dup socket: %v", nc.RemoteAddr(), err)
+		return false
+	}
+	nc.Close()
+	// The ring waits for readiness itself; a blocking socket keeps the
+	// kernel's recv and send semantics plain.
+	_ = unix.SetNonblock(fd, false)
+	unix.CloseOnExec(fd)
+	sh := s.shards[s.next.Add(1)%uint32(len(s.shards))]
+	select {
+	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg}:
+		sh.wake()
+	default:
+		log.Printf("shard %d: inbox full; refusing connection", sh.id)
+		unix.Close(fd)
+	}
+	return true
+}
