@@ -1,0 +1,258 @@
+package engine
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"math/rand"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nbdring/nbdring/wire"
+)
+
+// testServer serves a fresh sparse file of size bytes on a Unix socket.
+func testServer(t *testing.T, size int64, shards int) (sock, path string) {
+	t.Helper()
+	dir := t.TempDir()
+	path = filepath.Join(dir, "img")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	exp, err := OpenExport(ExportConfig{Path: path})
+	if err != nil {
+		t.Skipf("cannot serve a file here: %v", err)
+	}
+	srv, err := New(Config{Shards: shards, ArenaSize: 64 << 20}, []*Export{exp})
+	if err != nil {
+		t.Skipf("engine unavailable here: %v", err)
+	}
+	sock = filepath.Join(dir, "sock")
+	ln, err := Listen("unix:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		if err := srv.Stop(); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+		if err := <-errc; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return sock, path
+}
+
+type testClient struct {
+	t   *testing.T
+	c   net.Conn
+	ex  wire.ClientExport
+	hdr [wire.ChunkHeaderSize + 8]byte
+	req [wire.RequestSize]byte
+}
+
+func dial(t *testing.T, sock string, o wire.ClientOptions) *testClient {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	ex, err := wire.ClientHandshake(c, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testClient{t: t, c: c, ex: ex}
+}
+
+func (tc *testClient) send(typ wire.Cmd, flags wire.CmdFlags, cookie, off uint64, n uint32,
+	payload []byte) {
+	wire.EncodeRequest(tc.req[:], &wire.Request{Type: typ, Flags: flags, Cookie: cookie,
+		Offset: off, Length: n})
+	if _, err := tc.c.Write(tc.req[:]); err != nil {
+		tc.t.Fatal(err)
+	}
+	if payload != nil {
+		if _, err := tc.c.Write(payload); err != nil {
+			tc.t.Fatal(err)
+		}
+	}
+}
+
+// simple reads a simple reply (and data into buf on success) and returns
+// its cookie and error.
+func (tc *testClient) simple(buf []byte) (uint64, wire.Errno) {
+	if _, err := io.ReadFull(tc.c, tc.hdr[:wire.SimpleReplySize]); err != nil {
+		tc.t.Fatal(err)
+	}
+	if m := binary.BigEndian.Uint32(tc.hdr[:]); m != wire.MagicSimple {
+		tc.t.Fatalf("want a simple reply, got magic %#x", m)
+	}
+	errno := wire.Errno(binary.BigEndian.Uint32(tc.hdr[4:]))
+	if errno == 0 && buf != nil {
+		if _, err := io.ReadFull(tc.c, buf); err != nil {
+			tc.t.Fatal(err)
+		}
+	}
+	return binary.BigEndian.Uint64(tc.hdr[8:]), errno
+}
+
+func (tc *testClient) do(typ wire.Cmd, flags wire.CmdFlags, off uint64, n uint32,
+	payload, buf []byte) wire.Errno {
+	tc.send(typ, flags, 7, off, n, payload)
+	cookie, errno := tc.simple(buf)
+	if cookie != 7 {
+		tc.t.Fatalf("reply cookie %d, want 7", cookie)
+	}
+	return errno
+}
+
+// TestRequestPathAllocations proves the request path allocates nothing:
+// server and client share the process, so every malloc of either counts.
+func TestRequestPathAllocations(t *testing.T) {
+	sock, _ := testServer(t, 16<<20, 1)
+	tc := dial(t, sock, wire.ClientOptions{BlockSize: true})
+	data := bytes.Repeat([]byte{0xa5}, 4096)
+	buf := make([]byte, 4096)
+	for _, c := range []struct {
+		name string
+		run  func()
+	}{
+		{"write4k", func() { tc.do(wire.CmdWrite, 0, 8192, 4096, data, nil) }},
+		{"read4k", func() { tc.do(wire.CmdRead, 0, 8192, 4096, nil, buf) }},
+		{"writeFUA", func() { tc.do(wire.CmdWrite, wire.CmdFlagFUA, 0, 4096, data, nil) }},
+		{"flush", func() { tc.do(wire.CmdFlush, 0, 0, 0, nil, nil) }},
+		{"rejected", func() { tc.do(wire.CmdRead, 0, 1 << 40, 4096, nil, nil) }},
+	} {
+		c.run() // warm up
+		if allocs := testing.AllocsPerRun(200, c.run); allocs != 0 {
+			t.Errorf("%s: %v allocations per request", c.name, allocs)
+		}
+	}
+	if !bytes.Equal(buf, data) {
+		t.Fatal("read back different data")
+	}
+}
+
+// TestBadInput covers the spec's answers; the connection stays usable
+// after each except the hard disconnects, which spare other clients.
+func TestBadInput(t *testing.T) {
+	sock, _ := testServer(t, 1<<20, 2)
+	tc := dial(t, sock, wire.ClientOptions{BlockSize: true, Structured: false})
+	other := dial(t, sock, wire.ClientOptions{BlockSize: true})
+	pay := make([]byte, 4096)
+	for _, c := range []struct {
+		name    string
+		typ     wire.Cmd
+		flags   wire.CmdFlags
+		off     uint64
+		n       uint32
+		payload []byte
+		want    wire.Errno
+	}{
+		{"read past end", wire.CmdRead, 0, 1 << 20, 512, nil, wire.EINVAL},
+		{"read offset overflow", wire.CmdRead, 0, 1<<64 - 512, 1024, nil, wire.EINVAL},
+		{"write past end", wire.CmdWrite, 0, 1<<20 - 512, 4096, pay, wire.ENOSPC},
+		{"trim past end", wire.CmdTrim, 0, 1 << 20, 4096, nil, wire.EINVAL},
+		{"unknown command", wire.Cmd(42), 0, 0, 512, nil, wire.EINVAL},
+		{"unknown flag", wire.CmdRead, 1 << 9, 0, 512, nil, wire.EINVAL},
+		{"unaligned read", wire.CmdRead, 0, 1, 512, nil, wire.EINVAL},
+		{"unaligned write drained", wire.CmdWrite, 0, 0, 100, pay[:100], wire.EINVAL},
+		{"zero length read", wire.CmdRead, 0, 0, 0, nil, wire.EINVAL},
+		{"DF without structured", wire.CmdRead, wire.CmdFlagDF, 0, 512, nil, wire.EINVAL},
+	} {
+		if got := tc.do(c.typ, c.flags, c.off, c.n, c.payload, nil); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+		buf := make([]byte, 512)
+		if got := tc.do(wire.CmdRead, 0, 0, 512, nil, buf); got != 0 {
+			t.Fatalf("after %s: connection unusable: %v", c.name, got)
+		}
+	}
+	// A bad magic is a hard disconnect of that client only.
+	if _, err := tc.c.Write(make([]byte, wire.RequestSize)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(tc.c, make([]byte, 1)); err == nil {
+		t.Fatal("server answered a request with a bad magic")
+	}
+	if got := other.do(wire.CmdWrite, 0, 0, 4096, pay, nil); got != 0 {
+		t.Fatalf("other client broken after a bad magic: %v", got)
+	}
+	// A WRITE beyond 32 MiB is a hard disconnect too.
+	big := dial(t, sock, wire.ClientOptions{})
+	big.send(wire.CmdWrite, 0, 1, 0, wire.PayloadMax+1, nil)
+	if _, err := io.ReadFull(big.c, make([]byte, 1)); err == nil {
+		t.Fatal("server answered a WRITE over 32 MiB")
+	}
+	if got := other.do(wire.CmdFlush, 0, 0, 0, nil, nil); got != 0 {
+		t.Fatalf("other client broken after an oversized write: %v", got)
+	}
+}
+
+// TestUnalignedConcurrentWrites: clients that never asked for block sizes
+// write disjoint bytes of the same blocks at once, on connections spread
+// over two shards; every byte must survive (the range lock at work).
+func TestUnalignedConcurrentWrites(t *testing.T) {
+	sock, _ := testServer(t, 1<<20, 2)
+	const writers, rounds, batch, run = 4, 40, 8, 3
+	const size = 8192
+	models := make([][]byte, writers)
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		tc := dial(t, sock, wire.ClientOptions{})
+		models[w] = make([]byte, size)
+		wg.Add(1)
+		go func(w int, tc *testClient, model []byte) {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(int64(w)))
+			runs := size / (run * writers)
+			for r := 0; r < rounds; r++ {
+				// A batch of writes to distinct runs of this writer's, all
+				// in flight together; replies are read after.
+				for k, slot := range rng.Perm(runs)[:batch] {
+					off := slot*run*writers + run*w // writer w owns these bytes
+					b := []byte{byte(w + 1), byte(r), byte(k)}
+					copy(model[off:], b)
+					tc.send(wire.CmdWrite, 0, uint64(k), uint64(off), run, b)
+				}
+				for k := 0; k < batch; k++ {
+					if _, errno := tc.simple(nil); errno != 0 {
+						t.Errorf("writer %d: %v", w, errno)
+						return
+					}
+				}
+			}
+		}(w, tc, models[w])
+	}
+	wg.Wait()
+	want := make([]byte, size)
+	for _, m := range models {
+		for i, b := range m {
+			if b != 0 {
+				want[i] = b
+			}
+		}
+	}
+	tc := dial(t, sock, wire.ClientOptions{})
+	got := make([]byte, size)
+	if errno := tc.do(wire.CmdRead, 0, 0, size, nil, got); errno != 0 {
+		t.Fatal(errno)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("byte %d is %d, want %d (writer %d's write was lost)",
+				i, got[i], want[i], (i/run)%writers)
+		}
+	}
+}
