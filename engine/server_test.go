@@ -132,7 +132,7 @@ func TestRequestPathAllocations(t *testing.T) {
 		{"read4k", func() { tc.do(wire.CmdRead, 0, 8192, 4096, nil, buf) }},
 		{"writeFUA", func() { tc.do(wire.CmdWrite, wire.CmdFlagFUA, 0, 4096, data, nil) }},
 		{"flush", func() { tc.do(wire.CmdFlush, 0, 0, 0, nil, nil) }},
-		{"rejected", func() { tc.do(wire.CmdRead, 0, 1 << 40, 4096, nil, nil) }},
+		{"rejected", func() { tc.do(wire.CmdRead, 0, 1<<40, 4096, nil, nil) }},
 	} {
 		c.run() // warm up
 		if allocs := testing.AllocsPerRun(200, c.run); allocs != 0 {
