@@ -16,7 +16,7 @@ import (
 )
 
 // testServer serves a fresh sparse file of size bytes on a Unix socket.
-func testServer(t *testing.T, size int64, shards int) (sock, path string) {
+func testServer(t *testing.T, size int64, shards int) (srv *Server, sock, path string) {
 	t.Helper()
 	dir := t.TempDir()
 	path = filepath.Join(dir, "img")
@@ -30,7 +30,7 @@ func testServer(t *testing.T, size int64, shards int) (sock, path string) {
 	if err != nil {
 		t.Skipf("cannot serve a file here: %v", err)
 	}
-	srv, err := New(Config{Shards: shards, ArenaSize: 64 << 20}, []*Export{exp})
+	srv, err = New(Config{Shards: shards, ArenaSize: 64 << 20}, []*Export{exp})
 	if err != nil {
 		t.Skipf("engine unavailable here: %v", err)
 	}
@@ -49,7 +49,7 @@ func testServer(t *testing.T, size int64, shards int) (sock, path string) {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return sock, path
+	return srv, sock, path
 }
 
 type testClient struct {
@@ -120,7 +120,7 @@ func (tc *testClient) do(typ wire.Cmd, flags wire.CmdFlags, off uint64, n uint32
 // TestRequestPathAllocations proves the request path allocates nothing:
 // server and client share the process, so every malloc of either counts.
 func TestRequestPathAllocations(t *testing.T) {
-	sock, _ := testServer(t, 16<<20, 1)
+	_, sock, _ := testServer(t, 16<<20, 1)
 	tc := dial(t, sock, wire.ClientOptions{BlockSize: true})
 	data := bytes.Repeat([]byte{0xa5}, 4096)
 	buf := make([]byte, 4096)
@@ -147,7 +147,7 @@ func TestRequestPathAllocations(t *testing.T) {
 // TestBadInput covers the spec's answers; the connection stays usable
 // after each except the hard disconnects, which spare other clients.
 func TestBadInput(t *testing.T) {
-	sock, _ := testServer(t, 1<<20, 2)
+	_, sock, _ := testServer(t, 1<<20, 2)
 	tc := dial(t, sock, wire.ClientOptions{BlockSize: true, Structured: false})
 	other := dial(t, sock, wire.ClientOptions{BlockSize: true})
 	pay := make([]byte, 4096)
@@ -204,7 +204,7 @@ func TestBadInput(t *testing.T) {
 // write disjoint bytes of the same blocks at once, on connections spread
 // over two shards; every byte must survive (the range lock at work).
 func TestUnalignedConcurrentWrites(t *testing.T) {
-	sock, _ := testServer(t, 1<<20, 2)
+	_, sock, _ := testServer(t, 1<<20, 2)
 	const writers, rounds, batch, run = 4, 40, 8, 3
 	const size = 8192
 	models := make([][]byte, writers)
@@ -254,5 +254,52 @@ func TestUnalignedConcurrentWrites(t *testing.T) {
 			t.Fatalf("byte %d is %d, want %d (writer %d's write was lost)",
 				i, got[i], want[i], (i/run)%writers)
 		}
+	}
+}
+
+// TestVanishingClients: clients that disappear with reads and writes in
+// flight (or mid-payload) leave no connection, slot, buffer or fd behind,
+// and the server keeps serving.
+func TestVanishingClients(t *testing.T) {
+	srv, sock, _ := testServer(t, 64<<20, 2)
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	before := fds()
+	pay := make([]byte, 1<<20)
+	for i := 0; i < 20; i++ {
+		tc := dial(t, sock, wire.ClientOptions{BlockSize: true})
+		for k := 0; k < 16; k++ {
+			tc.send(wire.CmdRead, 0, uint64(k), uint64(k)<<20, 1<<20, nil)
+			tc.send(wire.CmdWrite, wire.CmdFlagFUA, uint64(k), uint64(k)<<20, 1<<20, pay)
+		}
+		// Half-way through a payload, then gone.
+		tc.send(wire.CmdWrite, 0, 99, 0, 1<<20, pay[:1000])
+		tc.c.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var conns, inflight, arena int64
+		for _, sh := range srv.shards {
+			conns += sh.stats.Conns.Load()
+			inflight += sh.stats.Inflight.Load()
+			arena += sh.stats.ArenaBytes.Load()
+		}
+		if conns == 0 && inflight == 0 && arena == 0 && fds() <= before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leak: %d connections, %d slots, %d arena bytes, %d fds (was %d)",
+				conns, inflight, arena, fds(), before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tc := dial(t, sock, wire.ClientOptions{BlockSize: true})
+	if got := tc.do(wire.CmdWrite, 0, 0, 4096, pay[:4096], nil); got != 0 {
+		t.Fatalf("server unusable after vanishing clients: %v", got)
 	}
 }

@@ -62,7 +62,8 @@ type ShardStats struct {
 	BytesRead    atomic.Uint64
 	BytesWritten atomic.Uint64
 	Errors       atomic.Uint64
-	Inflight     atomic.Int64
+	Inflight     atomic.Int64 // slots in use
+	ArenaBytes   atomic.Int64 // arena bytes held by requests
 }
 
 type handoff struct {
@@ -300,11 +301,17 @@ func (s *shard) freeSlot(i int32) {
 func (s *shard) freeBufs(sl *slot, c *conn) {
 	if sl.buf >= 0 {
 		c.bufBytes -= cap(sl.data)
+		s.stats.ArenaBytes.Add(-int64(cap(sl.data)))
 		s.arena.free(sl.buf)
 		sl.buf, sl.data = -1, nil
 	}
+	s.freePayload(sl, c)
+}
+
+func (s *shard) freePayload(sl *slot, c *conn) {
 	if sl.pbuf >= 0 {
 		c.bufBytes -= cap(sl.payload)
+		s.stats.ArenaBytes.Add(-int64(cap(sl.payload)))
 		s.arena.free(sl.pbuf)
 		sl.pbuf, sl.payload = -1, nil
 	}

@@ -152,6 +152,7 @@ func (s *shard) allocData(si int32, n int) bool {
 	}
 	sl.data, sl.buf = b, h
 	c.bufBytes += cap(b)
+	s.stats.ArenaBytes.Add(int64(cap(b)))
 	return true
 }
 
@@ -173,6 +174,7 @@ func (s *shard) startWrite(si int32) bool {
 		}
 		sl.payload, sl.pbuf = b, h
 		c.bufBytes += cap(b)
+		s.stats.ArenaBytes.Add(int64(cap(b)))
 	}
 	c.pslot, c.pgot = si, 0
 	return true
@@ -346,9 +348,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 			clear(part)
 		} else {
 			copy(part, sl.payload)
-			c.bufBytes -= cap(sl.payload)
-			s.arena.free(sl.pbuf)
-			sl.payload, sl.pbuf = nil, -1
+			s.freePayload(sl, c)
 		}
 		sl.phase, sl.done = phWrite, 0
 		s.submitWrite(si)
