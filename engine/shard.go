@@ -182,9 +182,7 @@ func (s *shard) loop() error {
 		s.retryWaiting()
 		s.flushDirty()
 		if len(s.rmwWait) > 0 && !s.timerOn {
-			e := s.ring.SQE()
-			e.OpCode, e.Addr, e.Len = 11, uint64(uintptr(unsafe.Pointer(s.timeout))), 1 // IORING_OP_TIMEOUT
-			e.UserData = ring.UserData(opTimer, 0, 0)
+			ring.PrepTimeout(s.ring.SQE(), s.timeout, ring.UserData(opTimer, 0, 0))
 			s.timerOn = true
 		}
 		if err := s.ring.SubmitAndWait(1); err != nil {

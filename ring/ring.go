@@ -214,5 +214,8 @@ func PrepFallocate(e *SQE, fd int, mode uint32, off, n uint64, ud uint64) {
 	e.OpCode, e.Fd, e.Off, e.Addr, e.Len, e.UserData = giouring.OpFallocate, int32(fd), off, n, mode, ud
 }
 
-// Link makes the next SQE start only after e succeeds.
-func Link(e *SQE) { e.Flags |= giouring.SqeIOLink }
+// PrepTimeout completes (with -ETIME) once ts has passed, whatever else
+// completes meanwhile; ts must stay valid until then.
+func PrepTimeout(e *SQE, ts *unix.Timespec, ud uint64) {
+	e.OpCode, e.Addr, e.Len, e.UserData = giouring.OpTimeout, uint64(uintptr(unsafe.Pointer(ts))), 1, ud
+}
