@@ -211,8 +211,12 @@ func (s *shard) submitRead(si int32) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
 	c.ops++
-	ring.PrepRead(s.ring.SQE(), c.exp.fd, bytesAt(sl.data[sl.done:]), sl.spanLen-sl.done,
-		sl.spanOff+uint64(sl.done), s.ud(si))
+	p, n, off := bytesAt(sl.data[sl.done:]), sl.spanLen-sl.done, sl.spanOff+uint64(sl.done)
+	if s.fixedBufs {
+		ring.PrepReadFixed(s.ring.SQE(), c.exp.fd, p, n, off, 0, s.ud(si))
+		return
+	}
+	ring.PrepRead(s.ring.SQE(), c.exp.fd, p, n, off, s.ud(si))
 }
 
 func (s *shard) submitWrite(si int32) {
@@ -223,8 +227,12 @@ func (s *shard) submitWrite(si int32) {
 		rwf = rwfDSync
 	}
 	c.ops++
-	ring.PrepWrite(s.ring.SQE(), c.exp.fd, bytesAt(sl.data[sl.done:]), sl.spanLen-sl.done,
-		sl.spanOff+uint64(sl.done), rwf, s.ud(si))
+	p, n, off := bytesAt(sl.data[sl.done:]), sl.spanLen-sl.done, sl.spanOff+uint64(sl.done)
+	if s.fixedBufs {
+		ring.PrepWriteFixed(s.ring.SQE(), c.exp.fd, p, n, off, rwf, 0, s.ud(si))
+		return
+	}
+	ring.PrepWrite(s.ring.SQE(), c.exp.fd, p, n, off, rwf, s.ud(si))
 }
 
 func (s *shard) submitFallocate(si int32, mode uint32, off, n uint64) {

@@ -48,6 +48,8 @@ var required = []struct {
 	{giouring.OpRecv, "RECV"}, {giouring.OpSendmsg, "SENDMSG"},
 	{giouring.OpRead, "READ"}, {giouring.OpWrite, "WRITE"},
 	{giouring.OpFsync, "FSYNC"}, {giouring.OpFallocate, "FALLOCATE"},
+	{giouring.OpReadFixed, "READ_FIXED"}, {giouring.OpWriteFixed, "WRITE_FIXED"},
+	{giouring.OpTimeout, "TIMEOUT"},
 }
 
 // setupFlags: one thread submits (SINGLE_ISSUER) and completions are run
@@ -194,6 +196,32 @@ func PrepSendmsg(e *SQE, fd int, msg *unix.Msghdr, ud uint64) {
 // PrepRead reads n bytes at off of fd into p.
 func PrepRead(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, ud uint64) {
 	e.OpCode, e.Fd, e.Addr, e.Len, e.Off, e.UserData = giouring.OpRead, int32(fd), uint64(uintptr(p)), n, off, ud
+}
+
+// RegisterBuffers registers memory regions as fixed buffers (index = their
+// position) so reads and writes into them skip per-request page pinning.
+func (rg *Ring) RegisterBuffers(bufs ...[]byte) error {
+	iov := make([]syscall.Iovec, len(bufs))
+	for i, b := range bufs {
+		iov[i] = syscall.Iovec{Base: unsafe.SliceData(b), Len: uint64(len(b))}
+	}
+	if _, err := rg.r.RegisterBuffers(iov); err != nil {
+		return fmt.Errorf("register %d fixed buffers: %w", len(bufs), err)
+	}
+	return nil
+}
+
+// PrepReadFixed is PrepRead into registered buffer buf.
+func PrepReadFixed(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, buf uint16, ud uint64) {
+	PrepRead(e, fd, p, n, off, ud)
+	e.OpCode, e.BufIG = giouring.OpReadFixed, buf
+}
+
+// PrepWriteFixed is PrepWrite from registered buffer buf.
+func PrepWriteFixed(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, rwf uint32,
+	buf uint16, ud uint64) {
+	PrepWrite(e, fd, p, n, off, rwf, ud)
+	e.OpCode, e.BufIG = giouring.OpWriteFixed, buf
 }
 
 // PrepWrite writes n bytes at off of fd from p with RWF_* flags rwf
