@@ -18,15 +18,18 @@ type conn struct {
 	exp  *Export
 	sess wire.Session
 
-	rbuf     []byte // staging buffer (shard metadata memory, fixed per index)
-	rlo, rhi int    // unparsed bytes are rbuf[rlo:rhi]
-	recvOn   bool   // a recv is in flight
-	direct   bool   // that recv targets pslot's payload
-	pslot    int32  // slot whose WRITE payload is arriving, or -1
-	pgot     uint32 // payload bytes received so far
-	drain    uint32 // bytes of a rejected WRITE's payload still to discard
-	req      wire.Request
-	reqHeld  bool // req is decoded and waits for a slot or buffer
+	rbuf       []byte // staging buffer (shard metadata memory, fixed per index)
+	rlo, rhi   int    // unparsed bytes are rbuf[rlo:rhi]
+	recvOn     bool   // a recv is in flight
+	direct     bool   // that recv targets pslot's payload
+	pslot      int32  // slot whose WRITE payload is arriving, or -1
+	pgot       uint32 // payload bytes received so far
+	drain      uint32 // bytes of a rejected request's payload still to discard
+	req        wire.Request
+	reqHeld    bool   // req is decoded and waits for a slot or buffer
+	payloadLen uint64 // payload bytes following req's header
+	style      wire.ReplyStyle
+	reqSize    int // request header size: compact or extended
 
 	inflight int // slots owned (from decode until the reply is sent)
 	ops      int // kernel operations in flight (recv, send, device I/O)
@@ -51,8 +54,13 @@ func (c *conn) reset(h handoff) {
 	*c = conn{gen: gen, fd: h.fd, exp: h.exp, rbuf: rbuf, pslot: -1,
 		qHead: -1, qTail: -1, sendHead: -1, msg: msg, iov: iov}
 	c.sess = wire.Session{
-		Size: h.exp.size, Flags: h.exp.flags, BlockMin: h.exp.align,
+		Size: h.exp.size, Flags: h.neg.Flags, BlockMin: h.exp.align,
 		Strict: h.neg.BlockSizeAsked, Structured: h.neg.Structured,
+		Extended: h.neg.Extended, BaseAllocation: h.neg.BaseAllocation,
+	}
+	c.style, c.reqSize = h.neg.Style(), wire.RequestSize
+	if h.neg.Extended {
+		c.reqSize = wire.ExtRequestSize
 	}
 }
 
@@ -144,18 +152,25 @@ func (s *shard) parse(ci int32) {
 			continue
 		}
 		if !c.reqHeld {
-			if avail < wire.RequestSize {
+			if avail < c.reqSize {
 				break
 			}
-			if err := wire.DecodeRequest(c.rbuf[c.rlo:], &c.req); err != nil {
+			var err error
+			if c.style == wire.StyleExtended {
+				err = wire.DecodeExtendedRequest(c.rbuf[c.rlo:], &c.req)
+			} else {
+				err = wire.DecodeRequest(c.rbuf[c.rlo:], &c.req)
+			}
+			if err != nil {
 				log.Printf("shard %d: connection %d: %v; disconnecting it", s.id, ci, err)
 				s.beginClose(ci)
 				return
 			}
-			c.rlo += wire.RequestSize
-			if !wire.WritePayloadOK(&c.req) {
-				log.Printf("shard %d: connection %d: WRITE of %d bytes exceeds %d; "+
-					"disconnecting it", s.id, ci, c.req.Length, wire.PayloadMax)
+			c.rlo += c.reqSize
+			var ok bool
+			if c.payloadLen, ok = wire.PayloadLen(&c.req, c.sess.Extended); !ok {
+				log.Printf("shard %d: connection %d: %v payload of %d bytes exceeds %d; "+
+					"disconnecting it", s.id, ci, c.req.Type, c.payloadLen, wire.PayloadMax)
 				s.beginClose(ci)
 				return
 			}

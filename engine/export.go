@@ -32,6 +32,9 @@ type Export struct {
 	readOnly bool
 	flags    wire.TxFlags
 	locks    rangeLocks
+	// sparse: the file may have holes (it had some when opened, or a TRIM
+	// or WRITE_ZEROES punched one since); only then are holes looked for.
+	sparse atomic.Bool
 	// writeFailed poisons FLUSH after a failed write: the data the client
 	// was told nothing about is lost, so no later FLUSH may claim
 	// durability (the lesson of fsyncgate).
@@ -64,7 +67,8 @@ func OpenExport(c ExportConfig) (*Export, error) {
 		return nil, err
 	}
 	e.flags = wire.TxHasFlags | wire.TxSendFlush | wire.TxSendFUA | wire.TxSendTrim |
-		wire.TxSendWriteZeros | wire.TxCanMultiConn
+		wire.TxSendWriteZeros | wire.TxCanMultiConn | wire.TxSendDF | wire.TxSendCache |
+		wire.TxSendFastZero
 	if c.ReadOnly {
 		e.flags |= wire.TxReadOnly
 	}
@@ -97,6 +101,7 @@ func (e *Export) probe() error {
 			return err
 		}
 		e.size, e.align = uint64(st.Size), align
+		e.sparse.Store(uint64(st.Blocks)*512 < uint64(st.Size))
 	default:
 		return fmt.Errorf("%s is neither a regular file nor a block device", e.Path)
 	}

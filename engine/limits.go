@@ -49,9 +49,20 @@ const (
 	// iovecsPerSendMax bounds one sendmsg's vector: up to 63 replies
 	// (header + data each) gathered into one syscall; far below IOV_MAX.
 	iovecsPerSendMax = 128
-	// replyHeaderSize is each slot's reply header space: the largest header
-	// sent is an ERROR chunk with a short constant message.
-	replyHeaderSize = 128
+	// replyHeaderSize is each slot's reply header space: a sparse READ's
+	// chunk headers (readSegmentsMax of at most 44 bytes) or an ERROR chunk
+	// with its message (wire.ReplyHeaderMax).
+	replyHeaderSize = 256
+	// readSegmentsMax bounds the chunks of one sparse READ reply; the
+	// segment where it is reached runs to the end as data. Four covers a
+	// hole between data (or data between holes) with room to spare.
+	readSegmentsMax = 4
+	// replyIovecsMax: a sparse READ's header and data per segment.
+	replyIovecsMax = 2 * readSegmentsMax
+	// blockStatusExtentsMax bounds the descriptors of one BLOCK_STATUS
+	// reply (proto.md: SHOULD NOT exceed 2^20); 4096 extended descriptors
+	// are a 64 KiB buffer, and clients ask again for the rest.
+	blockStatusExtentsMax = 4096
 
 	// ringEntries is each shard's submission queue; the completion queue is
 	// twice that, above the most operations a shard can have in flight
@@ -73,4 +84,7 @@ var (
 	_ [ringEntries*2 - (slotsPerShardMax + 2*connsPerShardMax + 1)]struct{}
 	_ [arenaSizeDefault - 2*blockSizeMax]struct{}
 	_ [recvBufSize - recvDirectMin]struct{}
+	_ [replyHeaderSize - wire.ReplyHeaderMax]struct{}
+	_ [replyHeaderSize - readSegmentsMax*(wire.ExtReplySize+12)]struct{}
+	_ [iovecsPerSendMax - replyIovecsMax]struct{}
 )

@@ -9,46 +9,74 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A reply header goes out only when the result is known; header and data
+// A reply header goes out only when the result is known; headers and data
 // leave together in one vectored send, and replies that are ready at the
-// same time share one sendmsg.
+// same time share one sendmsg. Each reply is a list of iovecs (sl.out):
+// headers in the slot's header space, data in the arena.
 
 func (s *shard) replyOK(si int32) {
 	sl := &s.slots[si]
-	wire.EncodeSimpleReply(sl.hdr, sl.req.Cookie, wire.EOK)
-	sl.hdrLen, sl.dataLen = wire.SimpleReplySize, 0
-	s.enqueue(si)
-}
-
-func (s *shard) replyRead(si int32) {
-	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
-	if c.sess.Structured {
-		wire.EncodeOffsetDataHeader(sl.hdr, sl.req.Cookie, sl.req.Offset, sl.req.Length)
-		sl.hdrLen = wire.OffsetDataHeaderSize
-	} else {
-		wire.EncodeSimpleReply(sl.hdr, sl.req.Cookie, wire.EOK)
-		sl.hdrLen = wire.SimpleReplySize
-	}
-	sl.dataLen = sl.req.Length
+	n := wire.EncodeDone(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset)
+	sl.nout = 0
+	sl.put(sl.hdr[:n])
 	s.enqueue(si)
 }
 
-// replyErr answers with errno: an ERROR chunk carrying msg for a READ of a
-// structured connection (which must not get a simple reply), else a simple
-// reply.
+// replyErr answers with errno; on structured and extended connections as
+// an ERROR chunk carrying msg for a human.
 func (s *shard) replyErr(si int32, errno wire.Errno, msg string) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
 	s.stats.Errors.Add(1)
-	if c.sess.Structured && sl.req.Type == wire.CmdRead {
-		sl.hdrLen = wire.EncodeErrorChunk(sl.hdr, sl.req.Cookie, errno, msg)
-	} else {
-		wire.EncodeSimpleReply(sl.hdr, sl.req.Cookie, errno)
-		sl.hdrLen = wire.SimpleReplySize
-	}
-	sl.dataLen = 0
+	n := wire.EncodeError(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset, errno, msg)
+	sl.nout = 0
+	sl.put(sl.hdr[:n])
 	s.enqueue(si)
+}
+
+// replyRead sends the read's segments: data from the span buffer, holes
+// as OFFSET_HOLE chunks; the last chunk carries the DONE flag.
+func (s *shard) replyRead(si int32) {
+	sl := &s.slots[si]
+	c := &s.conns[sl.conn]
+	r := &sl.req
+	sl.nout = 0
+	at := 0
+	for i := 0; i < sl.nsegs; i++ {
+		seg := &sl.segs[i]
+		last := i == sl.nsegs-1
+		if seg.hole {
+			n := wire.EncodeHole(sl.hdr[at:], c.style, r.Cookie, r.Offset, seg.off, seg.len,
+				last)
+			sl.put(sl.hdr[at : at+n])
+			at += n
+			continue
+		}
+		n := wire.EncodeRead(sl.hdr[at:], c.style, r.Cookie, r.Offset, seg.off, seg.len, last)
+		sl.put(sl.hdr[at : at+n])
+		at += n
+		from := uint64(sl.skip) + seg.off - r.Offset
+		sl.put(sl.data[from : from+uint64(seg.len)])
+	}
+	s.enqueue(si)
+}
+
+// replyBlockStatus sends count descriptors (descLen bytes in sl.data).
+func (s *shard) replyBlockStatus(si int32, count, descLen int) {
+	sl := &s.slots[si]
+	c := &s.conns[sl.conn]
+	n := wire.EncodeBlockStatus(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset,
+		wire.MetaIDBaseAllocation, count)
+	sl.nout = 0
+	sl.put(sl.hdr[:n])
+	sl.put(sl.data[:descLen])
+	s.enqueue(si)
+}
+
+func (sl *slot) put(b []byte) {
+	sl.out[sl.nout] = unix.Iovec{Base: unsafe.SliceData(b), Len: uint64(len(b))}
+	sl.nout++
 }
 
 func (s *shard) enqueue(si int32) {
@@ -87,15 +115,9 @@ func (s *shard) sendQueued(ci int32) {
 	}
 	n, last := 0, int32(-1)
 	si := c.qHead
-	for si >= 0 && n+2 <= iovecsPerSendMax {
+	for si >= 0 && n+s.slots[si].nout <= iovecsPerSendMax {
 		sl := &s.slots[si]
-		c.iov[n] = unix.Iovec{Base: &sl.hdr[0], Len: uint64(sl.hdrLen)}
-		n++
-		if sl.dataLen > 0 {
-			d := sl.data[sl.skip : sl.skip+sl.dataLen]
-			c.iov[n] = unix.Iovec{Base: &d[0], Len: uint64(len(d))}
-			n++
-		}
+		n += copy(c.iov[n:], sl.out[:sl.nout])
 		last, si = si, sl.next
 	}
 	s.slots[last].next = -1

@@ -78,7 +78,7 @@ func dial(t *testing.T, sock string, o wire.ClientOptions) *testClient {
 func (tc *testClient) send(typ wire.Cmd, flags wire.CmdFlags, cookie, off uint64, n uint32,
 	payload []byte) {
 	wire.EncodeRequest(tc.req[:], &wire.Request{Type: typ, Flags: flags, Cookie: cookie,
-		Offset: off, Length: n})
+		Offset: off, Length: uint64(n)})
 	if _, err := tc.c.Write(tc.req[:]); err != nil {
 		tc.t.Fatal(err)
 	}

@@ -286,7 +286,7 @@ func (s *shard) allocSlot(ci int32) int32 {
 	sl := &s.slots[i]
 	sl.gen++
 	sl.conn, sl.next, sl.lock = ci, -1, -1
-	sl.errno, sl.done, sl.phase, sl.dataLen, sl.hdrLen = 0, 0, 0, 0, 0
+	sl.done, sl.phase, sl.nout, sl.nsegs = 0, 0, 0, 0
 	s.conns[ci].inflight++
 	s.stats.Inflight.Add(1)
 	return i

@@ -20,7 +20,7 @@ type slot struct {
 	payload []byte // unaligned WRITE's payload, before it is merged
 	pbuf    int32  // its arena handle, or -1
 
-	spanOff uint64 // the aligned span the device sees
+	spanOff uint64 // the aligned span the device sees (READ, WRITE)
 	spanLen uint32
 	skip    uint32 // the request's first byte within the span
 	done    uint32 // bytes of the span done (short reads and writes resume)
@@ -28,10 +28,21 @@ type slot struct {
 	step    uint8 // WRITE_ZEROES: which fallocate strategy is running
 	lock    int   // range lock held during read-modify-write, or -1
 
-	errno   wire.Errno
-	hdr     []byte // reply header (shard metadata memory)
-	hdrLen  int
-	dataLen uint32 // reply data bytes after the header
+	// A sparse READ's reply pieces, in order (see planRead).
+	segs  [readSegmentsMax]segment
+	nsegs int
+
+	hdr  []byte // reply headers (shard metadata memory)
+	out  [replyIovecsMax]unix.Iovec
+	nout int // out[:nout] is the reply, ready to send
+}
+
+// segment is part of a READ's range: data sent from the span buffer, or a
+// hole sent as an OFFSET_HOLE chunk.
+type segment struct {
+	off  uint64
+	len  uint32
+	hole bool
 }
 
 // Slot phases: what the slot's next completion completes.
@@ -43,26 +54,36 @@ const (
 	phTrim                     // fallocate(PUNCH_HOLE) for TRIM
 	phZero                     // fallocate for WRITE_ZEROES
 	phSync                     // fdatasync after TRIM/WRITE_ZEROES with FUA
+	phCache                    // fadvise(WILLNEED) for CACHE
 )
 
-// Fallocate modes (linux/falloc.h).
+// Fallocate modes (linux/falloc.h) and fadvise advice.
 const (
 	fallocKeepSize  = 0x01 // FALLOC_FL_KEEP_SIZE
 	fallocPunchHole = 0x02 // FALLOC_FL_PUNCH_HOLE
 	fallocZeroRange = 0x10 // FALLOC_FL_ZERO_RANGE
+	fadvWillNeed    = 3    // POSIX_FADV_WILLNEED
+	// rwfDSync is RWF_DSYNC: the write is durable before it completes (FUA).
+	rwfDSync = 0x2
 )
 
 // zeroSteps are WRITE_ZEROES strategies, tried in order while the
-// filesystem answers EOPNOTSUPP. With NO_HOLE the range must stay
-// allocated: ZERO_RANGE, else punch then allocate (tmpfs has no
-// ZERO_RANGE). Without it a hole is best: punch, else ZERO_RANGE.
-var zeroSteps = [2][]uint32{
+// filesystem answers EOPNOTSUPP, indexed by zeroPlan. With NO_HOLE the
+// range must stay allocated: ZERO_RANGE, else punch then allocate (tmpfs
+// has no ZERO_RANGE). Without it a hole is best: punch, else ZERO_RANGE.
+// With FAST_ZERO on a device only the punch is fast (the kernel's
+// ZERO_RANGE may fall back to writing zeros); its EOPNOTSUPP is ENOTSUP.
+var zeroSteps = [3][]uint32{
 	{fallocPunchHole | fallocKeepSize, fallocZeroRange | fallocKeepSize},
 	{fallocZeroRange | fallocKeepSize, fallocPunchHole | fallocKeepSize, fallocKeepSize},
+	{fallocPunchHole | fallocKeepSize},
 }
 
-// rwfDSync is RWF_DSYNC: the write is durable before it completes (FUA).
-const rwfDSync = 0x2
+const (
+	zeroPlanHole   = 0
+	zeroPlanNoHole = 1
+	zeroPlanFast   = 2
+)
 
 func (s *shard) ud(si int32) uint64 {
 	return ring.UserData(opIO, s.slots[si].gen, uint32(si))
@@ -101,23 +122,19 @@ func (s *shard) dispatch(ci int32) bool {
 	sl := &s.slots[si]
 	sl.req = *r
 	if errno != wire.EOK {
-		if r.Type == wire.CmdWrite {
-			c.drain = r.Length
-		}
+		c.drain = uint32(c.payloadLen) // rejected: its payload is discarded
 		s.replyErr(si, errno, "request rejected")
 		return true
 	}
-	align := uint64(c.exp.align)
-	sl.spanOff = r.Offset &^ (align - 1)
-	end := (r.Offset + uint64(r.Length) + align - 1) &^ (align - 1)
-	sl.spanLen, sl.skip = uint32(end-sl.spanOff), uint32(r.Offset-sl.spanOff)
+	if r.Type == wire.CmdRead || r.Type == wire.CmdWrite {
+		align := uint64(c.exp.align)
+		sl.spanOff = r.Offset &^ (align - 1)
+		end := (r.Offset + r.Length + align - 1) &^ (align - 1)
+		sl.spanLen, sl.skip = uint32(end-sl.spanOff), uint32(r.Offset-sl.spanOff)
+	}
 	switch r.Type {
 	case wire.CmdRead:
-		if !s.allocData(si, int(sl.spanLen)) {
-			return false
-		}
-		sl.phase = phRead
-		s.submitRead(si)
+		return s.startRead(si)
 	case wire.CmdWrite:
 		return s.startWrite(si)
 	case wire.CmdFlush:
@@ -132,6 +149,12 @@ func (s *shard) dispatch(ci int32) bool {
 		s.startTrim(si)
 	case wire.CmdWriteZeroes:
 		return s.startZero(si)
+	case wire.CmdCache:
+		sl.phase = phCache
+		c.ops++
+		ring.PrepFadvise(s.ring.SQE(), c.exp.fd, r.Offset, r.Length, fadvWillNeed, s.ud(si))
+	case wire.CmdBlockStatus:
+		return s.blockStatus(si)
 	}
 	return true
 }
@@ -156,10 +179,30 @@ func (s *shard) allocData(si int32, n int) bool {
 	return true
 }
 
+// startRead plans the reply (sparse files: holes are not read or sent)
+// and reads the span.
+func (s *shard) startRead(si int32) bool {
+	sl := &s.slots[si]
+	c := &s.conns[sl.conn]
+	if !s.planRead(sl, c) {
+		return true // failed: replied
+	}
+	if sl.nsegs == 1 && sl.segs[0].hole {
+		s.replyRead(si) // all hole: nothing to read
+		return true
+	}
+	if !s.allocData(si, int(sl.spanLen)) {
+		return false
+	}
+	sl.phase = phRead
+	s.submitRead(si)
+	return true
+}
+
 func (s *shard) startWrite(si int32) bool {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
-	aligned := sl.skip == 0 && sl.spanLen == sl.req.Length
+	aligned := sl.skip == 0 && uint64(sl.spanLen) == sl.req.Length
 	if !s.allocData(si, int(sl.spanLen)) {
 		return false
 	}
@@ -246,12 +289,13 @@ func (s *shard) submitFallocate(si int32, mode uint32, off, n uint64) {
 func (s *shard) startTrim(si int32) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
-	off, end := sl.req.Offset, sl.req.Offset+uint64(sl.req.Length)
+	off, end := sl.req.Offset, sl.req.Offset+sl.req.Length
 	if c.exp.isDevice {
 		a := uint64(c.exp.align)
 		off, end = (off+a-1)&^(a-1), end&^(a-1)
 	}
 	sl.phase = phTrim
+	c.exp.sparse.Store(true)
 	if end <= off {
 		s.afterFallocate(si)
 		return
@@ -264,34 +308,56 @@ func (s *shard) startTrim(si int32) {
 func (s *shard) startZero(si int32) bool {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
-	aligned := sl.skip == 0 && sl.spanLen == sl.req.Length
-	if c.exp.isDevice && !aligned {
-		if sl.req.Length > blockSizeMax {
-			s.replyErr(si, wire.EINVAL, "unaligned zeroing over 32 MiB on a device")
+	r := &sl.req
+	fast, noHole := r.Flags&wire.CmdFlagFastZero != 0, r.Flags&wire.CmdFlagNoHole != 0
+	if c.exp.isDevice {
+		a := uint64(c.exp.align)
+		if (r.Offset|r.Length)&(a-1) != 0 {
+			if fast {
+				s.replyErr(si, wire.ENOTSUP, "unaligned zeroing of a device is not fast")
+				return true
+			}
+			if r.Length > blockSizeMax {
+				s.replyErr(si, wire.EINVAL, "unaligned zeroing over 32 MiB on a device")
+				return true
+			}
+			sl.spanOff = r.Offset &^ (a - 1)
+			end := (r.Offset + r.Length + a - 1) &^ (a - 1)
+			sl.spanLen, sl.skip = uint32(end-sl.spanOff), uint32(r.Offset-sl.spanOff)
+			if !s.allocData(si, int(sl.spanLen)) {
+				return false
+			}
+			s.startRMW(si)
 			return true
 		}
-		if !s.allocData(si, int(sl.spanLen)) {
-			return false
+		if fast && noHole {
+			s.replyErr(si, wire.ENOTSUP, "zeroing a device without unmapping is not fast")
+			return true
 		}
-		s.startRMW(si)
-		return true
 	}
 	sl.phase, sl.step = phZero, 0
 	s.submitZeroStep(si)
 	return true
 }
 
-func (s *shard) submitZeroStep(si int32) {
-	sl := &s.slots[si]
-	steps := zeroSteps[s.noHole(sl)]
-	s.submitFallocate(si, steps[sl.step], sl.req.Offset, uint64(sl.req.Length))
+func zeroPlan(sl *slot, isDevice bool) int {
+	switch {
+	case isDevice && sl.req.Flags&wire.CmdFlagFastZero != 0:
+		return zeroPlanFast
+	case sl.req.Flags&wire.CmdFlagNoHole != 0:
+		return zeroPlanNoHole
+	}
+	return zeroPlanHole
 }
 
-func (s *shard) noHole(sl *slot) int {
-	if sl.req.Flags&wire.CmdFlagNoHole != 0 {
-		return 1
+func (s *shard) submitZeroStep(si int32) {
+	sl := &s.slots[si]
+	c := &s.conns[sl.conn]
+	steps := zeroSteps[zeroPlan(sl, c.exp.isDevice)]
+	if steps[sl.step]&fallocPunchHole != 0 {
+		c.exp.sparse.Store(true)
 	}
-	return 0
+	s.submitFallocate(si, steps[sl.step], sl.req.Offset, sl.req.Length)
 }
 
 // onIO completes a slot's device operation and moves it to its next phase.
@@ -321,13 +387,16 @@ func (s *shard) onIO(si int32, res int32) {
 		s.afterFallocate(si)
 	case phZero:
 		s.onZero(si, res)
+	case phCache:
+		// CACHE is advice: a refusal changes nothing the client can see.
+		s.replyOK(si)
 	}
 }
 
 func (s *shard) onReadWrite(si int32, res int32) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
-	if res < 0 || res == 0 {
+	if res <= 0 {
 		if sl.phase == phWrite {
 			c.exp.writeFailed.Store(true)
 		}
@@ -348,10 +417,10 @@ func (s *shard) onReadWrite(si int32, res int32) {
 	}
 	switch sl.phase {
 	case phRead:
-		s.stats.BytesRead.Add(uint64(sl.req.Length))
+		s.stats.BytesRead.Add(sl.req.Length)
 		s.replyRead(si)
 	case phRMWRead:
-		part := sl.data[sl.skip : sl.skip+sl.req.Length]
+		part := sl.data[sl.skip : uint64(sl.skip)+sl.req.Length]
 		if sl.req.Type == wire.CmdWriteZeroes {
 			clear(part)
 		} else {
@@ -365,29 +434,34 @@ func (s *shard) onReadWrite(si int32, res int32) {
 			c.exp.locks.unlock(sl.lock)
 			sl.lock = -1
 		}
-		s.stats.BytesWritten.Add(uint64(sl.req.Length))
+		s.stats.BytesWritten.Add(sl.req.Length)
 		s.replyOK(si)
 	}
 }
 
 var phaseName = [...]string{phRead: "read", phRMWRead: "read for read-modify-write",
-	phWrite: "write", phFlush: "fdatasync", phTrim: "trim", phZero: "zero", phSync: "fdatasync"}
+	phWrite: "write", phFlush: "fdatasync", phTrim: "trim", phZero: "zero",
+	phSync: "fdatasync", phCache: "fadvise"}
 
 func (s *shard) onZero(si int32, res int32) {
 	sl := &s.slots[si]
-	steps := zeroSteps[s.noHole(sl)]
+	c := &s.conns[sl.conn]
+	plan := zeroPlan(sl, c.exp.isDevice)
+	steps := zeroSteps[plan]
 	if res == -int32(unix.EOPNOTSUPP) && int(sl.step)+1 < len(steps) {
-		// The punch+allocate pair of the NO_HOLE list is entered at the
-		// punch; a filesystem without ZERO_RANGE lands here.
 		sl.step++
 		s.submitZeroStep(si)
+		return
+	}
+	if res == -int32(unix.EOPNOTSUPP) && sl.req.Flags&wire.CmdFlagFastZero != 0 {
+		s.replyErr(si, wire.ENOTSUP, "fast zeroing not supported here")
 		return
 	}
 	if res < 0 {
 		s.deviceError(si, res, "zero")
 		return
 	}
-	if s.noHole(sl) == 1 && steps[sl.step] == fallocPunchHole|fallocKeepSize {
+	if plan == zeroPlanNoHole && steps[sl.step] == fallocPunchHole|fallocKeepSize {
 		sl.step++ // punched: now allocate, so the zeros are not a hole
 		s.submitZeroStep(si)
 		return
@@ -419,5 +493,5 @@ func (s *shard) deviceError(si int32, res int32, what string) {
 	errno := unix.Errno(-res)
 	log.Printf("shard %d: %s %s at %d+%d: %v", s.id, c.exp.Path, what, sl.req.Offset,
 		sl.req.Length, errno)
-	s.replyErr(si, wire.ErrnoFromSys(errno), "device error")
+	s.replyErr(si, wire.ErrnoFromSys(errno), "device error: "+errno.Error())
 }

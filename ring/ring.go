@@ -242,6 +242,14 @@ func PrepFallocate(e *SQE, fd int, mode uint32, off, n uint64, ud uint64) {
 	e.OpCode, e.Fd, e.Off, e.Addr, e.Len, e.UserData = giouring.OpFallocate, int32(fd), off, n, mode, ud
 }
 
+// PrepFadvise runs posix_fadvise(fd, off, n, advice). The 64-bit length
+// goes in addr (Linux >= 6.7); older kernels read len, where 0 means "to
+// the end of the file", which is harmless for advice.
+func PrepFadvise(e *SQE, fd int, off, n uint64, advice uint32, ud uint64) {
+	e.OpCode, e.Fd, e.Off, e.Addr, e.UserData = giouring.OpFadvise, int32(fd), off, n, ud
+	e.OpcodeFlags = advice
+}
+
 // PrepTimeout completes (with -ETIME) once ts has passed, whatever else
 // completes meanwhile; ts must stay valid until then.
 func PrepTimeout(e *SQE, ts *unix.Timespec, ud uint64) {

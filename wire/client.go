@@ -14,6 +14,11 @@ type ClientOptions struct {
 	BlockSize bool
 	// ExportName uses NBD_OPT_EXPORT_NAME instead of NBD_OPT_GO.
 	ExportName bool
+	// Extended negotiates NBD_OPT_EXTENDED_HEADERS (32-byte headers).
+	Extended bool
+	// BaseAllocation selects the base:allocation context (needs
+	// Structured or Extended).
+	BaseAllocation bool
 }
 
 // ClientExport is what the server told the client about the export.
@@ -24,6 +29,19 @@ type ClientExport struct {
 	BlockPreferred uint32
 	BlockMax       uint32
 	Structured     bool
+	Extended       bool
+	MetaID         uint32 // base:allocation's context ID, 0 when not selected
+}
+
+// Style is the reply style the client negotiated.
+func (ex *ClientExport) Style() ReplyStyle {
+	switch {
+	case ex.Extended:
+		return StyleExtended
+	case ex.Structured:
+		return StyleStructured
+	}
+	return StyleSimple
 }
 
 // OptionError is a server's error reply to an option.
@@ -51,6 +69,18 @@ func ClientHandshake(rw io.ReadWriter, o ClientOptions) (ClientExport, error) {
 			return ex, err
 		}
 		ex.Structured = rep == RepAck
+	}
+	if o.Extended {
+		rep, _, err := clientOption(rw, OptExtendedHdrs, nil)
+		if err != nil {
+			return ex, err
+		}
+		ex.Extended = rep == RepAck
+	}
+	if o.BaseAllocation {
+		if err := clientSetMeta(rw, o.Name, &ex); err != nil {
+			return ex, err
+		}
 	}
 	if o.ExportName {
 		if err := clientSend(rw, OptExportName, []byte(o.Name)); err != nil {
@@ -86,6 +116,32 @@ func ClientHandshake(rw io.ReadWriter, o ClientOptions) (ClientExport, error) {
 			return ex, &OptionError{Opt: OptGo, Rep: rep, Message: string(p)}
 		case rep == RepInfo && len(p) >= 2:
 			clientInfo(&ex, p)
+		}
+	}
+}
+
+func clientSetMeta(rw io.ReadWriter, name string, ex *ClientExport) error {
+	data := make([]byte, 0, 12+len(name)+len(MetaBaseAllocation))
+	data = be.AppendUint32(data, uint32(len(name)))
+	data = append(data, name...)
+	data = be.AppendUint32(data, 1)
+	data = be.AppendUint32(data, uint32(len(MetaBaseAllocation)))
+	data = append(data, MetaBaseAllocation...)
+	if err := clientSend(rw, OptSetMeta, data); err != nil {
+		return err
+	}
+	for {
+		rep, p, err := clientReply(rw, OptSetMeta)
+		if err != nil {
+			return err
+		}
+		switch {
+		case rep == RepAck:
+			return nil
+		case rep.IsErr():
+			return &OptionError{Opt: OptSetMeta, Rep: rep, Message: string(p)}
+		case rep == RepMetaContext && len(p) >= 4 && string(p[4:]) == MetaBaseAllocation:
+			ex.MetaID = be.Uint32(p)
 		}
 	}
 }
@@ -190,21 +246,24 @@ func ClientList(rw io.ReadWriter) ([]string, error) {
 	return names, nil
 }
 
-// Reply is a decoded reply header: simple, or one structured chunk.
+// Reply is a decoded reply header: simple, or one structured or extended
+// chunk.
 type Reply struct {
-	Structured bool
+	Structured bool // a chunk (structured or extended), not a simple reply
 	Flags      uint16
 	Type       ReplyType
 	Cookie     uint64
+	Offset     uint64 // extended chunks echo the request's offset
 	Errno      Errno
-	Length     uint32 // structured: payload length that follows the header
+	Length     uint64 // chunks: payload length that follows the header
 }
 
 // ErrReplyMagic: a reply with neither magic; the stream is lost.
 var ErrReplyMagic = errors.New("nbd: bad reply magic")
 
-// ReadReplyHeader reads a simple reply or a structured chunk header from r
-// into rep, using buf (at least ChunkHeaderSize bytes) as scratch.
+// ReadReplyHeader reads a simple reply or a structured or extended chunk
+// header from r into rep, using buf (at least ExtReplySize bytes) as
+// scratch.
 func ReadReplyHeader(r io.Reader, buf []byte, rep *Reply) error {
 	if _, err := io.ReadFull(r, buf[:SimpleReplySize]); err != nil {
 		return err
@@ -219,7 +278,15 @@ func ReadReplyHeader(r io.Reader, buf []byte, rep *Reply) error {
 		}
 		*rep = Reply{Structured: true, Flags: be.Uint16(buf[4:]),
 			Type: ReplyType(be.Uint16(buf[6:])), Cookie: be.Uint64(buf[8:]),
-			Length: be.Uint32(buf[16:])}
+			Length: uint64(be.Uint32(buf[16:]))}
+		return nil
+	case MagicExtReply:
+		if _, err := io.ReadFull(r, buf[SimpleReplySize:ExtReplySize]); err != nil {
+			return err
+		}
+		*rep = Reply{Structured: true, Flags: be.Uint16(buf[4:]),
+			Type: ReplyType(be.Uint16(buf[6:])), Cookie: be.Uint64(buf[8:]),
+			Offset: be.Uint64(buf[16:]), Length: be.Uint64(buf[24:])}
 		return nil
 	}
 	return ErrReplyMagic

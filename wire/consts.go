@@ -10,6 +10,8 @@ const (
 	MagicRequest    = 0x25609513         // NBD_REQUEST_MAGIC
 	MagicSimple     = 0x67446698         // NBD_SIMPLE_REPLY_MAGIC
 	MagicStructured = 0x668e33ef         // NBD_STRUCTURED_REPLY_MAGIC
+	MagicExtRequest = 0x21e41c71         // NBD_EXTENDED_REQUEST_MAGIC
+	MagicExtReply   = 0x6e8a278c         // NBD_EXTENDED_REPLY_MAGIC
 )
 
 // Handshake flags sent by the server (16 bits).
@@ -191,13 +193,14 @@ type ReplyType uint16
 
 // Structured reply chunk types.
 const (
-	ReplyNone        ReplyType = 0         // NBD_REPLY_TYPE_NONE
-	ReplyOffsetData  ReplyType = 1         // NBD_REPLY_TYPE_OFFSET_DATA
-	ReplyOffsetHole  ReplyType = 2         // NBD_REPLY_TYPE_OFFSET_HOLE
-	ReplyBlockStatus ReplyType = 5         // NBD_REPLY_TYPE_BLOCK_STATUS
-	ReplyError       ReplyType = 1<<15 | 1 // NBD_REPLY_TYPE_ERROR
-	ReplyErrorOffset ReplyType = 1<<15 | 2 // NBD_REPLY_TYPE_ERROR_OFFSET
-	replyTypeErrBit  ReplyType = 1 << 15   // error chunk types have it
+	ReplyNone           ReplyType = 0         // NBD_REPLY_TYPE_NONE
+	ReplyOffsetData     ReplyType = 1         // NBD_REPLY_TYPE_OFFSET_DATA
+	ReplyOffsetHole     ReplyType = 2         // NBD_REPLY_TYPE_OFFSET_HOLE
+	ReplyBlockStatus    ReplyType = 5         // NBD_REPLY_TYPE_BLOCK_STATUS
+	ReplyBlockStatusExt ReplyType = 6         // NBD_REPLY_TYPE_BLOCK_STATUS_EXT
+	ReplyError          ReplyType = 1<<15 | 1 // NBD_REPLY_TYPE_ERROR
+	ReplyErrorOffset    ReplyType = 1<<15 | 2 // NBD_REPLY_TYPE_ERROR_OFFSET
+	replyTypeErrBit     ReplyType = 1 << 15   // error chunk types have it
 )
 
 // ReplyFlagDone marks the last chunk of a structured reply.
@@ -216,6 +219,8 @@ func (t ReplyType) String() string {
 		return "NBD_REPLY_TYPE_OFFSET_HOLE"
 	case ReplyBlockStatus:
 		return "NBD_REPLY_TYPE_BLOCK_STATUS"
+	case ReplyBlockStatusExt:
+		return "NBD_REPLY_TYPE_BLOCK_STATUS_EXT"
 	case ReplyError:
 		return "NBD_REPLY_TYPE_ERROR"
 	case ReplyErrorOffset:
@@ -224,12 +229,23 @@ func (t ReplyType) String() string {
 	return "NBD_REPLY_TYPE_" + strconv.FormatUint(uint64(t), 10)
 }
 
+// Extent status flags of the base:allocation context.
+const (
+	StateHole uint32 = 1 << 0 // NBD_STATE_HOLE
+	StateZero uint32 = 1 << 1 // NBD_STATE_ZERO
+)
+
+// MetaBaseAllocation is the one metadata context served.
+const MetaBaseAllocation = "base:allocation"
+
 // Sizes of fixed messages, in bytes.
 const (
 	GreetingSize         = 18 // NBDMAGIC + IHAVEOPT + 16-bit flags
 	OptionHeaderSize     = 16 // IHAVEOPT + option + length
 	OptionReplyHeadSize  = 20 // REP magic + option + type + length
 	RequestSize          = 28 // compact request header
+	ExtRequestSize       = 32 // extended request header
+	ExtReplySize         = 32 // extended reply chunk header
 	SimpleReplySize      = 16
 	ChunkHeaderSize      = 20 // structured reply chunk header
 	OffsetDataHeaderSize = ChunkHeaderSize + 8

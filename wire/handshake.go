@@ -28,7 +28,13 @@ const (
 	OptionRoundsMax = 64
 	// infoRequestsMax caps NBD_INFO items in one GO/INFO; there are 4 kinds.
 	infoRequestsMax = 64
+	// metaQueriesMax caps queries in one LIST/SET_META_CONTEXT; one
+	// namespace is served, so more than a handful is noise.
+	metaQueriesMax = 128
 )
+
+// MetaIDBaseAllocation is the context ID given to base:allocation.
+const MetaIDBaseAllocation = 1
 
 // Step tells the caller what to do after sending an option's reply.
 type Step uint8
@@ -46,6 +52,20 @@ type Negotiated struct {
 	// BlockSizeAsked: the client requested NBD_INFO_BLOCK_SIZE in GO, so it
 	// agreed to honour the advertised constraints.
 	BlockSizeAsked bool
+	Extended       bool    // NBD_OPT_EXTENDED_HEADERS was acknowledged
+	BaseAllocation bool    // base:allocation selected for this export
+	Flags          TxFlags // transmission flags sent to the client
+}
+
+// Style is the reply style the negotiation agreed on.
+func (n *Negotiated) Style() ReplyStyle {
+	switch {
+	case n.Extended:
+		return StyleExtended
+	case n.Structured:
+		return StyleStructured
+	}
+	return StyleSimple
 }
 
 // ServerHandshake is the server's option-haggling state machine: bytes in,
@@ -55,6 +75,9 @@ type ServerHandshake struct {
 	noZeroes    bool
 	fixed       bool
 	structured  bool
+	extended    bool
+	metaExport  string // export of the last SET_META_CONTEXT
+	metaBase    bool   // it selected base:allocation
 	rounds      int
 	out         []byte
 	Result      Negotiated
@@ -133,6 +156,8 @@ func (h *ServerHandshake) Option(opt Opt, data []byte) ([]byte, Step) {
 		switch {
 		case len(data) != 0:
 			h.replyErr(opt, RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
+		case h.extended:
+			h.replyErr(opt, RepErrInvalid, "extended headers already negotiated")
 		case h.structured:
 			h.replyErr(opt, RepErrInvalid, "structured replies already negotiated")
 		default:
@@ -140,6 +165,19 @@ func (h *ServerHandshake) Option(opt Opt, data []byte) ([]byte, Step) {
 			h.reply(opt, RepAck, nil)
 		}
 		return h.out, StepContinue
+	case OptExtendedHdrs:
+		switch {
+		case len(data) != 0:
+			h.replyErr(opt, RepErrInvalid, "NBD_OPT_EXTENDED_HEADERS takes no data")
+		case h.extended:
+			h.replyErr(opt, RepErrInvalid, "extended headers already negotiated")
+		default:
+			h.extended = true
+			h.reply(opt, RepAck, nil)
+		}
+		return h.out, StepContinue
+	case OptListMeta, OptSetMeta:
+		return h.meta(opt, data), StepContinue
 	}
 	h.replyErr(opt, RepErrUnsup, "option not supported: "+opt.String())
 	return h.out, StepContinue
@@ -155,6 +193,10 @@ func (h *ServerHandshake) lookup(name []byte) int {
 }
 
 func (h *ServerHandshake) exportName(data []byte) ([]byte, Step) {
+	if h.extended {
+		h.closeReason = "NBD_OPT_EXPORT_NAME after NBD_OPT_EXTENDED_HEADERS"
+		return nil, StepClose
+	}
 	i := h.lookup(data)
 	if len(data) > StringMax || i < 0 {
 		// NBD_OPT_EXPORT_NAME has no error reply; proto.md: close.
@@ -163,15 +205,16 @@ func (h *ServerHandshake) exportName(data []byte) ([]byte, Step) {
 	}
 	e := &h.exports[i]
 	var b [10 + ExportNameZeroes]byte
+	flags := h.txFlags(e)
 	be.PutUint64(b[0:], e.Size)
-	be.PutUint16(b[8:], uint16(e.Flags))
+	be.PutUint16(b[8:], uint16(flags))
 	n := len(b)
 	if h.noZeroes {
 		n = 10
 	}
 	h.out = append(h.out, b[:n]...)
 	// Without NBD_OPT_GO the client never saw block sizes: not strict.
-	h.Result = Negotiated{Export: i, Structured: h.structured}
+	h.Result = Negotiated{Export: i, Structured: h.structured, Flags: flags}
 	return h.out, StepServe
 }
 
@@ -210,11 +253,9 @@ func (h *ServerHandshake) infoGo(opt Opt, data []byte) ([]byte, Step) {
 		h.replyErr(opt, RepErrInvalid, "info request count does not match option length")
 		return h.out, StepContinue
 	}
-	for _, c := range name {
-		if c == 0 {
-			h.replyErr(opt, RepErrInvalid, "export name contains a NUL byte")
-			return h.out, StepContinue
-		}
+	if bytesIndexNUL(name) {
+		h.replyErr(opt, RepErrInvalid, "export name contains a NUL byte")
+		return h.out, StepContinue
 	}
 	i := h.lookup(name)
 	if i < 0 {
@@ -233,10 +274,11 @@ func (h *ServerHandshake) infoGo(opt Opt, data []byte) ([]byte, Step) {
 		}
 	}
 	e := &h.exports[i]
+	flags := h.txFlags(e)
 	var p [18]byte
 	be.PutUint16(p[0:], uint16(InfoExport))
 	be.PutUint64(p[2:], e.Size)
-	be.PutUint16(p[10:], uint16(e.Flags))
+	be.PutUint16(p[10:], uint16(flags))
 	h.reply(opt, RepInfo, p[:12])
 	if wantName {
 		h.reply(opt, RepInfo, append([]byte{0, byte(InfoName)}, e.Name...))
@@ -256,8 +298,98 @@ func (h *ServerHandshake) infoGo(opt Opt, data []byte) ([]byte, Step) {
 	if opt == OptInfo {
 		return h.out, StepContinue
 	}
-	h.Result = Negotiated{Export: i, Structured: h.structured, BlockSizeAsked: wantBlock}
+	h.Result = Negotiated{Export: i, Structured: h.structured || h.extended,
+		BlockSizeAsked: wantBlock, Extended: h.extended, Flags: flags,
+		BaseAllocation: h.metaBase && h.metaExport == string(name)}
 	return h.out, StepServe
+}
+
+// txFlags are an export's flags as this client sees them: DF only means
+// something with structured replies.
+func (h *ServerHandshake) txFlags(e *Export) TxFlags {
+	if h.structured || h.extended {
+		return e.Flags
+	}
+	return e.Flags &^ TxSendDF
+}
+
+// meta answers LIST_META_CONTEXT and SET_META_CONTEXT. Data: export name
+// length (4), name, query count (4), queries (length (4) + string each).
+func (h *ServerHandshake) meta(opt Opt, data []byte) []byte {
+	if !h.structured && !h.extended {
+		h.replyErr(opt, RepErrInvalid, "negotiate structured replies first")
+		return h.out
+	}
+	name, rest, ok := cutString(data)
+	if !ok || len(rest) < 4 {
+		h.replyErr(opt, RepErrInvalid, "malformed option data")
+		return h.out
+	}
+	count := be.Uint32(rest)
+	rest = rest[4:]
+	if count > metaQueriesMax {
+		h.replyErr(opt, RepErrTooBig, "too many queries")
+		return h.out
+	}
+	match := count == 0 && opt == OptListMeta // no query lists everything
+	for k := uint32(0); k < count; k++ {
+		var q []byte
+		if q, rest, ok = cutString(rest); !ok {
+			h.replyErr(opt, RepErrInvalid, "query length beyond option data")
+			return h.out
+		}
+		switch string(q) {
+		case MetaBaseAllocation:
+			match = true
+		case "base:":
+			match = match || opt == OptListMeta // wildcards only list
+		}
+	}
+	if len(rest) != 0 {
+		h.replyErr(opt, RepErrInvalid, "trailing bytes after the queries")
+		return h.out
+	}
+	if bytesIndexNUL(name) {
+		h.replyErr(opt, RepErrInvalid, "export name contains a NUL byte")
+		return h.out
+	}
+	if h.lookup(name) < 0 {
+		h.replyErr(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", name))
+		return h.out
+	}
+	id := uint32(0) // proto.md: IDs in LIST replies are reserved (zero)
+	if opt == OptSetMeta {
+		h.metaExport, h.metaBase, id = string(name), match, MetaIDBaseAllocation
+	}
+	if match {
+		p := make([]byte, 4, 4+len(MetaBaseAllocation))
+		be.PutUint32(p, id)
+		h.reply(opt, RepMetaContext, append(p, MetaBaseAllocation...))
+	}
+	h.reply(opt, RepAck, nil)
+	return h.out
+}
+
+// cutString splits a 4-byte length and that many bytes (at most
+// StringMax) off the front of b.
+func cutString(b []byte) (s, rest []byte, ok bool) {
+	if len(b) < 4 {
+		return nil, nil, false
+	}
+	n := be.Uint32(b)
+	if n > StringMax || uint64(n) > uint64(len(b)-4) {
+		return nil, nil, false
+	}
+	return b[4 : 4+n], b[4+n:], true
+}
+
+func bytesIndexNUL(b []byte) bool {
+	for _, c := range b {
+		if c == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *ServerHandshake) reply(opt Opt, typ Rep, data []byte) {

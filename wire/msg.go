@@ -8,13 +8,16 @@ import (
 
 var be = binary.BigEndian
 
-// Request is a decoded transmission-phase request header.
+// Request is a decoded transmission-phase request header, compact or
+// extended. Length is the payload length of a WRITE (or of any request
+// with CmdFlagPayloadLen), else the effect length: 64 bits with extended
+// headers, at most 32 in the compact form.
 type Request struct {
 	Flags  CmdFlags
 	Type   Cmd
 	Cookie uint64
 	Offset uint64
-	Length uint32
+	Length uint64
 }
 
 // ErrRequestMagic means a request header did not start with
@@ -32,8 +35,35 @@ func DecodeRequest(b []byte, r *Request) error {
 	r.Type = Cmd(be.Uint16(b[6:]))
 	r.Cookie = be.Uint64(b[8:])
 	r.Offset = be.Uint64(b[16:])
-	r.Length = be.Uint32(b[24:])
+	r.Length = uint64(be.Uint32(b[24:]))
 	return nil
+}
+
+// DecodeExtendedRequest decodes an extended request header from
+// b[:ExtRequestSize] (NBD_OPT_EXTENDED_HEADERS).
+func DecodeExtendedRequest(b []byte, r *Request) error {
+	_ = b[ExtRequestSize-1]
+	if be.Uint32(b[0:]) != MagicExtRequest {
+		return ErrRequestMagic
+	}
+	r.Flags = CmdFlags(be.Uint16(b[4:]))
+	r.Type = Cmd(be.Uint16(b[6:]))
+	r.Cookie = be.Uint64(b[8:])
+	r.Offset = be.Uint64(b[16:])
+	r.Length = be.Uint64(b[24:])
+	return nil
+}
+
+// EncodeExtendedRequest writes an extended request header into
+// b[:ExtRequestSize].
+func EncodeExtendedRequest(b []byte, r *Request) {
+	_ = b[ExtRequestSize-1]
+	be.PutUint32(b[0:], MagicExtRequest)
+	be.PutUint16(b[4:], uint16(r.Flags))
+	be.PutUint16(b[6:], uint16(r.Type))
+	be.PutUint64(b[8:], r.Cookie)
+	be.PutUint64(b[16:], r.Offset)
+	be.PutUint64(b[24:], r.Length)
 }
 
 // EncodeRequest writes a compact request header into b[:RequestSize].
@@ -44,7 +74,7 @@ func EncodeRequest(b []byte, r *Request) {
 	be.PutUint16(b[6:], uint16(r.Type))
 	be.PutUint64(b[8:], r.Cookie)
 	be.PutUint64(b[16:], r.Offset)
-	be.PutUint32(b[24:], r.Length)
+	be.PutUint32(b[24:], uint32(r.Length))
 }
 
 // EncodeSimpleReply writes a simple reply header into b[:SimpleReplySize].

@@ -11,11 +11,16 @@ type Session struct {
 	// in NBD_OPT_GO), so it promised aligned requests and an unaligned one is
 	// EINVAL. A client that never asked is served byte-exactly.
 	Strict     bool
-	Structured bool
+	Structured bool // structured replies (or extended headers) negotiated
+	Extended   bool // extended headers negotiated
+	// BaseAllocation: the base:allocation context was selected for this
+	// export, so NBD_CMD_BLOCK_STATUS may be used.
+	BaseAllocation bool
 }
 
-// cmdFlagsAllowed lists, per command, the flags it may carry; a flag is
-// further allowed only when its transmission flag was advertised.
+// cmdFlagsAllowed lists, per command, the flags it may carry (besides
+// CmdFlagPayloadLen, which extended headers allow on any command); a flag
+// is further allowed only when its transmission flag was advertised.
 var cmdFlagsAllowed = [CmdCount]CmdFlags{
 	CmdRead:        CmdFlagFUA | CmdFlagDF,
 	CmdWrite:       CmdFlagFUA,
@@ -30,26 +35,42 @@ var cmdFlagsAllowed = [CmdCount]CmdFlags{
 // cmdServed lists the commands this server implements.
 var cmdServed = [CmdCount]bool{
 	CmdRead: true, CmdWrite: true, CmdDisc: true, CmdFlush: true,
-	CmdTrim: true, CmdWriteZeroes: true,
+	CmdTrim: true, CmdCache: true, CmdWriteZeroes: true, CmdBlockStatus: true,
 }
 
-// WritePayloadOK reports whether a request's payload (WRITE data) is small
-// enough to read and, if rejected, drain. When it is not, the stream cannot
-// be kept in sync within bounded memory and time: the caller must
-// disconnect the client.
-func WritePayloadOK(r *Request) bool {
-	return r.Type != CmdWrite || r.Length <= PayloadMax
+// PayloadLen returns how many payload bytes follow the request header:
+// a WRITE's data in the compact form; with extended headers, Length when
+// CmdFlagPayloadLen is set. ok is false when the payload exceeds
+// PayloadMax: the stream cannot be kept in sync within bounded memory and
+// time, so the caller must disconnect the client.
+func PayloadLen(r *Request, extended bool) (n uint64, ok bool) {
+	switch {
+	case extended && r.Flags&CmdFlagPayloadLen != 0:
+		n = r.Length
+	case !extended && r.Type == CmdWrite:
+		n = r.Length
+	}
+	return n, n <= PayloadMax
 }
 
 // Validate is the one place that checks a request against the protocol
 // and the session. It returns EOK for a request to serve, or the error to
-// reply with (the connection stays usable; a WRITE's payload must still be
-// drained).
+// reply with; the connection stays usable, and any payload (PayloadLen)
+// must still be drained.
 func (s *Session) Validate(r *Request) Errno {
 	if r.Type >= CmdCount || !cmdServed[r.Type] {
 		return EINVAL
 	}
-	if r.Flags&^cmdFlagsAllowed[r.Type] != 0 || !s.flagsAdvertised(r.Flags) {
+	flags := r.Flags
+	if s.Extended {
+		// A payload is what WRITE carries and nothing else takes one.
+		hasPayload := flags&CmdFlagPayloadLen != 0
+		if hasPayload != (r.Type == CmdWrite) {
+			return EINVAL
+		}
+		flags &^= CmdFlagPayloadLen
+	}
+	if flags&^cmdFlagsAllowed[r.Type] != 0 || !s.flagsAdvertised(flags) {
 		return EINVAL
 	}
 	switch r.Type {
@@ -58,6 +79,10 @@ func (s *Session) Validate(r *Request) Errno {
 	case CmdWrite, CmdTrim, CmdWriteZeroes:
 		if s.Flags&TxReadOnly != 0 {
 			return EPERM
+		}
+	case CmdBlockStatus:
+		if !s.BaseAllocation {
+			return EINVAL // no metadata context negotiated
 		}
 	}
 	if r.Length == 0 {
@@ -68,22 +93,24 @@ func (s *Session) Validate(r *Request) Errno {
 	if (r.Type == CmdRead || r.Type == CmdWrite) && r.Length > PayloadMax {
 		return EINVAL
 	}
-	if r.Offset > s.Size || uint64(r.Length) > s.Size-r.Offset {
+	if r.Offset > s.Size || r.Length > s.Size-r.Offset {
 		if r.Type == CmdWrite || r.Type == CmdWriteZeroes {
 			return ENOSPC
 		}
 		return EINVAL
 	}
-	if s.Strict && !s.Aligned(r.Offset, r.Length) {
+	// Block status answers any range; everything else must be aligned
+	// when the client promised so.
+	if s.Strict && r.Type != CmdBlockStatus && !s.Aligned(r.Offset, r.Length) {
 		return EINVAL
 	}
 	return EOK
 }
 
 // Aligned reports whether offset and length are multiples of BlockMin.
-func (s *Session) Aligned(offset uint64, length uint32) bool {
+func (s *Session) Aligned(offset, length uint64) bool {
 	mask := uint64(s.BlockMin) - 1
-	return offset&mask == 0 && uint64(length)&mask == 0
+	return offset&mask == 0 && length&mask == 0
 }
 
 func (s *Session) flagsAdvertised(f CmdFlags) bool {

@@ -1,0 +1,115 @@
+package engine
+
+import (
+	"log"
+
+	"github.com/nbdring/nbdring/wire"
+	"golang.org/x/sys/unix"
+)
+
+// Holes are found with lseek(SEEK_DATA/SEEK_HOLE), synchronously on the
+// shard: the filesystem answers from its extent tree, and only for exports
+// that may be sparse (Export.sparse), so fully allocated images and block
+// devices pay nothing.
+
+// nextExtent returns the extent of file fd that starts at pos, clipped to
+// end: its length and whether it is a hole. ok is false when the
+// filesystem will not say (the caller treats the rest as data).
+func nextExtent(fd int, pos, end uint64) (n uint64, hole bool, ok bool) {
+	d, err := unix.Seek(fd, int64(pos), unix.SEEK_DATA)
+	switch {
+	case err == unix.ENXIO:
+		return end - pos, true, true // a hole up to end of file
+	case err != nil:
+		return 0, false, false
+	case uint64(d) > pos:
+		return min(uint64(d), end) - pos, true, true
+	}
+	h, err := unix.Seek(fd, int64(pos), unix.SEEK_HOLE)
+	if err != nil {
+		return 0, false, false
+	}
+	return min(uint64(h), end) - pos, false, true
+}
+
+// planRead splits a READ into data and hole segments. Holes are only sent
+// as such on structured connections to file exports that may be sparse;
+// with DF the reply must be one chunk, so a range that is not entirely a
+// hole is sent as data. It returns false after replying with an error.
+func (s *shard) planRead(sl *slot, c *conn) bool {
+	off, end := sl.req.Offset, sl.req.Offset+sl.req.Length
+	sl.nsegs = 1
+	sl.segs[0] = segment{off: off, len: uint32(sl.req.Length)}
+	if c.style == wire.StyleSimple || c.exp.isDevice || !c.exp.sparse.Load() {
+		return true
+	}
+	df := sl.req.Flags&wire.CmdFlagDF != 0
+	sl.nsegs = 0
+	for pos := off; pos < end; {
+		if sl.nsegs == readSegmentsMax-1 {
+			sl.segs[sl.nsegs] = segment{off: pos, len: uint32(end - pos)}
+			sl.nsegs++
+			break
+		}
+		n, hole, ok := nextExtent(c.exp.fd, pos, end)
+		if !ok {
+			n, hole = end-pos, false
+		}
+		sl.segs[sl.nsegs] = segment{off: pos, len: uint32(n), hole: hole}
+		sl.nsegs++
+		pos += n
+	}
+	if df && sl.nsegs > 1 {
+		sl.nsegs = 1
+		sl.segs[0] = segment{off: off, len: uint32(sl.req.Length)}
+	}
+	return true
+}
+
+// blockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation: holes are
+// HOLE|ZERO, everything else (and all of a block device) data. The reply
+// covers at most blockStatusExtentsMax extents (one with REQ_ONE) of the
+// requested range; the client asks again for the rest.
+func (s *shard) blockStatus(si int32) bool {
+	sl := &s.slots[si]
+	c := &s.conns[sl.conn]
+	max := blockStatusExtentsMax
+	if sl.req.Flags&wire.CmdFlagReqOne != 0 {
+		max = 1
+	}
+	esz := wire.ExtentSize(c.style)
+	if !s.allocData(si, max*esz) {
+		return false
+	}
+	off, end := sl.req.Offset, sl.req.Offset+sl.req.Length
+	count, at := 0, 0
+	for pos := off; pos < end && count < max; {
+		n, hole := end-pos, false
+		if !c.exp.isDevice && c.exp.sparse.Load() {
+			var ok bool
+			if n, hole, ok = nextExtent(c.exp.fd, pos, end); !ok {
+				log.Printf("shard %d: %s: lseek at %d failed; reporting data", s.id,
+					c.exp.Path, pos)
+				n, hole = end-pos, false
+			}
+		}
+		if c.style != wire.StyleExtended {
+			n = min(n, extentCompactMax(c.exp.align))
+		}
+		var flags uint32
+		if hole {
+			flags = wire.StateHole | wire.StateZero
+		}
+		at += wire.PutExtent(sl.data[at:], c.style, n, flags)
+		count++
+		pos += n
+	}
+	s.replyBlockStatus(si, count, at)
+	return true
+}
+
+// extentCompactMax is the longest extent a 32-bit descriptor carries that
+// is still a multiple of the minimum block size.
+func extentCompactMax(align uint32) uint64 {
+	return (1<<32 - 1) &^ (uint64(align) - 1)
+}
