@@ -254,7 +254,7 @@ func (s *shard) maybeRelease(ci int32) {
 	assert(c.inflight == 0, "connection released with slots still owned")
 	assert(c.bufBytes == 0, "connection released with buffers still held")
 	unix.Close(c.fd)
-	c.fd = -1
+	c.fd, c.closing = -1, false // released: a second call finds nothing to do
 	c.gen++
 	s.live--
 	s.stats.Conns.Add(-1)

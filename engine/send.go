@@ -148,8 +148,11 @@ func (s *shard) onSend(ci int32, res int32) {
 			log.Printf("shard %d: connection %d: send: %v", s.id, ci, unix.Errno(-res))
 		}
 		s.freeBatch(ci)
-		s.beginClose(ci)
-		s.maybeRelease(ci)
+		if c.closing {
+			s.maybeRelease(ci)
+		} else {
+			s.beginClose(ci)
+		}
 		return
 	}
 	// Resume a partial send where it stopped (as internal/poll's writev).
