@@ -6,3 +6,5 @@ require (
 	github.com/pawelgaczynski/giouring v0.0.0-20230826085535-69588b89acb9
 	golang.org/x/sys v0.49.0
 )
+
+require github.com/klauspost/cpuid/v2 v2.4.2

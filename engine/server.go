@@ -66,14 +66,12 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	if len(exports) == 0 {
 		return nil, errors.New("no exports: name at least one file or block device")
 	}
-	cpus, err := UsableCPUs()
+	topo, err := ReadTopology()
 	if err != nil {
 		return nil, err
 	}
-	n := cfg.Shards
-	if n <= 0 {
-		n = len(cpus)
-	}
+	cpus := topo.ShardCPUs(cfg.Shards)
+	n := len(cpus)
 	arenaSize := cfg.ArenaSize
 	if arenaSize == 0 {
 		arenaSize = arenaSizeDefault
@@ -92,7 +90,7 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		s.wireExps = append(s.wireExps, e.Wire())
 	}
 	for i := 0; i < n; i++ {
-		sh, err := newShard(s, i, cpus[i%len(cpus)], arenaSize)
+		sh, err := newShard(s, i, cpus[i], arenaSize)
 		if err != nil {
 			s.abort()
 			return nil, err
@@ -108,9 +106,10 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		}
 		s.shards = append(s.shards, sh)
 	}
+	log.Printf("machine: %v", topo)
 	log.Printf("%d shards on CPUs %v; per shard: %d MiB arena + %d KiB metadata "+
 		"(%d slots x %d B headers + %d conns x (%d KiB recv + send vector))",
-		n, cpus[:min(n, len(cpus))], arenaSize>>20, metaSize>>10, slotsPerShardMax,
+		n, cpus, arenaSize>>20, metaSize>>10, slotsPerShardMax,
 		replyHeaderSize, connsPerShardMax, recvBufSize>>10)
 	return s, nil
 }

@@ -12,6 +12,7 @@ package ring
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -25,11 +26,12 @@ type (
 	CQE = giouring.CompletionQueueEvent
 )
 
-// Stats counts ring activity for the shard's counters page.
+// Stats counts ring activity for the shard's counters page; atomics
+// because the page reads them from another goroutine.
 type Stats struct {
-	Enters      uint64 // io_uring_enter calls
-	Submitted   uint64 // SQEs handed to the kernel
-	Completions uint64 // CQEs reaped
+	Enters      atomic.Uint64 // io_uring_enter calls
+	Submitted   atomic.Uint64 // SQEs handed to the kernel
+	Completions atomic.Uint64 // CQEs reaped
 }
 
 // Ring is one io_uring with a preallocated completion batch.
@@ -136,11 +138,11 @@ func (rg *Ring) SubmitAndWait(wait uint32) error {
 
 func (rg *Ring) submit(wait uint32) (uint, error) {
 	for {
-		rg.Stats.Enters++
+		rg.Stats.Enters.Add(1)
 		n, err := rg.r.SubmitAndWait(wait)
 		switch {
 		case err == nil:
-			rg.Stats.Submitted += uint64(n)
+			rg.Stats.Submitted.Add(uint64(n))
 			return n, nil
 		case errors.Is(err, syscall.EINTR):
 			continue
@@ -155,7 +157,7 @@ func (rg *Ring) submit(wait uint32) (uint, error) {
 // handles them and then calls Advance(len).
 func (rg *Ring) Reap() []*CQE {
 	n := rg.r.PeekBatchCQE(rg.batch)
-	rg.Stats.Completions += uint64(n)
+	rg.Stats.Completions.Add(uint64(n))
 	return rg.batch[:n]
 }
 

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net/http"
+	_ "net/http/pprof" // the -pprof page
 	"os"
 	"os/signal"
 	"strings"
@@ -23,6 +25,8 @@ func main() {
 		"number of shards (pinned goroutines, one io_uring each); 0: one per usable CPU")
 	arenaMiB := flag.Int("arena-mib", 128,
 		"buffer arena per shard in MiB (a power of two, at least 64)")
+	pprofAddr := flag.String("pprof", "",
+		"serve net/http/pprof and per-shard counters (/counters) on this host:port")
 	flag.Usage = usage
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
@@ -31,7 +35,7 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	if err := run(*listen, *readOnly, *shards, *arenaMiB, flag.Args()); err != nil {
+	if err := run(*listen, *readOnly, *shards, *arenaMiB, *pprofAddr, flag.Args()); err != nil {
 		log.Print(err)
 		os.Exit(1)
 	}
@@ -52,7 +56,8 @@ flags:
 	flag.PrintDefaults()
 }
 
-func run(listen string, readOnly bool, shards, arenaMiB int, args []string) error {
+func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string,
+	args []string) error {
 	var exports []*engine.Export
 	defer func() {
 		for _, e := range exports {
@@ -80,6 +85,18 @@ func run(listen string, readOnly bool, shards, arenaMiB int, args []string) erro
 	if err != nil {
 		srv.Stop()
 		return err
+	}
+	if pprofAddr != "" {
+		http.HandleFunc("/counters", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			srv.WriteCounters(w)
+		})
+		go func() {
+			log.Printf("pprof and counters on http://%s/debug/pprof/ and /counters", pprofAddr)
+			if err := http.ListenAndServe(pprofAddr, nil); err != nil {
+				log.Printf("-pprof %s: %v", pprofAddr, err)
+			}
+		}()
 	}
 	for _, e := range exports {
 		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v",
