@@ -1,0 +1,301 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nbdring/nbdring/wire"
+)
+
+// Config is one workload against one server.
+type Config struct {
+	URI      string
+	RW       string // read, write, randread, randwrite, randrw
+	Mix      int    // randrw: percentage of reads
+	BS       int    // block size in bytes
+	QD       int    // requests in flight per connection
+	Conns    int
+	Duration time.Duration // run time (when Ops is 0)
+	Ops      int64         // total operations (0: run for Duration)
+	// RangeOff and RangeLen select the part of the export used (RangeLen
+	// 0: to the end).
+	RangeOff, RangeLen uint64
+	Verify             bool
+	ServerPID          int       // read the server's CPU time from /proc
+	Progress           io.Writer // a live line every second, or nil
+}
+
+// Latency percentiles in microseconds.
+type Latency struct {
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p999"`
+	Max  float64 `json:"max"`
+}
+
+// Result is what a run measured.
+type Result struct {
+	Workload         string  `json:"workload"`
+	Ops              uint64  `json:"ops"`
+	Bytes            uint64  `json:"bytes"`
+	Seconds          float64 `json:"duration_s"`
+	IOPS             float64 `json:"iops"`
+	BytesPerSec      float64 `json:"bytes_per_sec"`
+	Latency          Latency `json:"latency_us"`
+	Errors           uint64  `json:"errors"`
+	VerifyErrors     uint64  `json:"verify_errors"`
+	FirstError       string  `json:"first_error,omitempty"`
+	ServerCPUSeconds float64 `json:"server_cpu_seconds,omitempty"`
+	ServerCPUUsPerOp float64 `json:"server_cpu_us_per_op,omitempty"`
+	Machine          string  `json:"machine,omitempty"`
+}
+
+// Workload names the configuration as rw:bs:qd:conns.
+func (c *Config) Workload() string {
+	return fmt.Sprintf("%s:%s:%d:%d", c.RW, FormatSize(c.BS), c.QD, c.Conns)
+}
+
+func (c *Config) check() error {
+	switch c.RW {
+	case "read", "write", "randread", "randwrite", "randrw":
+	default:
+		return fmt.Errorf("-rw %q: use read, write, randread, randwrite or randrw", c.RW)
+	}
+	switch {
+	case c.BS < sectorSize || c.BS%sectorSize != 0 || c.BS > wire.PayloadMax:
+		return fmt.Errorf("-bs %d: use a multiple of 512 up to 32 MiB", c.BS)
+	case c.QD < 1 || c.QD > 1024:
+		return fmt.Errorf("-qd %d: use 1 to 1024", c.QD)
+	case c.Conns < 1 || c.Conns > 256:
+		return fmt.Errorf("-conns %d: use 1 to 256", c.Conns)
+	case c.Mix < 0 || c.Mix > 100:
+		return fmt.Errorf("-mix %d: a percentage of reads, 0 to 100", c.Mix)
+	case c.Ops <= 0 && c.Duration <= 0:
+		return errors.New("give -duration or -ops")
+	}
+	return nil
+}
+
+func (c *Config) writes() bool { return c.RW != "read" && c.RW != "randread" }
+
+// Run drives the server at cfg.URI and reports what it measured. Errors
+// are for runs that could not happen (no server, bad flags, no MULTI_CONN);
+// request errors and verify failures are counted in the Result.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	if err := cfg.check(); err != nil {
+		return Result{}, err
+	}
+	tgt, err := ParseURI(cfg.URI)
+	if err != nil {
+		return Result{}, err
+	}
+	ws := make([]*worker, cfg.Conns)
+	for i := range ws {
+		if ws[i], err = dialWorker(ctx, tgt, &cfg, i); err != nil {
+			for _, w := range ws[:i] {
+				w.c.Close()
+			}
+			return Result{}, err
+		}
+	}
+	ex := ws[0].ex
+	if cfg.Conns > 1 && cfg.writes() && ex.Flags&wire.TxCanMultiConn == 0 {
+		for _, w := range ws {
+			w.c.Close()
+		}
+		return Result{}, errors.New("the server does not advertise MULTI_CONN, so writes " +
+			"on several connections may not be consistent: use -conns 1")
+	}
+	if err := layout(ws, &cfg, ex.Size); err != nil {
+		for _, w := range ws {
+			w.c.Close()
+		}
+		return Result{}, err
+	}
+	var stop atomic.Bool
+	cpu0 := cpuTicks(cfg.ServerPID)
+	start := time.Now()
+	if cfg.Ops <= 0 {
+		t := time.AfterFunc(cfg.Duration, func() { stop.Store(true) })
+		defer t.Stop()
+	}
+	go func() { <-ctx.Done(); stop.Store(true) }()
+	done := make(chan struct{})
+	if cfg.Progress != nil {
+		go progress(cfg.Progress, ws, start, done)
+	}
+	var wg sync.WaitGroup
+	for _, w := range ws {
+		w.stop = &stop
+		wg.Add(1)
+		go func() { defer wg.Done(); w.run() }()
+	}
+	wg.Wait()
+	close(done)
+	elapsed := time.Since(start).Seconds()
+	return summarize(ws, &cfg, elapsed, cpu0), nil
+}
+
+// layout gives each connection its part of the range: the whole range for
+// random workloads without verify, else disjoint slices (sequential streams
+// and verify's bookkeeping must not overlap).
+func layout(ws []*worker, cfg *Config, size uint64) error {
+	lo, n := cfg.RangeOff, cfg.RangeLen
+	if n == 0 && lo < size {
+		n = size - lo
+	}
+	if lo > size || n > size-lo {
+		return fmt.Errorf("-range %d+%d is beyond the export's %d bytes", lo, n, size)
+	}
+	bs := uint64(cfg.BS)
+	split := cfg.Verify || !strings.HasPrefix(cfg.RW, "rand")
+	part := n
+	if split {
+		part = n / uint64(len(ws))
+	}
+	part -= part % bs
+	if part < bs*uint64(cfg.QD) && cfg.Verify {
+		return fmt.Errorf("range of %d bytes per connection is too small for %d blocks "+
+			"of %d in flight; widen -range or lower -qd", part, cfg.QD, bs)
+	}
+	if part < bs {
+		return fmt.Errorf("range of %d bytes per connection holds no %d-byte block", part, bs)
+	}
+	for i, w := range ws {
+		w.lo = lo
+		if split {
+			w.lo = lo + uint64(i)*part
+		}
+		w.blocks = part / bs
+		if cfg.Verify {
+			w.gens = make([]uint32, w.blocks)
+		}
+		if cfg.Ops > 0 {
+			w.limit = cfg.Ops / int64(len(ws))
+			if i == 0 {
+				w.limit += cfg.Ops % int64(len(ws))
+			}
+		}
+	}
+	return nil
+}
+
+func summarize(ws []*worker, cfg *Config, secs float64, cpu0 int64) Result {
+	r := Result{Workload: cfg.Workload(), Seconds: secs}
+	var h Histogram
+	for _, w := range ws {
+		h.Merge(&w.hist)
+		r.Ops += w.done
+		r.Bytes += w.done * uint64(cfg.BS)
+		r.Errors += w.errs
+		r.VerifyErrors += w.verifyErrs
+		if r.FirstError == "" {
+			r.FirstError = w.firstErr
+		}
+	}
+	if secs > 0 {
+		r.IOPS, r.BytesPerSec = float64(r.Ops)/secs, float64(r.Bytes)/secs
+	}
+	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+	r.Latency = Latency{P50: us(h.Percentile(0.5)), P90: us(h.Percentile(0.9)),
+		P99: us(h.Percentile(0.99)), P999: us(h.Percentile(0.999)), Max: us(h.Max())}
+	if cpu0 >= 0 {
+		if cpu1 := cpuTicks(cfg.ServerPID); cpu1 >= cpu0 {
+			r.ServerCPUSeconds = float64(cpu1-cpu0) / clockTicks
+			if r.Ops > 0 {
+				r.ServerCPUUsPerOp = r.ServerCPUSeconds * 1e6 / float64(r.Ops)
+			}
+		}
+	}
+	return r
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every
+// Linux architecture (it is part of the kernel's user ABI).
+const clockTicks = 100
+
+// cpuTicks returns utime+stime of pid (all its threads), or -1.
+func cpuTicks(pid int) int64 {
+	if pid <= 0 {
+		return -1
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return -1
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: state is field 3, utime 14, stime 15.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return -1
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return u + st
+}
+
+func progress(w io.Writer, ws []*worker, start time.Time, done <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var last uint64
+	for {
+		select {
+		case <-done:
+			fmt.Fprint(w, "\r\033[K")
+			return
+		case <-t.C:
+			var n uint64
+			for _, wk := range ws {
+				n += wk.count.Load()
+			}
+			fmt.Fprintf(w, "\r\033[K%6.1fs  %10.0f IOPS (last second)  %12d ops",
+				time.Since(start).Seconds(), float64(n-last), n)
+			last = n
+		}
+	}
+}
+
+// FormatSize writes 4096 as 4k and 1048576 as 1M.
+func FormatSize(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.Itoa(n>>20) + "M"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.Itoa(n>>10) + "k"
+	}
+	return strconv.Itoa(n)
+}
+
+// ParseSize reads 512, 4k, 64K, 1M, 1G.
+func ParseSize(s string) (int, error) {
+	mult := 1
+	switch {
+	case strings.HasSuffix(s, "k"), strings.HasSuffix(s, "K"):
+		mult = 1 << 10
+	case strings.HasSuffix(s, "m"), strings.HasSuffix(s, "M"):
+		mult = 1 << 20
+	case strings.HasSuffix(s, "g"), strings.HasSuffix(s, "G"):
+		mult = 1 << 30
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("size %q: use a number with an optional k, M or G", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,152 @@
+// Command nbdbench measures NBD servers: `run` drives one server with one
+// workload; `compare` runs the same workloads against several servers in
+// turn and prints them side by side.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nbdring/nbdring/bench"
+	"github.com/nbdring/nbdring/engine"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "run":
+		err = runCmd(os.Args[2:])
+	case "compare":
+		err = compareCmd(os.Args[2:])
+	case "-h", "-help", "--help", "help":
+		usage()
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "nbdbench: unknown command %q\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nbdbench:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage:
+  nbdbench run -uri URI [-rw MODE] [-bs SIZE] [-qd N] [-conns N] [-duration D | -ops N] ...
+  nbdbench compare -file PATH -servers LIST -workloads LIST [-duration D] [-rounds N] ...
+
+Run 'nbdbench run -h' or 'nbdbench compare -h' for the flags.
+`)
+}
+
+func runCmd(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	uri := fs.String("uri", "nbd://localhost/",
+		"server: nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH")
+	rw := fs.String("rw", "randread", "read, write, randread, randwrite or randrw")
+	mix := fs.Int("mix", 70, "randrw: percentage of reads")
+	bs := fs.String("bs", "4k", "block size (512, 4k, 1M, ...)")
+	qd := fs.Int("qd", 32, "requests in flight per connection")
+	conns := fs.Int("conns", 1, "connections (writes on more than one need MULTI_CONN)")
+	dur := fs.Duration("duration", 10*time.Second, "run time (unless -ops)")
+	ops := fs.Int64("ops", 0, "total operations instead of -duration")
+	rng := fs.String("range", "", "part of the export to use: OFFSET:LENGTH (sizes, e.g. 0:1G)")
+	verify := fs.Bool("verify", false,
+		"write self-describing blocks and check every read of them")
+	pid := fs.Int("server-pid", 0, "server process: report its CPU time per operation")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	_ = fs.Parse(args)
+	size, err := bench.ParseSize(*bs)
+	if err != nil {
+		return fmt.Errorf("-bs: %w", err)
+	}
+	cfg := bench.Config{URI: *uri, RW: *rw, Mix: *mix, BS: size, QD: *qd, Conns: *conns,
+		Duration: *dur, Ops: *ops, Verify: *verify, ServerPID: *pid}
+	if *rng != "" {
+		if cfg.RangeOff, cfg.RangeLen, err = parseRange(*rng); err != nil {
+			return err
+		}
+	}
+	if !*asJSON && isTerminal(os.Stderr) {
+		cfg.Progress = os.Stderr
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	res, err := bench.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if topo, err := engine.ReadTopology(); err == nil {
+		res.Machine = topo.String()
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	} else {
+		printResult(res)
+	}
+	if res.Errors > 0 || res.VerifyErrors > 0 {
+		return fmt.Errorf("%d request errors, %d verify errors; first: %s", res.Errors,
+			res.VerifyErrors, res.FirstError)
+	}
+	return nil
+}
+
+func parseRange(s string) (off, n uint64, err error) {
+	var a, b string
+	for i := 0; i < len(s); i++ {
+		if s[i] == ':' {
+			a, b = s[:i], s[i+1:]
+		}
+	}
+	if a == "" || b == "" {
+		return 0, 0, fmt.Errorf("-range %q: use OFFSET:LENGTH, e.g. 0:1G", s)
+	}
+	o, err1 := bench.ParseSize(a)
+	l, err2 := bench.ParseSize(b)
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("-range %q: use OFFSET:LENGTH, e.g. 0:1G", s)
+	}
+	return uint64(o), uint64(l), nil
+}
+
+func printResult(r bench.Result) {
+	fmt.Printf("workload   %s\n", r.Workload)
+	fmt.Printf("ops        %d in %.2f s\n", r.Ops, r.Seconds)
+	fmt.Printf("iops       %.0f\n", r.IOPS)
+	fmt.Printf("throughput %.1f MB/s\n", r.BytesPerSec/1e6)
+	l := r.Latency
+	fmt.Printf("latency us p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f\n",
+		l.P50, l.P90, l.P99, l.P999, l.Max)
+	fmt.Printf("errors     %d (verify %d)\n", r.Errors, r.VerifyErrors)
+	if r.ServerCPUSeconds > 0 {
+		fmt.Printf("server cpu %.2f s, %.1f us/op\n", r.ServerCPUSeconds, r.ServerCPUUsPerOp)
+	}
+	if r.Machine != "" {
+		fmt.Printf("machine    %s\n", r.Machine)
+	}
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func compareCmd(args []string) error {
+	return fmt.Errorf("compare: not built yet")
+}
