@@ -157,7 +157,8 @@ func (h *ServerHandshake) Option(opt Opt, data []byte) ([]byte, Step) {
 		case len(data) != 0:
 			h.replyErr(opt, RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
 		case h.extended:
-			h.replyErr(opt, RepErrInvalid, "extended headers already negotiated")
+			// proto-extended-headers.md: extended headers take precedence.
+			h.replyErr(opt, RepErrExtHdrReqd, "extended headers already negotiated")
 		case h.structured:
 			h.replyErr(opt, RepErrInvalid, "structured replies already negotiated")
 		default:
@@ -316,6 +317,10 @@ func (h *ServerHandshake) txFlags(e *Export) TxFlags {
 // meta answers LIST_META_CONTEXT and SET_META_CONTEXT. Data: export name
 // length (4), name, query count (4), queries (length (4) + string each).
 func (h *ServerHandshake) meta(opt Opt, data []byte) []byte {
+	if opt == OptSetMeta {
+		// proto.md: SET replaces every earlier selection, also when it fails.
+		h.metaExport, h.metaBase = "", false
+	}
 	if !h.structured && !h.extended {
 		h.replyErr(opt, RepErrInvalid, "negotiate structured replies first")
 		return h.out
