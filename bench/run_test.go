@@ -13,9 +13,9 @@ import (
 	"time"
 )
 
-// startServer runs bin/nbdring (NBDRING_BIN, as make test sets it) on a
+// startTestServer runs bin/nbdring (NBDRING_BIN, as make test sets it) on a
 // fresh file and returns its URI, file path and pid.
-func startServer(t *testing.T, size int64) (uri, path string, pid int) {
+func startTestServer(t *testing.T, size int64) (uri, path string, pid int) {
 	t.Helper()
 	bin := os.Getenv("NBDRING_BIN")
 	if bin == "" {
@@ -64,7 +64,7 @@ func startServer(t *testing.T, size int64) (uri, path string, pid int) {
 // wrong place), and expects a verifying read to name both offsets.
 func TestVerifyCatchesCorruption(t *testing.T) {
 	const size = 4 << 20
-	uri, path, _ := startServer(t, size)
+	uri, path, _ := startTestServer(t, size)
 	ctx := context.Background()
 	w := Config{URI: uri, RW: "write", BS: 4096, QD: 8, Conns: 2, Ops: size / 4096,
 		Verify: true}
@@ -120,7 +120,7 @@ func TestVerifyCatchesCorruption(t *testing.T) {
 
 // TestJSONSchema checks the field names other tools read.
 func TestJSONSchema(t *testing.T) {
-	uri, _, pid := startServer(t, 8<<20)
+	uri, _, pid := startTestServer(t, 8<<20)
 	res, err := Run(context.Background(), Config{URI: uri, RW: "randrw", Mix: 50, BS: 4096,
 		QD: 16, Conns: 2, Ops: 4000, ServerPID: pid})
 	if err != nil || res.Errors != 0 {
@@ -154,7 +154,7 @@ func TestJSONSchema(t *testing.T) {
 // TestRunAllocations: the request path allocates nothing, so a run's
 // allocations are its setup's, whatever its length.
 func TestRunAllocations(t *testing.T) {
-	uri, _, _ := startServer(t, 8<<20)
+	uri, _, _ := startTestServer(t, 8<<20)
 	cfg := Config{URI: uri, RW: "randread", BS: 4096, QD: 32, Conns: 1, Ops: 1000}
 	allocs := func(ops int64) uint64 {
 		cfg.Ops = ops

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -148,5 +150,70 @@ func isTerminal(f *os.File) bool {
 }
 
 func compareCmd(args []string) error {
-	return fmt.Errorf("compare: not built yet")
+	fs := flag.NewFlagSet("compare", flag.ExitOnError)
+	file := fs.String("file", "", "backing file or block device every server serves")
+	servers := fs.String("servers", "nbdring,qemu-nbd,nbdkit",
+		"servers to compare, in order (nbdring, qemu-nbd, nbdkit); "+
+			"ratios are to the first")
+	workloads := fs.String("workloads", "randread:4k:32:1,read:1M:8:1",
+		"workloads rw:bs:qd:conns, comma-separated")
+	dur := fs.Duration("duration", 5*time.Second, "run time of each workload")
+	rounds := fs.Int("rounds", 2, "rounds (A B C A B C ...); medians are reported")
+	client := fs.String("client", "nbdbench", "load generator: nbdbench or fio")
+	nbdring := fs.String("nbdring", "", "nbdring binary (default: beside nbdbench)")
+	drop := fs.Bool("drop-caches", true,
+		"drop the page cache before each server (needs root; skipped otherwise)")
+	asJSON := fs.Bool("json", false, "print the rows as a JSON list")
+	svg := fs.String("svg", "", "also write an SVG chart of the table to this file")
+	_ = fs.Parse(args)
+	if *file == "" {
+		return fmt.Errorf("compare needs -file: the image or device every server serves")
+	}
+	if *client != "nbdbench" && *client != "fio" {
+		return fmt.Errorf("-client %q: use nbdbench or fio", *client)
+	}
+	wls, err := bench.ParseWorkloads(*workloads, *dur)
+	if err != nil {
+		return err
+	}
+	if *nbdring == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		*nbdring = filepath.Join(filepath.Dir(self), "nbdring")
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	cc := bench.CompareConfig{File: *file, Servers: strings.Split(*servers, ","),
+		Workloads: wls, Rounds: *rounds, Client: *client, NbdRing: *nbdring,
+		DropCaches: *drop && os.Geteuid() == 0, Log: os.Stderr}
+	rows, err := bench.Compare(ctx, cc)
+	if err != nil {
+		return err
+	}
+	machine := ""
+	if topo, err := engine.ReadTopology(); err == nil {
+		machine = topo.String()
+	}
+	if *svg != "" {
+		f, err := os.Create(*svg)
+		if err != nil {
+			return err
+		}
+		bench.WriteSVG(f, rows, fmt.Sprintf("%s, %d rounds x %v, client %s", machine,
+			*rounds, *dur, *client))
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	bench.WriteTable(os.Stdout, rows)
+	fmt.Printf("machine: %s\nmedians of %d rounds of %v each, client %s; cpu/op is the "+
+		"server's CPU time per operation\n", machine, *rounds, *dur, *client)
+	return nil
 }

@@ -1,0 +1,288 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// CompareConfig is a side-by-side run: the same workloads against each
+// server in turn (A B C A B C ...), on the same backing file or device.
+type CompareConfig struct {
+	File      string
+	Servers   []string // nbdring, qemu-nbd, nbdkit, nbd-server
+	Workloads []Config // URI is filled in per server
+	Rounds    int
+	Client    string // "nbdbench" or "fio"
+	NbdRing   string // path of the nbdring binary
+	// DropCaches empties the page cache before each server starts, so a
+	// server that reads through it does not inherit another's warm cache.
+	DropCaches bool
+	Log        io.Writer // notes: skipped servers, progress
+}
+
+// Row is one server's median result for one workload.
+type Row struct {
+	Server           string    `json:"server"`
+	Workload         string    `json:"workload"`
+	Client           string    `json:"client"`
+	IOPS             float64   `json:"iops"`
+	BytesPerSec      float64   `json:"bytes_per_sec"`
+	ServerCPUUsPerOp float64   `json:"server_cpu_us_per_op"`
+	LatencyP99Us     float64   `json:"latency_p99_us,omitempty"`
+	Errors           uint64    `json:"errors"`
+	RoundsIOPS       []float64 `json:"rounds_iops"`
+}
+
+// ParseWorkloads reads "rw:bs:qd:conns,..." (e.g. randread:4k:32:1).
+func ParseWorkloads(s string, d time.Duration) ([]Config, error) {
+	var out []Config
+	for _, w := range strings.Split(s, ",") {
+		f := strings.Split(w, ":")
+		if len(f) != 4 {
+			return nil, fmt.Errorf("workload %q: use rw:bs:qd:conns, e.g. randread:4k:32:1", w)
+		}
+		bs, err := ParseSize(f[1])
+		qd, err2 := strconv.Atoi(f[2])
+		conns, err3 := strconv.Atoi(f[3])
+		if err != nil || err2 != nil || err3 != nil {
+			return nil, fmt.Errorf("workload %q: use rw:bs:qd:conns, e.g. randread:4k:32:1", w)
+		}
+		c := Config{RW: f[0], Mix: 70, BS: bs, QD: qd, Conns: conns, Duration: d}
+		if err := c.check(); err != nil {
+			return nil, fmt.Errorf("workload %q: %w", w, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// Compare runs every workload against every server, round after round,
+// and returns the median of each (server, workload) over the rounds.
+func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
+	if _, err := os.Stat(cc.File); err != nil {
+		return nil, fmt.Errorf("-file: %w", err)
+	}
+	var servers []string
+	for _, s := range cc.Servers {
+		if why := serverMissing(s, cc.NbdRing); why != "" {
+			fmt.Fprintf(cc.Log, "skipping %s: %s\n", s, why)
+			continue
+		}
+		servers = append(servers, s)
+	}
+	if len(servers) == 0 {
+		return nil, errors.New("no server to run: install one or fix -servers")
+	}
+	runs := map[[2]int][]Result{}
+	for round := 1; round <= cc.Rounds; round++ {
+		for si, name := range servers {
+			if cc.DropCaches {
+				dropCaches()
+			}
+			srv, err := startServer(name, cc.File, cc.NbdRing)
+			if err != nil {
+				return nil, err
+			}
+			for wi, w := range cc.Workloads {
+				w.URI, w.ServerPID = srv.uri, srv.pid()
+				fmt.Fprintf(cc.Log, "round %d/%d  %-10s %s\n", round, cc.Rounds, name,
+					w.Workload())
+				var res Result
+				if cc.Client == "fio" {
+					res, err = runFio(ctx, w, srv)
+				} else {
+					res, err = Run(ctx, w)
+				}
+				if err != nil {
+					srv.stop()
+					return nil, fmt.Errorf("%s, %s: %w", name, w.Workload(), err)
+				}
+				runs[[2]int{si, wi}] = append(runs[[2]int{si, wi}], res)
+			}
+			srv.stop()
+		}
+	}
+	var rows []Row
+	for wi, w := range cc.Workloads {
+		for si, name := range servers {
+			rows = append(rows, median(name, w.Workload(), cc.Client, runs[[2]int{si, wi}]))
+		}
+	}
+	return rows, nil
+}
+
+func median(server, workload, client string, rs []Result) Row {
+	r := Row{Server: server, Workload: workload, Client: client}
+	pick := func(f func(Result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, x := range rs {
+			v[i] = f(x)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	r.IOPS = pick(func(x Result) float64 { return x.IOPS })
+	r.BytesPerSec = pick(func(x Result) float64 { return x.BytesPerSec })
+	r.ServerCPUUsPerOp = pick(func(x Result) float64 { return x.ServerCPUUsPerOp })
+	r.LatencyP99Us = pick(func(x Result) float64 { return x.Latency.P99 })
+	for _, x := range rs {
+		r.Errors += x.Errors + x.VerifyErrors
+		r.RoundsIOPS = append(r.RoundsIOPS, x.IOPS)
+	}
+	return r
+}
+
+// server is one started server process.
+type server struct {
+	cmd  *exec.Cmd
+	uri  string
+	dir  string
+	size int64
+}
+
+func (s *server) pid() int { return s.cmd.Process.Pid }
+
+func (s *server) stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-done
+	}
+	os.RemoveAll(s.dir)
+}
+
+func serverMissing(name, nbdring string) string {
+	if name == "nbd-server" {
+		// nbd-server forks a process per connection, so its CPU time cannot
+		// be read from one pid, and the Debian 3.24 build here advertised a
+		// 0-byte export for a 1 GiB file in our trials.
+		return "not supported by compare yet (forks per connection; see README)"
+	}
+	bin := map[string]string{"nbdring": nbdring, "qemu-nbd": "qemu-nbd",
+		"nbdkit": "nbdkit"}[name]
+	if bin == "" {
+		return "unknown server (use nbdring, qemu-nbd, nbdkit)"
+	}
+	if _, err := exec.LookPath(bin); err != nil {
+		return bin + " is not installed"
+	}
+	return ""
+}
+
+// startServer starts name on file, on a Unix socket. Each is run as its
+// users run it for speed: qemu-nbd with O_DIRECT and io_uring, nbdkit's
+// file plugin as is.
+func startServer(name, file, nbdring string) (*server, error) {
+	dir, err := os.MkdirTemp("", "nbdbench-")
+	if err != nil {
+		return nil, err
+	}
+	st, _ := os.Stat(file)
+	sock := filepath.Join(dir, "sock")
+	s := &server{dir: dir, uri: "nbd+unix:///?socket=" + sock, size: st.Size()}
+	var args []string
+	switch name {
+	case "nbdring":
+		args = []string{nbdring, "-listen", "unix:" + sock, file}
+	case "qemu-nbd":
+		args = []string{"qemu-nbd", "-f", "raw", "-k", sock, "--cache=none", "--aio=io_uring",
+			"-e", "64", "-t", file}
+	case "nbdkit":
+		args = []string{"nbdkit", "-f", "-U", sock, "file", "file=" + file}
+	}
+	s.cmd = exec.Command(args[0], args[1:]...)
+	s.cmd.Stdout, s.cmd.Stderr = io.Discard, io.Discard
+	if err := s.cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	tgt, _ := ParseURI(s.uri)
+	for i := 0; ; i++ {
+		if c, err := net.Dial(tgt.Network, tgt.Addr); err == nil {
+			c.Close()
+			return s, nil
+		}
+		if i == 200 {
+			s.stop()
+			return nil, fmt.Errorf("%s did not start listening within 10 s (%s)", name,
+				strings.Join(args, " "))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func dropCaches() {
+	syscall.Sync()
+	_ = os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200)
+}
+
+// runFio runs the workload with fio's nbd engine (numjobs = conns, each
+// job its own connection) so figures can be checked with a client nobody
+// here wrote.
+func runFio(ctx context.Context, w Config, s *server) (Result, error) {
+	out := filepath.Join(s.dir, "fio.json")
+	args := []string{"--name=w", "--ioengine=nbd", "--uri=" + s.uri, "--rw=" + w.RW,
+		"--bs=" + strconv.Itoa(w.BS), "--iodepth=" + strconv.Itoa(w.QD),
+		"--numjobs=" + strconv.Itoa(w.Conns), "--group_reporting", "--time_based",
+		"--runtime=" + strconv.FormatFloat(w.Duration.Seconds(), 'f', 1, 64),
+		"--size=" + strconv.FormatInt(s.size, 10), "--output-format=json", "--output=" + out}
+	if w.RW == "randrw" {
+		args = append(args, "--rwmixread="+strconv.Itoa(w.Mix))
+	}
+	cpu0 := cpuTicks(w.ServerPID)
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "fio", args...)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return Result{}, fmt.Errorf("fio: %v: %s", err, msg)
+	}
+	var j struct {
+		Jobs []struct {
+			Error int `json:"error"`
+			Read  struct {
+				IOPS     float64 `json:"iops"`
+				BW       float64 `json:"bw_bytes"`
+				TotalIOs uint64  `json:"total_ios"`
+			} `json:"read"`
+			Write struct {
+				IOPS     float64 `json:"iops"`
+				BW       float64 `json:"bw_bytes"`
+				TotalIOs uint64  `json:"total_ios"`
+			} `json:"write"`
+		} `json:"jobs"`
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := json.Unmarshal(b, &j); err != nil || len(j.Jobs) == 0 {
+		return Result{}, fmt.Errorf("fio output: %v", err)
+	}
+	jb := j.Jobs[0]
+	r := Result{Workload: w.Workload(), Seconds: time.Since(start).Seconds(),
+		IOPS: jb.Read.IOPS + jb.Write.IOPS, BytesPerSec: jb.Read.BW + jb.Write.BW,
+		Ops: jb.Read.TotalIOs + jb.Write.TotalIOs, Errors: uint64(jb.Error)}
+	if cpu1 := cpuTicks(w.ServerPID); cpu0 >= 0 && cpu1 >= cpu0 && r.Ops > 0 {
+		r.ServerCPUSeconds = float64(cpu1-cpu0) / clockTicks
+		r.ServerCPUUsPerOp = r.ServerCPUSeconds * 1e6 / float64(r.Ops)
+	}
+	return r, nil
+}
