@@ -16,7 +16,7 @@ import (
 )
 
 // testServer serves a fresh sparse file of size bytes on a Unix socket.
-func testServer(t *testing.T, size int64, shards int) (srv *Server, sock, path string) {
+func testServer(t testing.TB, size int64, shards int) (srv *Server, sock, path string) {
 	t.Helper()
 	dir := t.TempDir()
 	path = filepath.Join(dir, "img")
@@ -53,14 +53,14 @@ func testServer(t *testing.T, size int64, shards int) (srv *Server, sock, path s
 }
 
 type testClient struct {
-	t   *testing.T
+	t   testing.TB
 	c   net.Conn
 	ex  wire.ClientExport
 	hdr [wire.ChunkHeaderSize + 8]byte
 	req [wire.RequestSize]byte
 }
 
-func dial(t *testing.T, sock string, o wire.ClientOptions) *testClient {
+func dial(t testing.TB, sock string, o wire.ClientOptions) *testClient {
 	t.Helper()
 	c, err := net.Dial("unix", sock)
 	if err != nil {
