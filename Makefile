@@ -10,6 +10,13 @@ IMAGE     ?= var/default.img
 IMAGE_SIZE?= 1G
 LISTEN    ?= localhost:10809
 FUZZTIME  ?= 30s
+# make compare: the side-by-side table (README "Performance").
+BENCH_FILE?= var/bench.img
+BENCH_SIZE?= 1G
+SERVERS   ?= nbdring,qemu-nbd,nbdkit
+WORKLOADS ?= randread:4k:32:1,randread:4k:32:2,randwrite:4k:32:1,randwrite:4k:32:2,read:1M:8:1,write:1M:8:1
+DURATION  ?= 5s
+ROUNDS    ?= 3
 # Debian packages the end-to-end tests drive (real clients nobody here wrote).
 TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio
 TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio
@@ -19,14 +26,15 @@ TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-build: ## build bin/nbdring
+build: ## build bin/nbdring and bin/nbdbench
 	$(GO) build $(LINKFLAGS) -o $(BIN)/nbdring ./cmd/nbdring
+	$(GO) build $(LINKFLAGS) -o $(BIN)/nbdbench ./cmd/nbdbench
 
 $(IMAGE):
 	mkdir -p $(dir $(IMAGE))
 	truncate -s $(IMAGE_SIZE) $(IMAGE)
 
-run: build $(IMAGE) ## serve $(IMAGE) (a sparse 1 GiB file, made if missing) on $(LISTEN)
+run: build $(IMAGE) ## serve var/default.img (sparse, 1 GiB, made if missing) on localhost:10809
 	@echo "serving $(IMAGE) on $(LISTEN); connect with: nbdinfo nbd://$(LISTEN)" \
 	      "  or: qemu-img info nbd://$(LISTEN)"
 	exec $(BIN)/nbdring -listen $(LISTEN) $(IMAGE)
@@ -54,8 +62,17 @@ fuzz: ## run each fuzz target for $(FUZZTIME)
 	  $(GO) test $(LINKFLAGS) -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./wire/ || exit 1; \
 	done
 
-bench: ## Go micro-benchmarks with allocations
+bench: ## Go micro-benchmarks of wire and the request path, with allocations
 	$(GO) test $(LINKFLAGS) -run '^$$' -bench . -benchmem ./wire/ ./engine/
+
+$(BENCH_FILE):
+	mkdir -p $(dir $(BENCH_FILE))
+	fio --name=fill --filename=$(BENCH_FILE) --size=$(BENCH_SIZE) --rw=write --bs=1M \
+	    --direct=1 --refill_buffers --output=/dev/null
+
+compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd vs nbdkit side by side (table + var/compare.svg)
+	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SERVERS) -workloads $(WORKLOADS) \
+	    -duration $(DURATION) -rounds $(ROUNDS) -svg var/compare.svg
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
@@ -64,4 +81,4 @@ lint: ## gofmt and go vet
 clean: ## remove binaries (not the default image)
 	rm -rf $(BIN)
 
-.PHONY: help build run deps test race fuzz bench lint clean
+.PHONY: help build run deps test race fuzz bench compare lint clean
