@@ -284,8 +284,10 @@ func (s *shard) submitFallocate(si int32, mode uint32, off, n uint64) {
 	ring.PrepFallocate(s.ring.SQE(), c.exp.fd, mode, off, n, s.ud(si))
 }
 
-// startTrim punches a hole. TRIM is advisory, so on a block device (which
-// takes only whole sectors) the unaligned edges are simply left alone.
+// startTrim punches a hole in a file and discards on a block device
+// (BLOCK_URING_CMD_DISCARD, else PUNCH_HOLE, which the kernel turns into
+// an unmapping zero-out). TRIM is advisory, so on a device (which takes
+// only whole sectors) the unaligned edges are simply left alone.
 func (s *shard) startTrim(si int32) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
@@ -294,13 +296,38 @@ func (s *shard) startTrim(si int32) {
 		a := uint64(c.exp.align)
 		off, end = (off+a-1)&^(a-1), end&^(a-1)
 	}
-	sl.phase = phTrim
+	sl.phase, sl.step = phTrim, 0
 	c.exp.sparse.Store(true)
 	if end <= off {
 		s.afterFallocate(si)
 		return
 	}
+	if c.exp.isDevice {
+		c.ops++
+		ring.PrepDiscard(s.ring.SQE(), c.exp.fd, off, end-off, s.ud(si))
+		return
+	}
 	s.submitFallocate(si, fallocPunchHole|fallocKeepSize, off, end-off)
+}
+
+// onTrim: a device that refused the discard command gets PUNCH_HOLE; a
+// refusal of that is no error, TRIM being advice.
+func (s *shard) onTrim(si int32, res int32) {
+	sl := &s.slots[si]
+	c := &s.conns[sl.conn]
+	unsupported := res == -int32(unix.EOPNOTSUPP) || res == -int32(unix.EINVAL)
+	if c.exp.isDevice && sl.step == 0 && unsupported {
+		sl.step = 1
+		a := uint64(c.exp.align)
+		off, end := (sl.req.Offset+a-1)&^(a-1), (sl.req.Offset+sl.req.Length)&^(a-1)
+		s.submitFallocate(si, fallocPunchHole|fallocKeepSize, off, end-off)
+		return
+	}
+	if res < 0 && res != -int32(unix.EOPNOTSUPP) {
+		s.deviceError(si, res, "trim")
+		return
+	}
+	s.afterFallocate(si)
 }
 
 // startZero zeroes with fallocate. A block device takes only whole
@@ -380,11 +407,7 @@ func (s *shard) onIO(si int32, res int32) {
 		}
 		s.replyOK(si)
 	case phTrim:
-		if res < 0 && res != -int32(unix.EOPNOTSUPP) {
-			s.deviceError(si, res, "trim")
-			return
-		}
-		s.afterFallocate(si)
+		s.onTrim(si, res)
 	case phZero:
 		s.onZero(si, res)
 	case phCache:

@@ -252,6 +252,18 @@ func PrepFadvise(e *SQE, fd int, off, n uint64, advice uint32, ud uint64) {
 	e.OpcodeFlags = advice
 }
 
+// blockURingCmdDiscard is BLOCK_URING_CMD_DISCARD, _IO(0x12, 0), from
+// linux/blkdev.h: the block layer's io_uring command (Linux >= 6.12).
+const blockURingCmdDiscard = 0x12<<8 | 0
+
+// PrepDiscard discards n bytes at off of block device fd: an
+// IORING_OP_URING_CMD whose cmd_op (the low half of off) is the discard
+// command, with the range in addr and addr3.
+func PrepDiscard(e *SQE, fd int, off, n uint64, ud uint64) {
+	e.OpCode, e.Fd, e.Off, e.Addr, e.Addr3, e.UserData = giouring.OpUringCmd, int32(fd),
+		blockURingCmdDiscard, off, n, ud
+}
+
 // PrepTimeout completes (with -ETIME) once ts has passed, whatever else
 // completes meanwhile; ts must stay valid until then.
 func PrepTimeout(e *SQE, ts *unix.Timespec, ud uint64) {

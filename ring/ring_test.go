@@ -3,8 +3,10 @@ package ring
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -123,5 +125,47 @@ func TestDirectWriteReadFallocate(t *testing.T) {
 				t.Fatalf("byte %d is %q, want %q", i, got[i], want[i])
 			}
 		}
+	}
+}
+
+// TestDiscardLoopDevice discards through the ring on a loop device, whose
+// discard punches a hole in its backing file: the hole is the proof.
+func TestDiscardLoopDevice(t *testing.T) {
+	r := newTestRing(t)
+	if os.Geteuid() != 0 {
+		t.Skip("loop devices need root")
+	}
+	back := filepath.Join(t.TempDir(), "back")
+	data := bytes.Repeat([]byte{0xab}, 4<<20)
+	if err := os.WriteFile(back, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", back).Output()
+	if err != nil {
+		t.Skipf("losetup: %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	defer exec.Command("losetup", "-d", dev).Run()
+	fd, err := unix.Open(dev, unix.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	PrepDiscard(r.SQE(), fd, 1<<20, 1<<20, 9)
+	res := wait(t, r, 9)
+	if res == -int32(unix.EOPNOTSUPP) || res == -int32(unix.EINVAL) {
+		t.Skipf("kernel without BLOCK_URING_CMD_DISCARD (res %d)", res)
+	}
+	if res != 0 {
+		t.Fatalf("discard: res %d", res)
+	}
+	bf, err := os.Open(back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bf.Close()
+	hole, err := unix.Seek(int(bf.Fd()), 0, unix.SEEK_HOLE)
+	if err != nil || hole != 1<<20 {
+		t.Fatalf("backing file's first hole at %d (%v), want 1 MiB", hole, err)
 	}
 }
