@@ -74,6 +74,23 @@ compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd vs nbdkit side by side 
 	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SERVERS) -workloads $(WORKLOADS) \
 	    -duration $(DURATION) -rounds $(ROUNDS) -svg var/compare.svg
 
+# make profile: CPU profile of nbdring under load (tools/nbdprof). The load runs
+# 5 s longer than the capture so it covers the warm-up and the whole profile.
+PROFILE_SECONDS ?= 10
+PROFILE_DIR     ?= var/profile
+PROFILE_BASE    ?=
+PROFILE_LOAD    ?=
+
+profile: build deps $(BENCH_FILE) ## CPU profile under nbdbench load: top, syscall share; PROFILE_BASE=old.pb.gz diffs
+	$(GO) build $(LINKFLAGS) -o $(BIN)/nbdprof ./tools/nbdprof
+	@load='$(PROFILE_LOAD)'; secs=$$(($(PROFILE_SECONDS) + 5)); \
+	if [ -z "$$load" ]; then \
+	  load="$(BIN)/nbdbench run -uri {uri} -rw randread -bs 4k -qd 32 -duration $${secs}s"; \
+	fi; \
+	set -x; $(BIN)/nbdprof session -server $(BIN)/nbdring -image $(BENCH_FILE) \
+	  -seconds $(PROFILE_SECONDS) -o $(PROFILE_DIR) -load "$$load" \
+	  $(if $(PROFILE_BASE),-base $(PROFILE_BASE))
+
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
 	$(GO) vet ./...
@@ -81,4 +98,4 @@ lint: ## gofmt and go vet
 clean: ## remove binaries (not the default image)
 	rm -rf $(BIN)
 
-.PHONY: help build run deps test race fuzz bench compare lint clean
+.PHONY: help build run deps test race fuzz bench compare profile lint clean

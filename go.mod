@@ -7,4 +7,7 @@ require (
 	golang.org/x/sys v0.49.0
 )
 
-require github.com/klauspost/cpuid/v2 v2.4.2
+require (
+	github.com/google/pprof v0.0.0-20261016150608-1facf8f91b50
+	github.com/klauspost/cpuid/v2 v2.4.2
+)
