@@ -25,6 +25,7 @@ import sys
 import nbd
 
 import nbdraw
+from nbdcases import check_eq, file_read  # shared with the core cases
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -362,20 +363,6 @@ def check_cover(covered, offset, length):
 
 
 # --- the backing file -----------------------------------------------------
-
-def file_read(path, offset, length):
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(length)
-
-
-def check_eq(what, got, want):
-    if got != want:
-        first = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]),
-                     min(len(got), len(want)))
-        fail("%s: data differs (len got %d want %d, first diff at %d)", what, len(got),
-             len(want), first)
-
 
 def layout(path, start=0, end=None):
     """The file's real layout from SEEK_DATA/SEEK_HOLE: [(offset, length,
