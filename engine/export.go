@@ -155,9 +155,6 @@ func (e *Export) Size() uint64 { return e.size }
 // Align is the advertised minimum block size: the O_DIRECT alignment.
 func (e *Export) Align() uint32 { return e.align }
 
-// IsDevice reports whether the export is a block device.
-func (e *Export) IsDevice() bool { return e.isDevice }
-
 // Wire describes the export for the handshake.
 func (e *Export) Wire() wire.Export {
 	return wire.Export{

@@ -240,16 +240,15 @@ const MetaBaseAllocation = "base:allocation"
 
 // Sizes of fixed messages, in bytes.
 const (
-	GreetingSize         = 18 // NBDMAGIC + IHAVEOPT + 16-bit flags
-	OptionHeaderSize     = 16 // IHAVEOPT + option + length
-	OptionReplyHeadSize  = 20 // REP magic + option + type + length
-	RequestSize          = 28 // compact request header
-	ExtRequestSize       = 32 // extended request header
-	ExtReplySize         = 32 // extended reply chunk header
-	SimpleReplySize      = 16
-	ChunkHeaderSize      = 20 // structured reply chunk header
-	OffsetDataHeaderSize = ChunkHeaderSize + 8
-	ExportNameZeroes     = 124 // padding after NBD_OPT_EXPORT_NAME without NO_ZEROES
+	GreetingSize        = 18 // NBDMAGIC + IHAVEOPT + 16-bit flags
+	OptionHeaderSize    = 16 // IHAVEOPT + option + length
+	OptionReplyHeadSize = 20 // REP magic + option + type + length
+	RequestSize         = 28 // compact request header
+	ExtRequestSize      = 32 // extended request header
+	ExtReplySize        = 32 // extended reply chunk header
+	SimpleReplySize     = 16
+	ChunkHeaderSize     = 20  // structured reply chunk header
+	ExportNameZeroes    = 124 // padding after NBD_OPT_EXPORT_NAME without NO_ZEROES
 )
 
 // Protocol bounds that the spec fixes or recommends.

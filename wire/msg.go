@@ -96,28 +96,6 @@ func EncodeChunkHeader(b []byte, flags uint16, typ ReplyType, cookie uint64, len
 	be.PutUint32(b[16:], length)
 }
 
-// EncodeOffsetDataHeader writes the header of a final OFFSET_DATA chunk
-// carrying dataLen bytes read at offset into b[:OffsetDataHeaderSize].
-func EncodeOffsetDataHeader(b []byte, cookie, offset uint64, dataLen uint32) {
-	_ = b[OffsetDataHeaderSize-1]
-	EncodeChunkHeader(b, ReplyFlagDone, ReplyOffsetData, cookie, 8+dataLen)
-	be.PutUint64(b[ChunkHeaderSize:], offset)
-}
-
-// ErrorChunkSize is the size of an ERROR chunk with a message of msgLen bytes.
-func ErrorChunkSize(msgLen int) int { return ChunkHeaderSize + 6 + msgLen }
-
-// EncodeErrorChunk writes a final ERROR chunk with msg into b and returns
-// its length. b must hold ErrorChunkSize(len(msg)) bytes.
-func EncodeErrorChunk(b []byte, cookie uint64, errno Errno, msg string) int {
-	n := ErrorChunkSize(len(msg))
-	EncodeChunkHeader(b, ReplyFlagDone, ReplyError, cookie, uint32(6+len(msg)))
-	be.PutUint32(b[ChunkHeaderSize:], uint32(errno))
-	be.PutUint16(b[ChunkHeaderSize+4:], uint16(len(msg)))
-	copy(b[ChunkHeaderSize+6:n], msg)
-	return n
-}
-
 // Errno is an error value carried in NBD replies.
 type Errno uint32
 
