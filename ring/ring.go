@@ -252,9 +252,10 @@ func PrepFadvise(e *SQE, fd int, off, n uint64, advice uint32, ud uint64) {
 	e.OpcodeFlags = advice
 }
 
-// blockURingCmdDiscard is BLOCK_URING_CMD_DISCARD, _IO(0x12, 0), from
-// linux/blkdev.h: the block layer's io_uring command (Linux >= 6.12).
-const blockURingCmdDiscard = 0x12<<8 | 0
+// blockURingCmdDiscard is BLOCK_URING_CMD_DISCARD, _IO(0x12, 0) from
+// linux/blkdev.h (type 0x12 in bits 8-15, number 0): the block layer's
+// io_uring command (Linux >= 6.12).
+const blockURingCmdDiscard = 0x1200
 
 // PrepDiscard discards n bytes at off of block device fd: an
 // IORING_OP_URING_CMD whose cmd_op (the low half of off) is the discard

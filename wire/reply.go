@@ -16,14 +16,6 @@ const (
 	ReplyHeaderMax  = ExtReplySize + 6 + ErrorMessageMax
 )
 
-// chunkHeaderLen is the chunk header size of a structured or extended style.
-func chunkHeaderLen(st ReplyStyle) int {
-	if st == StyleExtended {
-		return ExtReplySize
-	}
-	return ChunkHeaderSize
-}
-
 // EncodeChunk writes a structured (20-byte) or extended (32-byte) chunk
 // header and returns its size. offset is the request's offset, which only
 // the extended header carries.
