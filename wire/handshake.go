@@ -407,7 +407,13 @@ func (h *ServerHandshake) reply(opt Opt, typ Rep, data []byte) {
 	h.out = append(h.out, data...)
 }
 
-// replyErr sends an error reply; its data is a message for a human.
+// optionMessageMax bounds option error messages: proto.md says strings
+// SHOULD be at most 256 bytes (and MUST be at most 4096), messages included.
+const optionMessageMax = 256
+
+// replyErr sends an error reply; its data is a message for a human, cut to
+// optionMessageMax bytes on a character boundary (a quoted 4096-byte
+// export name would otherwise exceed the spec's string limit).
 func (h *ServerHandshake) replyErr(opt Opt, typ Rep, msg string) {
-	h.reply(opt, typ, []byte(msg))
+	h.reply(opt, typ, []byte(clipMessage(msg, optionMessageMax)))
 }

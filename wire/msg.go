@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/binary"
 	"errors"
+	"strconv"
 	"syscall"
 )
 
@@ -133,7 +134,7 @@ func (e Errno) String() string {
 	case ESHUTDOWN:
 		return "ESHUTDOWN"
 	}
-	return "NBD_E" + syscall.Errno(e).Error()
+	return "NBD_E" + strconv.FormatUint(uint64(e), 10) // not a protocol value
 }
 
 // ErrnoFromSys maps a Linux errno (a negative io_uring result's absolute

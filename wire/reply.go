@@ -1,5 +1,7 @@
 package wire
 
+import "unicode/utf8"
+
 // ReplyStyle is what the handshake agreed replies look like.
 type ReplyStyle uint8
 
@@ -54,9 +56,7 @@ func EncodeError(b []byte, st ReplyStyle, cookie, offset uint64, errno Errno,
 		EncodeSimpleReply(b, cookie, errno)
 		return SimpleReplySize
 	}
-	if len(msg) > ErrorMessageMax {
-		msg = msg[:ErrorMessageMax]
-	}
+	msg = clipMessage(msg, ErrorMessageMax)
 	n := EncodeChunk(b, st, ReplyFlagDone, ReplyError, cookie, offset, uint64(6+len(msg)))
 	be.PutUint32(b[n:], uint32(errno))
 	be.PutUint16(b[n+4:], uint16(len(msg)))
@@ -131,4 +131,16 @@ func doneFlag(done bool) uint16 {
 		return ReplyFlagDone
 	}
 	return 0
+}
+
+// clipMessage cuts msg to at most n bytes without splitting a UTF-8
+// character: proto.md strings are UTF-8, error messages included.
+func clipMessage(msg string, n int) string {
+	if len(msg) <= n {
+		return msg
+	}
+	for n > 0 && !utf8.RuneStart(msg[n]) {
+		n--
+	}
+	return msg[:n]
 }
