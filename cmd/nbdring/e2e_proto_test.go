@@ -15,11 +15,8 @@ package main
 // Run: go test -ldflags=-checklinkname=0 -run E2EProto -count=1 -v ./cmd/nbdring
 
 import (
-	"errors"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -41,22 +38,7 @@ const (
 // export name and any arguments the case takes. Exit status 3 skips.
 func e2eProtoCase(t *testing.T, s *e2eServer, name, backing string, args ...string) {
 	t.Helper()
-	script, err := filepath.Abs("testdata/protocases.py")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, errOut, err := e2eRunErr(e2ePython, append([]string{script, name, s.sock, backing},
-		args...)...)
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && ee.ExitCode() == 3 {
-		t.Skipf("case %s: %s", name, strings.TrimSpace(out))
-	}
-	if err != nil {
-		t.Fatalf("case %s: %v\n%s%s", name, err, out, errOut)
-	}
-	if !strings.Contains(out, "PASS "+name) {
-		t.Fatalf("case %s: no PASS line in output:\n%s%s", name, out, errOut)
-	}
+	e2eScriptCase(t, "testdata/protocases.py", s, name, backing, args...)
 }
 
 // e2eProtoSparseFile makes a sparse file of size bytes with a MiB of

@@ -249,12 +249,21 @@ func e2eRunErr(name string, args ...string) (stdout, stderr string, err error) {
 // apply to this export, which skips the test with the case's reason.
 func e2ePyCase(t *testing.T, s *e2eServer, name, backing string, export ...string) {
 	t.Helper()
-	script, err := filepath.Abs("testdata/nbdcases.py")
+	e2eScriptCase(t, "testdata/nbdcases.py", s, name, backing, export...)
+}
+
+// e2eScriptCase runs case name of a python case script against s: args are
+// the export name and any arguments the case takes. Exit status 3 skips;
+// success needs a "PASS name" line.
+func e2eScriptCase(t *testing.T, script string, s *e2eServer, name, backing string,
+	args ...string) {
+	t.Helper()
+	path, err := filepath.Abs(script)
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{script, name, s.sock, backing}, export...)
-	out, errOut, err := e2eRunErr(e2ePython, args...)
+	out, errOut, err := e2eRunErr(e2ePython, append([]string{path, name, s.sock, backing},
+		args...)...)
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() == 3 {
 		t.Skipf("case %s: %s", name, strings.TrimSpace(out))
