@@ -15,13 +15,23 @@ import (
 	"github.com/nbdring/nbdring/wire"
 )
 
+// DefaultBatch is the replies nbdbench takes per read unless told: see
+// the measurements at worker.
+const DefaultBatch = 8
+
 // Config is one workload against one server.
 type Config struct {
-	URI      string
-	RW       string // read, write, randread, randwrite, randrw
-	Mix      int    // randrw: percentage of reads
-	BS       int    // block size in bytes
-	QD       int    // requests in flight per connection
+	URI string
+	RW  string // read, write, randread, randwrite, randrw
+	Mix int    // randrw: percentage of reads
+	BS  int    // block size in bytes
+	QD  int    // requests in flight per connection
+	// Batch bounds each read of the socket to Batch read replies' worth
+	// of bytes (0: DefaultBatch; never more than QD). The replies taken by
+	// one read are answered with new requests in one write, so for reads
+	// Batch is also the largest burst a connection sends after the first
+	// QD; 16-byte write replies still arrive many per read. See worker.
+	Batch    int
 	Conns    int
 	Duration time.Duration // run time (when Ops is 0)
 	Ops      int64         // total operations (0: run for Duration)
@@ -75,6 +85,8 @@ func (c *Config) check() error {
 		return fmt.Errorf("-bs %d: use a multiple of 512 up to 32 MiB", c.BS)
 	case c.QD < 1 || c.QD > 1024:
 		return fmt.Errorf("-qd %d: use 1 to 1024", c.QD)
+	case c.Batch < 0 || c.Batch > 1024:
+		return fmt.Errorf("-batch %d: use 1 to 1024 (more than -qd acts as -qd)", c.Batch)
 	case c.Conns < 1 || c.Conns > 256:
 		return fmt.Errorf("-conns %d: use 1 to 256", c.Conns)
 	case c.Mix < 0 || c.Mix > 100:

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -171,5 +173,58 @@ func TestRunAllocations(t *testing.T) {
 	if long > short+200 {
 		t.Fatalf("30000 ops allocated %d times, 1000 ops %d: the request path allocates",
 			long, short)
+	}
+}
+
+// lenConn records the size of every read buffer it is given.
+type lenConn struct {
+	net.Conn
+	sizes []int
+}
+
+func (c *lenConn) Read(p []byte) (int, error) {
+	c.sizes = append(c.sizes, len(p))
+	return 0, nil
+}
+
+// TestFillReadsAtMostBatch checks that a read never asks for more than
+// Batch read replies (DefaultBatch when 0, QD at most), with and without a
+// partial reply left over.
+func TestFillReadsAtMostBatch(t *testing.T) {
+	for _, batch := range []int{0, 1, 3, 32} {
+		cfg := &Config{RW: "randread", BS: 4096, QD: 16, Batch: batch}
+		lc := &lenConn{}
+		w := newWorker(lc, cfg, 0)
+		reply := 16 + 4096
+		want := min(cmp.Or(batch, DefaultBatch), 16) * reply
+		w.fill()
+		w.rlo, w.rhi = 5*reply, 5*reply+100 // 100 bytes of a reply pending
+		w.fill()
+		w.rlo, w.rhi = len(w.rbuf)-50, len(w.rbuf) // pending at the end: compacted
+		w.fill()
+		if got := []int{want, want - 100, want - 50}; !slices.Equal(lc.sizes, got) {
+			t.Errorf("batch %d: read sizes %v, want %v", batch, lc.sizes, got)
+		}
+	}
+}
+
+// TestBatchRuns drives the server with several batch sizes, verifying, and
+// rejects a negative batch.
+func TestBatchRuns(t *testing.T) {
+	const size = 2 << 20
+	uri, _, _ := startTestServer(t, size)
+	ctx := context.Background()
+	for _, batch := range []int{1, 4, 16, 64} {
+		cfg := Config{URI: uri, RW: "randrw", Mix: 50, BS: 4096, QD: 16, Conns: 1,
+			Batch: batch, Ops: 3000, Verify: true}
+		res, err := Run(ctx, cfg)
+		if err != nil || res.Errors != 0 || res.VerifyErrors != 0 || res.Ops != 3000 {
+			t.Fatalf("batch %d: %v %+v", batch, err, res)
+		}
+	}
+	_, err := Run(ctx, Config{URI: uri, RW: "randread", BS: 4096, QD: 4, Conns: 1,
+		Batch: -1, Ops: 10})
+	if err == nil || !strings.Contains(err.Error(), "-batch -1") {
+		t.Fatalf("negative batch: %v", err)
 	}
 }

@@ -13,9 +13,18 @@ import (
 )
 
 // worker drives one connection from one goroutine: it keeps QD requests
-// in flight, reads as many replies as one read returns, and answers each
-// with a new request, all written with one write. Nothing on this path
-// allocates.
+// in flight, reads up to Batch replies per read, and answers them with new
+// requests, all written with one write. Nothing on this path allocates.
+//
+// Taking every waiting reply per read makes a closed loop send its
+// requests in convoys, and taking one per read costs two system calls per
+// request; Batch (default DefaultBatch) sits between. Measured on this
+// project's 2-core VM, 4k randread QD32 against one nbdring shard:
+//   - on its virtio disk (the disk is the limit), medians of 10 paired
+//     rounds: 36,206 IOPS with -batch 1 and 32,199 with -batch 32, whose
+//     bursts raised the disk's own latency from 548 to 732 us;
+//   - on tmpfs (CPU is the limit), medians of 6: 87,539 with -batch 1,
+//     104,893 with 8, 96,039 with 32.
 type worker struct {
 	c    net.Conn
 	cfg  *Config
@@ -34,6 +43,7 @@ type worker struct {
 	inflight int
 	rbuf     []byte
 	rlo, rhi int
+	readMax  int // bytes per read: Batch read replies (16-byte write replies fit many more)
 	wbuf     []byte
 	pay      []byte // write payload without verify (random, shared read-only)
 	start    time.Time
@@ -82,9 +92,22 @@ func dialWorker(ctx context.Context, tgt Target, cfg *Config, id int) (*worker, 
 		c.Close()
 		return nil, fmt.Errorf("%s is read-only; use -rw read or randread", cfg.URI)
 	}
+	w := newWorker(c, cfg, id)
+	w.ex = ex
+	return w, nil
+}
+
+// newWorker sizes a worker's buffers for cfg on connection c.
+func newWorker(c net.Conn, cfg *Config, id int) *worker {
 	reply := wire.SimpleReplySize + cfg.BS
-	w := &worker{c: c, cfg: cfg, ex: ex, rng: rand.NewPCG(uint64(id)+1, 0x6e6264),
-		ops: make([]op, cfg.QD), rbuf: make([]byte, max(2*reply, 256<<10)),
+	batch := cfg.Batch
+	if batch == 0 {
+		batch = DefaultBatch
+	}
+	batch = min(batch, cfg.QD)
+	w := &worker{c: c, cfg: cfg, rng: rand.NewPCG(uint64(id)+1, 0x6e6264),
+		ops: make([]op, cfg.QD), readMax: batch * reply,
+		rbuf: make([]byte, max((batch+1)*reply, 256<<10)),
 		wbuf: make([]byte, 0, cfg.QD*(wire.RequestSize+cfg.BS))}
 	if cfg.writes() && !cfg.Verify {
 		w.pay = make([]byte, cfg.BS)
@@ -93,7 +116,7 @@ func dialWorker(ctx context.Context, tgt Target, cfg *Config, id int) (*worker, 
 			binary.LittleEndian.PutUint64(w.pay[i:], fill.Uint64())
 		}
 	}
-	return w, nil
+	return w
 }
 
 func (w *worker) run() {
@@ -116,15 +139,17 @@ func (w *worker) run() {
 	_, _ = w.c.Write(hdr[:])
 }
 
-// fill reads whatever the socket has.
+// fill reads what the socket has, up to readMax bytes past the first
+// unconsumed one (reap has taken every whole reply before it, so what is
+// left is less than one reply).
 func (w *worker) fill() bool {
 	if w.rlo == w.rhi {
 		w.rlo, w.rhi = 0, 0
-	} else if len(w.rbuf)-w.rlo < wire.SimpleReplySize+w.cfg.BS {
+	} else if len(w.rbuf)-w.rlo < w.readMax {
 		w.rhi = copy(w.rbuf, w.rbuf[w.rlo:w.rhi])
 		w.rlo = 0
 	}
-	n, err := w.c.Read(w.rbuf[w.rhi:])
+	n, err := w.c.Read(w.rbuf[w.rhi : w.rlo+w.readMax])
 	if err != nil {
 		w.fail(fmt.Sprintf("connection lost with %d requests in flight: %v", w.inflight, err))
 		return false

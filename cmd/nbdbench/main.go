@@ -61,6 +61,8 @@ func runCmd(args []string) error {
 	mix := fs.Int("mix", 70, "randrw: percentage of reads")
 	bs := fs.String("bs", "4k", "block size (512, 4k, 1M, ...)")
 	qd := fs.Int("qd", 32, "requests in flight per connection")
+	batch := fs.Int("batch", bench.DefaultBatch, "read replies taken per read and "+
+		"answered with one write (more: fewer syscalls, burstier load)")
 	conns := fs.Int("conns", 1, "connections (writes on more than one need MULTI_CONN)")
 	dur := fs.Duration("duration", 10*time.Second, "run time (unless -ops)")
 	ops := fs.Int64("ops", 0, "total operations instead of -duration")
@@ -74,7 +76,7 @@ func runCmd(args []string) error {
 	if err != nil {
 		return fmt.Errorf("-bs: %w", err)
 	}
-	cfg := bench.Config{URI: *uri, RW: *rw, Mix: *mix, BS: size, QD: *qd, Conns: *conns,
+	cfg := bench.Config{URI: *uri, RW: *rw, Mix: *mix, BS: size, QD: *qd, Batch: *batch, Conns: *conns,
 		Duration: *dur, Ops: *ops, Verify: *verify, ServerPID: *pid}
 	if *rng != "" {
 		if cfg.RangeOff, cfg.RangeLen, err = parseRange(*rng); err != nil {
