@@ -74,6 +74,11 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 	if _, err := os.Stat(cc.File); err != nil {
 		return nil, fmt.Errorf("-file: %w", err)
 	}
+	for _, w := range cc.Workloads {
+		if err := w.check(); err != nil {
+			return nil, fmt.Errorf("workload %s: %w", w.Workload(), err)
+		}
+	}
 	var servers []string
 	for _, s := range cc.Servers {
 		if why := serverMissing(s, cc.NbdRing); why != "" {

@@ -228,3 +228,25 @@ func TestBatchRuns(t *testing.T) {
 		t.Fatalf("negative batch: %v", err)
 	}
 }
+
+// TestCPUTicksCountsChildren checks that a server's CPU includes processes
+// it forked (nbd-server forks per connection): a grandchild that spins is
+// counted while alive and, through the parents' cutime, after it exits.
+func TestCPUTicksCountsChildren(t *testing.T) {
+	cmd := exec.Command("bash", "-c",
+		`timeout 0.6 bash -c 'while :; do :; done'; sleep 5`)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	pid := cmd.Process.Pid
+	time.Sleep(400 * time.Millisecond)
+	alive := cpuTicks(pid)
+	time.Sleep(800 * time.Millisecond)
+	after := cpuTicks(pid)
+	// 5 ticks is 50 ms of a spin that runs 600 ms.
+	if alive < 5 || after < alive {
+		t.Fatalf("ticks while the grandchild spins %d, after it exits %d; want >= 5 and "+
+			"not falling", alive, after)
+	}
+}

@@ -162,6 +162,8 @@ func compareCmd(args []string) error {
 	dur := fs.Duration("duration", 5*time.Second, "run time of each workload")
 	rounds := fs.Int("rounds", 2, "rounds (A B C A B C ...); medians are reported")
 	client := fs.String("client", "nbdbench", "load generator: nbdbench or fio")
+	batch := fs.Int("batch", bench.DefaultBatch, "nbdbench: read replies taken per read "+
+		"(see run -batch)")
 	nbdring := fs.String("nbdring", "", "nbdring binary (default: beside nbdbench)")
 	drop := fs.Bool("drop-caches", true,
 		"drop the page cache before each server (needs root; skipped otherwise)")
@@ -177,6 +179,9 @@ func compareCmd(args []string) error {
 	wls, err := bench.ParseWorkloads(*workloads, *dur)
 	if err != nil {
 		return err
+	}
+	for i := range wls {
+		wls[i].Batch = *batch
 	}
 	if *nbdring == "" {
 		self, err := os.Executable()
