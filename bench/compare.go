@@ -177,9 +177,9 @@ func (s *server) stop() {
 
 func serverMissing(name, nbdring string) string {
 	if name == "nbd-server" {
-		// Its CPU can now be counted (cpuTicks adds forked children), but
-		// the Debian 3.24 build here advertised a 0-byte export for a
-		// 1 GiB file in our trials, so it is not started yet.
+		// Its CPU can be counted (cpuTicks adds forked children), but 3.24
+		// must run as a daemon with a pidfile and a config file, and its
+		// readiness needs a real handshake; not started yet.
 		return "not supported by compare yet (see README, nbdbench)"
 	}
 	bin := map[string]string{"nbdring": nbdring, "qemu-nbd": "qemu-nbd",
