@@ -236,7 +236,6 @@ func summarize(ws []*worker, cfg *Config, secs float64, cpu0 int64) Result {
 // Linux architecture (it is part of the kernel's user ABI).
 const clockTicks = 100
 
-// cpuTicks returns utime+stime of pid (all its threads), or -1.
 // cpuTicks returns the CPU time, in clock ticks, of process pid and all
 // its descendants: its own user and system time, that of children it has
 // reaped (cutime, cstime), and, recursively, that of children still alive
@@ -245,14 +244,8 @@ func cpuTicks(pid int) int64 {
 	if pid <= 0 {
 		return -1
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return -1
-	}
-	// Fields after the command name, which is in parentheses and may hold
-	// spaces: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	// utime, stime, cutime, cstime are fields 14 to 17 of /proc/PID/stat.
+	f := procStat(strconv.Itoa(pid))
 	if len(f) < 15 {
 		return -1
 	}
@@ -272,26 +265,33 @@ func cpuTicks(pid int) int64 {
 	return sum
 }
 
+// procStat returns the fields of /proc/PID/stat after the command name
+// (which is in parentheses and may hold spaces), so field N of proc(5) is
+// at index N-3; nil if the process is gone.
+func procStat(pid string) []string {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+}
+
 // childPIDs lists the live children of pid, from every process's parent
-// field (the kernels here lack /proc/PID/task/TID/children).
+// field (field 4; the kernels here lack /proc/PID/task/TID/children).
 func childPIDs(pid int) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
+	parent := strconv.Itoa(pid)
 	var out []int
 	for _, e := range ents {
 		n, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+		if f := procStat(e.Name()); len(f) > 1 && f[1] == parent {
 			out = append(out, n)
 		}
 	}

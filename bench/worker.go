@@ -18,16 +18,17 @@ import (
 //
 // Taking every waiting reply per read makes a closed loop send its
 // requests in convoys, and taking one per read costs two system calls per
-// request; Batch chooses between the two. Measured on this
-// project's 2-core VM, 4k randread QD32 against one nbdring shard:
+// request; Batch chooses between the two. Measured on this project's
+// 2-core VM, 4k randread QD32 against one nbdring shard:
 //   - on its virtio disk (the disk is the limit), medians of 10 paired
 //     rounds: 36,206 IOPS with -batch 1 and 32,199 with -batch 32, whose
 //     bursts raised the disk's own latency from 548 to 732 us;
 //   - on tmpfs (CPU is the limit), medians of 6: 87,539 with -batch 1,
 //     104,893 with 8, 96,039 with 32; fio's nbd engine 83,623.
 //
-// -batch 8 also lost to -batch 1 on the disk, so 1 is the default and a
-// CPU-bound comparison should pass -batch 8.
+// On the disk -batch 8 did not beat -batch 1 (medians of 6 rounds: 37,766
+// and 39,673), so 1 is the default and a CPU-bound comparison should pass
+// -batch 8.
 type worker struct {
 	c    net.Conn
 	cfg  *Config

@@ -76,8 +76,8 @@ func runCmd(args []string) error {
 	if err != nil {
 		return fmt.Errorf("-bs: %w", err)
 	}
-	cfg := bench.Config{URI: *uri, RW: *rw, Mix: *mix, BS: size, QD: *qd, Batch: *batch, Conns: *conns,
-		Duration: *dur, Ops: *ops, Verify: *verify, ServerPID: *pid}
+	cfg := bench.Config{URI: *uri, RW: *rw, Mix: *mix, BS: size, QD: *qd, Batch: *batch,
+		Conns: *conns, Duration: *dur, Ops: *ops, Verify: *verify, ServerPID: *pid}
 	if *rng != "" {
 		if cfg.RangeOff, cfg.RangeLen, err = parseRange(*rng); err != nil {
 			return err
