@@ -13,7 +13,7 @@ FUZZTIME  ?= 30s
 # make compare: the side-by-side table (README "Performance").
 BENCH_FILE?= var/bench.img
 BENCH_SIZE?= 1G
-SERVERS   ?= nbdring,qemu-nbd,nbdkit
+SERVERS   ?= nbdring,qemu-nbd,nbdkit,nbd-server
 WORKLOADS ?= randread:4k:32:1,randread:4k:32:2,randwrite:4k:32:1,randwrite:4k:32:2,read:1M:8:1,write:1M:8:1
 DURATION  ?= 5s
 ROUNDS    ?= 3
@@ -70,7 +70,7 @@ $(BENCH_FILE):
 	fio --name=fill --filename=$(BENCH_FILE) --size=$(BENCH_SIZE) --rw=write --bs=1M \
 	    --direct=1 --refill_buffers --output=/dev/null
 
-compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd vs nbdkit side by side (table + var/compare.svg)
+compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server side by side (table + var/compare.svg)
 	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SERVERS) -workloads $(WORKLOADS) \
 	    -duration $(DURATION) -rounds $(ROUNDS) -svg var/compare.svg
 

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nbdring/nbdring/wire"
 )
 
 // CompareConfig is a side-by-side run: the same workloads against each
@@ -101,7 +104,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 				return nil, err
 			}
 			for wi, w := range cc.Workloads {
-				w.URI, w.ServerPID = srv.uri, srv.pid()
+				w.URI, w.ServerPID = srv.uri, srv.pid
 				fmt.Fprintf(cc.Log, "round %d/%d  %-10s %s\n", round, cc.Rounds, name,
 					w.Workload())
 				var res Result
@@ -154,38 +157,54 @@ func median(server, workload, client string, rs []Result) Row {
 
 // server is one started server process.
 type server struct {
-	cmd  *exec.Cmd
+	name string
+	cmd  *exec.Cmd // nil for a server that daemonizes (nbd-server)
+	pid  int       // the process whose CPU is counted, with its children
 	uri  string
 	dir  string
 	size int64
 }
 
-func (s *server) pid() int { return s.cmd.Process.Pid }
+// stopWait bounds how long a server may take to exit on SIGTERM before it
+// is killed: long enough to flush a page-cache server's dirty data.
+const stopWait = 10 * time.Second
 
 func (s *server) stop() {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	_ = syscall.Kill(s.pid, syscall.SIGTERM)
 	done := make(chan struct{})
-	go func() { s.cmd.Wait(); close(done) }()
+	go func() {
+		if s.cmd != nil {
+			s.cmd.Wait()
+		} else {
+			waitGone(s.pid, stopWait+time.Second)
+		}
+		close(done)
+	}()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
+	case <-time.After(stopWait):
+		_ = syscall.Kill(s.pid, syscall.SIGKILL)
 		<-done
 	}
 	os.RemoveAll(s.dir)
 }
 
-func serverMissing(name, nbdring string) string {
-	if name == "nbd-server" {
-		// Its CPU can be counted (cpuTicks adds forked children), but 3.24
-		// must run as a daemon with a pidfile and a config file, and its
-		// readiness needs a real handshake; not started yet.
-		return "not supported by compare yet (see README, nbdbench)"
+// waitGone waits until pid, which is not our child, has exited (a zombie
+// that its parent has yet to reap counts as exited).
+func waitGone(pid int, limit time.Duration) {
+	for t0 := time.Now(); time.Since(t0) < limit; time.Sleep(10 * time.Millisecond) {
+		f := procStat(strconv.Itoa(pid))
+		if f == nil || f[0] == "Z" {
+			return
+		}
 	}
+}
+
+func serverMissing(name, nbdring string) string {
 	bin := map[string]string{"nbdring": nbdring, "qemu-nbd": "qemu-nbd",
-		"nbdkit": "nbdkit"}[name]
+		"nbdkit": "nbdkit", "nbd-server": "nbd-server"}[name]
 	if bin == "" {
-		return "unknown server (use nbdring, qemu-nbd, nbdkit)"
+		return "unknown server (use nbdring, qemu-nbd, nbdkit, nbd-server)"
 	}
 	if _, err := exec.LookPath(bin); err != nil {
 		return bin + " is not installed"
@@ -193,9 +212,14 @@ func serverMissing(name, nbdring string) string {
 	return ""
 }
 
+// readyWait bounds a server's start: nbd-server generates TLS parameters
+// before it accepts (0.1-0.5 s here), the others listen at once.
+const readyWait = 10 * time.Second
+
 // startServer starts name on file, on a Unix socket. Each is run as its
-// users run it for speed: qemu-nbd with O_DIRECT and io_uring, nbdkit's
-// file plugin as is.
+// users run it for speed: qemu-nbd with O_DIRECT and io_uring; nbdkit's
+// file plugin and nbd-server as they are (both read through the page
+// cache: neither has an O_DIRECT switch).
 func startServer(name, file, nbdring string) (*server, error) {
 	dir, err := os.MkdirTemp("", "nbdbench-")
 	if err != nil {
@@ -203,7 +227,7 @@ func startServer(name, file, nbdring string) (*server, error) {
 	}
 	st, _ := os.Stat(file)
 	sock := filepath.Join(dir, "sock")
-	s := &server{dir: dir, uri: "nbd+unix:///?socket=" + sock, size: st.Size()}
+	s := &server{name: name, dir: dir, uri: "nbd+unix:///?socket=" + sock, size: st.Size()}
 	var args []string
 	switch name {
 	case "nbdring":
@@ -213,26 +237,86 @@ func startServer(name, file, nbdring string) (*server, error) {
 			"-e", "64", "-t", file}
 	case "nbdkit":
 		args = []string{"nbdkit", "-f", "-U", sock, "file", "file=" + file}
-	}
-	s.cmd = exec.Command(args[0], args[1:]...)
-	s.cmd.Stdout, s.cmd.Stderr = io.Discard, io.Discard
-	if err := s.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	tgt, _ := ParseURI(s.uri)
-	for i := 0; ; i++ {
-		if c, err := net.Dial(tgt.Network, tgt.Addr); err == nil {
-			c.Close()
-			return s, nil
+	case "nbd-server":
+		if err := startNBDServer(s, sock, file); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
 		}
-		if i == 200 {
-			s.stop()
-			return nil, fmt.Errorf("%s did not start listening within 10 s (%s)", name,
-				strings.Join(args, " "))
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	if args != nil {
+		s.cmd = exec.Command(args[0], args[1:]...)
+		s.cmd.Stdout, s.cmd.Stderr = io.Discard, io.Discard
+		if err := s.cmd.Start(); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		s.pid = s.cmd.Process.Pid
+	}
+	if err := awaitHandshake(s); err != nil {
+		s.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// startNBDServer runs nbd-server as a daemon (its -d mode serves a single
+// connection and exits) from a config file, and takes the daemon's pid
+// from its pidfile. The export name is the config section's name.
+func startNBDServer(s *server, sock, file string) error {
+	conf := filepath.Join(s.dir, "conf")
+	pidfile := filepath.Join(s.dir, "pid")
+	text := fmt.Sprintf("[generic]\nunixsock=%s\nallowlist=true\n"+
+		"[disk]\nexportname=%s\nflush=true\nfua=true\n", sock, file)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		return err
+	}
+	s.uri = "nbd+unix:///disk?socket=" + sock
+	out, err := exec.Command("nbd-server", "-C", conf, "-p", pidfile).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("start nbd-server: %v: %s", err, out)
+	}
+	for t0 := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		b, err := os.ReadFile(pidfile)
+		if err == nil {
+			if s.pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				return nil
+			}
+		}
+		if time.Since(t0) > readyWait {
+			return fmt.Errorf("nbd-server wrote no pidfile %s within %v: %s", pidfile,
+				readyWait, out)
+		}
+	}
+}
+
+// awaitHandshake polls until the server completes a real handshake for
+// its export: a listening socket alone does not mean it serves.
+func awaitHandshake(s *server) error {
+	tgt, err := ParseURI(s.uri)
+	if err != nil {
+		return err
+	}
+	last := errors.New("no attempt")
+	for t0 := time.Now(); time.Since(t0) < readyWait; time.Sleep(50 * time.Millisecond) {
+		if f := procStat(strconv.Itoa(s.pid)); f == nil || f[0] == "Z" {
+			return fmt.Errorf("%s exited while starting (%s); run it by hand to see why",
+				s.name, s.uri)
+		}
+		c, err := net.DialTimeout(tgt.Network, tgt.Addr, time.Second)
+		if err != nil {
+			last = err
+			continue
+		}
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		_, err = wire.ClientHandshake(c, wire.ClientOptions{Name: tgt.Export})
+		c.Close()
+		if err == nil {
+			return nil
+		}
+		last = err
+	}
+	return fmt.Errorf("%s did not complete a handshake within %v at %s: %v", s.name,
+		readyWait, s.uri, last)
 }
 
 func dropCaches() {
@@ -248,7 +332,7 @@ func runFio(ctx context.Context, w Config, s *server) (Result, error) {
 	args := []string{"--name=w", "--ioengine=nbd", "--uri=" + s.uri, "--rw=" + w.RW,
 		"--bs=" + strconv.Itoa(w.BS), "--iodepth=" + strconv.Itoa(w.QD),
 		"--numjobs=" + strconv.Itoa(w.Conns), "--group_reporting", "--time_based",
-		"--runtime=" + strconv.FormatFloat(w.Duration.Seconds(), 'f', 1, 64),
+		"--runtime=" + strconv.FormatInt(w.Duration.Milliseconds(), 10) + "ms",
 		"--size=" + strconv.FormatInt(s.size, 10), "--output-format=json", "--output=" + out}
 	if w.RW == "randrw" {
 		args = append(args, "--rwmixread="+strconv.Itoa(w.Mix))
@@ -278,13 +362,22 @@ func runFio(ctx context.Context, w Config, s *server) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	// fio writes its warnings into the output file ahead of the JSON.
+	if i := bytes.IndexByte(b, '{'); i > 0 {
+		b = b[i:]
+	}
 	if err := json.Unmarshal(b, &j); err != nil || len(j.Jobs) == 0 {
-		return Result{}, fmt.Errorf("fio output: %v", err)
+		return Result{}, fmt.Errorf("fio output: %v: %.200s", err, b)
 	}
 	jb := j.Jobs[0]
 	r := Result{Workload: w.Workload(), Seconds: time.Since(start).Seconds(),
 		IOPS: jb.Read.IOPS + jb.Write.IOPS, BytesPerSec: jb.Read.BW + jb.Write.BW,
 		Ops: jb.Read.TotalIOs + jb.Write.TotalIOs, Errors: uint64(jb.Error)}
+	// fio has disconnected: a forking server's children are exiting, and
+	// their time reaches the parent's count only once it has reaped them.
+	for t0 := time.Now(); len(childPIDs(w.ServerPID)) > 0 && time.Since(t0) < time.Second; {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if cpu1 := cpuTicks(w.ServerPID); cpu0 >= 0 && cpu1 >= cpu0 && r.Ops > 0 {
 		r.ServerCPUSeconds = float64(cpu1-cpu0) / clockTicks
 		r.ServerCPUUsPerOp = r.ServerCPUSeconds * 1e6 / float64(r.Ops)

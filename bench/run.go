@@ -111,27 +111,28 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	ws := make([]*worker, cfg.Conns)
-	for i := range ws {
-		if ws[i], err = dialWorker(ctx, tgt, &cfg, i); err != nil {
-			for _, w := range ws[:i] {
-				w.c.Close()
-			}
+	ws := make([]*worker, 0, cfg.Conns)
+	// The connections stay open until the server's CPU has been read: a
+	// server that forks per connection (nbd-server) may not count a child's
+	// time once the child has exited.
+	defer func() {
+		for _, w := range ws {
+			w.close()
+		}
+	}()
+	for i := range cfg.Conns {
+		w, err := dialWorker(ctx, tgt, &cfg, i)
+		if err != nil {
 			return Result{}, err
 		}
+		ws = append(ws, w)
 	}
 	ex := ws[0].ex
 	if cfg.Conns > 1 && cfg.writes() && ex.Flags&wire.TxCanMultiConn == 0 {
-		for _, w := range ws {
-			w.c.Close()
-		}
 		return Result{}, errors.New("the server does not advertise MULTI_CONN, so writes " +
 			"on several connections may not be consistent: use -conns 1")
 	}
 	if err := layout(ws, &cfg, ex.Size); err != nil {
-		for _, w := range ws {
-			w.c.Close()
-		}
 		return Result{}, err
 	}
 	var stop atomic.Bool

@@ -124,7 +124,6 @@ func newWorker(c net.Conn, cfg *Config, id int) *worker {
 }
 
 func (w *worker) run() {
-	defer w.c.Close()
 	w.start = time.Now()
 	for i := range w.ops {
 		if !w.issue(i) {
@@ -138,9 +137,15 @@ func (w *worker) run() {
 		w.reap()
 	}
 	w.flush()
+}
+
+// close ends the connection the way the protocol asks: NBD_CMD_DISC, then
+// close.
+func (w *worker) close() {
 	var hdr [wire.RequestSize]byte
 	wire.EncodeRequest(hdr[:], &wire.Request{Type: wire.CmdDisc})
 	_, _ = w.c.Write(hdr[:])
+	w.c.Close()
 }
 
 // fill reads what the socket has, up to readMax bytes past the first

@@ -154,8 +154,8 @@ func isTerminal(f *os.File) bool {
 func compareCmd(args []string) error {
 	fs := flag.NewFlagSet("compare", flag.ExitOnError)
 	file := fs.String("file", "", "backing file or block device every server serves")
-	servers := fs.String("servers", "nbdring,qemu-nbd,nbdkit",
-		"servers to compare, in order (nbdring, qemu-nbd, nbdkit); "+
+	servers := fs.String("servers", "nbdring,qemu-nbd,nbdkit,nbd-server",
+		"servers to compare, in order (nbdring, qemu-nbd, nbdkit, nbd-server); "+
 			"ratios are to the first")
 	workloads := fs.String("workloads", "randread:4k:32:1,read:1M:8:1",
 		"workloads rw:bs:qd:conns, comma-separated")
