@@ -77,6 +77,11 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 	if _, err := os.Stat(cc.File); err != nil {
 		return nil, fmt.Errorf("-file: %w", err)
 	}
+	// Daemons change directory (nbd-server to /), so they get an absolute path.
+	file, err := filepath.Abs(cc.File)
+	if err != nil {
+		return nil, fmt.Errorf("-file: %w", err)
+	}
 	for _, w := range cc.Workloads {
 		if err := w.check(); err != nil {
 			return nil, fmt.Errorf("workload %s: %w", w.Workload(), err)
@@ -99,7 +104,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 			if cc.DropCaches {
 				dropCaches()
 			}
-			srv, err := startServer(name, cc.File, cc.NbdRing)
+			srv, err := startServer(name, file, cc.NbdRing)
 			if err != nil {
 				return nil, err
 			}

@@ -54,6 +54,12 @@ func TestCompareForkingServer(t *testing.T) {
 	if err := os.WriteFile(file, make([]byte, 16<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A relative path, as make compare passes: the daemon runs in /.
+	wd, _ := os.Getwd()
+	file, err := filepath.Rel(wd, file)
+	if err != nil {
+		t.Fatal(err)
+	}
 	wls, err := ParseWorkloads("randread:4k:8:1,randwrite:4k:8:2", 700*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
