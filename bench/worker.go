@@ -19,16 +19,17 @@ import (
 // Taking every waiting reply per read makes a closed loop send its
 // requests in convoys, and taking one per read costs two system calls per
 // request; Batch chooses between the two. Measured on this project's
-// 2-core VM, 4k randread QD32 against one nbdring shard:
-//   - on its virtio disk (the disk is the limit), medians of 10 paired
-//     rounds: 36,206 IOPS with -batch 1 and 32,199 with -batch 32, whose
-//     bursts raised the disk's own latency from 548 to 732 us;
-//   - on tmpfs (CPU is the limit), medians of 6: 87,539 with -batch 1,
-//     104,893 with 8, 96,039 with 32; fio's nbd engine 83,623.
+// 2-core VM, 4k randread QD32 against one nbdring shard, clients taking
+// turns in alternating order (bench/crosscheck.sh), medians of the
+// per-round ratios to fio's nbd engine:
+//   - on tmpfs (the CPUs are the limit), 8 rounds: -batch 8 1.32, -batch 1
+//     0.90 (another run: 1.21 and 0.94);
+//   - on the virtio disk (the disk is the limit), 10 rounds: -batch 8 0.96,
+//     -batch 1 1.03 (another run: 0.96 and 0.99); bursts raise the disk's
+//     own latency (667 against 553 us in the first round).
 //
-// On the disk -batch 8 did not beat -batch 1 (medians of 6 rounds: 37,766
-// and 39,673), so 1 is the default and a CPU-bound comparison should pass
-// -batch 8.
+// The client is what a load generator must keep out of the way, so the
+// default is 8; -batch 1 sends one request per reply as libnbd does.
 type worker struct {
 	c    net.Conn
 	cfg  *Config
