@@ -318,6 +318,11 @@ func awaitHandshake(s *server) error {
 		if err == nil {
 			return nil
 		}
+		var refused *wire.OptionError
+		if errors.As(err, &refused) {
+			// It is up and said no: waiting will not change its answer.
+			return fmt.Errorf("%s refused the export at %s: %w", s.name, s.uri, err)
+		}
 		last = err
 	}
 	return fmt.Errorf("%s did not complete a handshake within %v at %s: %v", s.name,

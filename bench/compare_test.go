@@ -50,14 +50,15 @@ func TestCompareForkingServer(t *testing.T) {
 			t.Skipf("%s not installed (make test installs it)", bin)
 		}
 	}
-	file := filepath.Join(t.TempDir(), "img")
-	if err := os.WriteFile(file, make([]byte, 16<<20), 0o644); err != nil {
+	// A path relative to the working directory, as make compare passes
+	// (var/bench.img): the daemon runs in /, where it means nothing.
+	dir, err := os.MkdirTemp(".", "testimg-")
+	if err != nil {
 		t.Fatal(err)
 	}
-	// A relative path, as make compare passes: the daemon runs in /.
-	wd, _ := os.Getwd()
-	file, err := filepath.Rel(wd, file)
-	if err != nil {
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	file := filepath.Join(dir, "img")
+	if err := os.WriteFile(file, make([]byte, 16<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	wls, err := ParseWorkloads("randread:4k:8:1,randwrite:4k:8:2", 700*time.Millisecond)
