@@ -118,6 +118,9 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 				} else {
 					res, err = Run(ctx, w)
 				}
+				if err == nil && ctx.Err() != nil {
+					err = errors.New("interrupted")
+				}
 				if err != nil {
 					srv.stop()
 					return nil, fmt.Errorf("%s, %s: %w", name, w.Workload(), err)
