@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -101,6 +102,9 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 	runs := map[[2]int][]Result{}
 	for round := 1; round <= cc.Rounds; round++ {
 		for si, name := range servers {
+			if ctx.Err() != nil {
+				return nil, errors.New("interrupted")
+			}
 			if cc.DropCaches {
 				dropCaches()
 			}
@@ -118,7 +122,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 				} else {
 					res, err = Run(ctx, w)
 				}
-				if err == nil && ctx.Err() != nil {
+				if ctx.Err() != nil {
 					err = errors.New("interrupted")
 				}
 				if err != nil {
@@ -126,6 +130,9 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 					return nil, fmt.Errorf("%s, %s: %w", name, w.Workload(), err)
 				}
 				runs[[2]int{si, wi}] = append(runs[[2]int{si, wi}], res)
+				// The next workload's CPU baseline must not catch this one's
+				// children half-reaped.
+				awaitReaped(srv.pid)
 			}
 			srv.stop()
 		}
@@ -166,6 +173,8 @@ func median(server, workload, client string, rs []Result) Row {
 // server is one started server process.
 type server struct {
 	name string
+	how  string    // its command line or config, for errors
+	log  *tail     // the end of its stderr (nil for nbd-server: syslog)
 	cmd  *exec.Cmd // nil for a server that daemonizes (nbd-server)
 	pid  int       // the process whose CPU is counted, with its children
 	uri  string
@@ -178,6 +187,10 @@ type server struct {
 const stopWait = 10 * time.Second
 
 func (s *server) stop() {
+	defer os.RemoveAll(s.dir)
+	if s.pid <= 0 { // never started: kill(0) would signal our own group
+		return
+	}
 	_ = syscall.Kill(s.pid, syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() {
@@ -194,7 +207,6 @@ func (s *server) stop() {
 		_ = syscall.Kill(s.pid, syscall.SIGKILL)
 		<-done
 	}
-	os.RemoveAll(s.dir)
 }
 
 // waitGone waits until pid, which is not our child, has exited (a zombie
@@ -205,6 +217,18 @@ func waitGone(pid int, limit time.Duration) {
 		if f == nil || f[0] == "Z" {
 			return
 		}
+	}
+}
+
+// reapWait bounds the wait for a forking server to reap the children of
+// closed connections (they exit within milliseconds here).
+const reapWait = time.Second
+
+// awaitReaped waits until pid has no child processes left, live or
+// zombie, so its CPU count includes them all.
+func awaitReaped(pid int) {
+	for t0 := time.Now(); len(childPIDs(pid)) > 0 && time.Since(t0) < reapWait; {
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -219,6 +243,10 @@ func serverMissing(name, nbdring string) string {
 	}
 	return ""
 }
+
+// maxSockPath is sizeof(sockaddr_un.sun_path) on Linux, with its NUL;
+// nbd-server silently cuts longer paths.
+const maxSockPath = 108
 
 // readyWait bounds a server's start: nbd-server generates TLS parameters
 // before it accepts (0.1-0.5 s here), the others listen at once.
@@ -235,6 +263,11 @@ func startServer(name, file, nbdring string) (*server, error) {
 	}
 	st, _ := os.Stat(file)
 	sock := filepath.Join(dir, "sock")
+	if len(sock) >= maxSockPath {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("socket path %s is longer than a Unix socket allows (%d "+
+			"bytes): set TMPDIR to a shorter directory", sock, maxSockPath-1)
+	}
 	s := &server{name: name, dir: dir, uri: "nbd+unix:///?socket=" + sock, size: st.Size()}
 	var args []string
 	switch name {
@@ -250,10 +283,15 @@ func startServer(name, file, nbdring string) (*server, error) {
 			os.RemoveAll(dir)
 			return nil, err
 		}
+	default:
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("unknown server %q", name)
 	}
 	if args != nil {
 		s.cmd = exec.Command(args[0], args[1:]...)
-		s.cmd.Stdout, s.cmd.Stderr = io.Discard, io.Discard
+		s.log = &tail{}
+		s.cmd.Stdout, s.cmd.Stderr = io.Discard, s.log
+		s.how = strings.Join(args, " ")
 		if err := s.cmd.Start(); err != nil {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("start %s: %w", name, err)
@@ -279,6 +317,8 @@ func startNBDServer(s *server, sock, file string) error {
 		return err
 	}
 	s.uri = "nbd+unix:///disk?socket=" + sock
+	s.how = "nbd-server -C " + conf + ", config: " + strings.ReplaceAll(text, "\n", " ") +
+		"(it logs to syslog)"
 	out, err := exec.Command("nbd-server", "-C", conf, "-p", pidfile).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("start nbd-server: %v: %s", err, out)
@@ -297,6 +337,42 @@ func startNBDServer(s *server, sock, file string) error {
 	}
 }
 
+// said is the tail of the server's stderr, for an error message.
+func (s *server) said() string {
+	if s.log == nil {
+		return ""
+	}
+	if t := strings.TrimSpace(s.log.String()); t != "" {
+		return "; it said: " + t
+	}
+	return ""
+}
+
+// tail keeps the last tailBytes written to it: enough for a server's
+// start-up error, bounded however long it logs.
+type tail struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+const tailBytes = 2048
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > tailBytes {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-tailBytes:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
+
 // awaitHandshake polls until the server completes a real handshake for
 // its export: a listening socket alone does not mean it serves.
 func awaitHandshake(s *server) error {
@@ -307,8 +383,7 @@ func awaitHandshake(s *server) error {
 	last := errors.New("no attempt")
 	for t0 := time.Now(); time.Since(t0) < readyWait; time.Sleep(50 * time.Millisecond) {
 		if f := procStat(strconv.Itoa(s.pid)); f == nil || f[0] == "Z" {
-			return fmt.Errorf("%s exited while starting (%s); run it by hand to see why",
-				s.name, s.uri)
+			return fmt.Errorf("%s exited while starting: %s%s", s.name, s.how, s.said())
 		}
 		c, err := net.DialTimeout(tgt.Network, tgt.Addr, time.Second)
 		if err != nil {
@@ -328,8 +403,8 @@ func awaitHandshake(s *server) error {
 		}
 		last = err
 	}
-	return fmt.Errorf("%s did not complete a handshake within %v at %s: %v", s.name,
-		readyWait, s.uri, last)
+	return fmt.Errorf("%s did not complete a handshake within %v at %s: %v (%s)%s", s.name,
+		readyWait, s.uri, last, s.how, s.said())
 }
 
 func dropCaches() {
@@ -388,9 +463,7 @@ func runFio(ctx context.Context, w Config, s *server) (Result, error) {
 		Ops: jb.Read.TotalIOs + jb.Write.TotalIOs, Errors: uint64(jb.Error)}
 	// fio has disconnected: a forking server's children are exiting, and
 	// their time reaches the parent's count only once it has reaped them.
-	for t0 := time.Now(); len(childPIDs(w.ServerPID)) > 0 && time.Since(t0) < time.Second; {
-		time.Sleep(10 * time.Millisecond)
-	}
+	awaitReaped(w.ServerPID)
 	if cpu1 := cpuTicks(w.ServerPID); cpu0 >= 0 && cpu1 >= cpu0 && r.Ops > 0 {
 		r.ServerCPUSeconds = float64(cpu1-cpu0) / clockTicks
 		r.ServerCPUUsPerOp = r.ServerCPUSeconds * 1e6 / float64(r.Ops)

@@ -12,7 +12,8 @@
 #       [-c CLIENT_CPU] CLIENT...
 #
 # CLIENT is fio, or bN for nbdbench -batch N (e.g. b1 b8 fio).
-# Needs: fio, taskset, /usr/bin/python3, bin/nbdring and bin/nbdbench (make build).
+# Needs: fio, taskset, /usr/bin/time, /usr/bin/python3, bin/nbdring and
+# bin/nbdbench (make build).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 file=$here/var/bench.img secs=3 rounds=6 rw=randread ccpu=1
@@ -27,8 +28,13 @@ clients=("$@")
 [ ${#clients[@]} -gt 0 ] || clients=(b1 fio)
 [ -f "$file" ] || { echo "$file does not exist: run make compare once, or pass -f" >&2; exit 2; }
 case $rw in randread | randwrite) ;; *) echo "-w: randread or randwrite" >&2; exit 2 ;; esac
+[[ $secs =~ ^[1-9][0-9]*$ ]] || { echo "-t $secs: whole seconds (fio takes no fraction)" >&2; exit 2; }
 for c in "${clients[@]}"; do
   [[ $c == fio || $c =~ ^b[0-9]+$ ]] || { echo "client $c: use fio or bN (nbdbench -batch N)" >&2; exit 2; }
+  [ "$(printf '%s\n' "${clients[@]}" | grep -cx -- "$c")" = 1 ] || { echo "client $c is named twice" >&2; exit 2; }
+done
+for tool in fio taskset /usr/bin/time /usr/bin/python3 "$here/bin/nbdring" "$here/bin/nbdbench"; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing (make build; apt-get install fio time)" >&2; exit 2; }
 done
 
 # The disk under the file, for its own request counters (none on tmpfs).
@@ -93,13 +99,19 @@ done
 
 /usr/bin/python3 - "$tmp/lines" <<'EOF'
 import re, statistics, sys
-rows = [dict((k, int(v)) for k, v in re.findall(r" (\w+)=(\d+),", l)) for l in open(sys.argv[1])]
+field = re.compile(r" (\w+)=(\d+),disk(\d+|-)(?:us)?,srv([\d.]+)us,cli([\d.]+)us")
+rows = [{m[0]: m[1:] for m in field.findall(l)} for l in open(sys.argv[1])]
+def med(k, i):
+    v = [float(r[k][i]) for r in rows if r[k][i] != "-"]
+    return statistics.median(v) if v else None
 for k in rows[0]:
-    med = statistics.median(r[k] for r in rows)
-    line = "%-4s median %9.0f IOPS" % (k, med)
+    disk = med(k, 1)
+    line = "%-4s median %9.0f IOPS  disk %s  server %.1f us/op  client %.1f us/op" % (
+        k, med(k, 0), "%.0f us" % disk if disk is not None else "-", med(k, 2), med(k, 3))
     if k != "fio" and "fio" in rows[0]:
-        ratios = [r[k] / r["fio"] for r in rows]
-        line += "  median ratio to fio %.3f  rounds won %d/%d" % (
-            statistics.median(ratios), sum(x > 1 for x in ratios), len(rows))
+        ratios = [int(r[k][0]) / int(r["fio"][0]) for r in rows if int(r["fio"][0]) > 0]
+        if ratios:
+            line += "  ratio to fio %.3f  won %d/%d" % (
+                statistics.median(ratios), sum(x > 1 for x in ratios), len(ratios))
     print(line)
 EOF

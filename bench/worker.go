@@ -145,6 +145,9 @@ func (w *worker) run() {
 func (w *worker) close() {
 	var hdr [wire.RequestSize]byte
 	wire.EncodeRequest(hdr[:], &wire.Request{Type: wire.CmdDisc})
+	// A server blocked sending to a client that stopped reading (a lost
+	// stream) must not hold the close up.
+	_ = w.c.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = w.c.Write(hdr[:])
 	w.c.Close()
 }
