@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"log"
 	"unsafe"
 
@@ -17,42 +18,40 @@ type conn struct {
 	fd   int
 	exp  *Export
 	sess wire.Session
+	peer string   // the client's address, for logs
+	mem  *connMem // staging buffer and send vector (shard metadata memory)
 
-	rbuf       []byte // staging buffer (shard metadata memory, fixed per index)
-	rlo, rhi   int    // unparsed bytes are rbuf[rlo:rhi]
-	recvOn     bool   // a recv is in flight
-	direct     bool   // that recv targets pslot's payload
-	pslot      int32  // slot whose WRITE payload is arriving, or -1
-	pgot       uint32 // payload bytes received so far
-	drain      uint32 // bytes of a rejected request's payload still to discard
+	rlo, rhi   int   // unparsed bytes are mem.rbuf[rlo:rhi]
+	recvOn     bool  // a recv is in flight
+	recvSlot   int32 // the slot that recv receives a payload into, or -1
+	pslot      int32 // slot whose WRITE payload is arriving, or -1
+	pgot       uint32
+	drain      uint64 // bytes of a rejected request's payload still to discard
 	req        wire.Request
 	reqHeld    bool   // req is decoded and waits for a slot or buffer
 	payloadLen uint64 // payload bytes following req's header
 	style      wire.ReplyStyle
 	reqSize    int // request header size: compact or extended
 
-	inflight int // slots owned (from decode until the reply is sent)
-	ops      int // kernel operations in flight (recv, send, device I/O)
-	bufBytes int // arena bytes held by this connection's slots
+	inflight int // live slots (from decode until the reply is sent)
+	ops      int // ledger: kernel operations holding the connection (recv, send)
+	bufBytes int // arena bytes held by this connection's live slots
 
 	qHead, qTail int32 // replies ready to send, linked through slot.next
 	sendHead     int32 // first slot of the sendmsg in flight
 	sending      bool
-	msg          *unix.Msghdr
-	iov          []unix.Iovec
-	iovAt, iovN  int // the in-flight vector is iov[iovAt:iovN]
+	iovAt, iovN  int // the in-flight vector is mem.iov[iovAt:iovN]
 
-	waiting bool // on the shard's waiting list
-	dirty   bool // on the shard's dirty list
-	disc    bool // NBD_CMD_DISC received or server stopping: read no more
-	closing bool // hard close under way: waiting for ops to drain
+	waiting  bool // on the shard's waiting list
+	dirty    bool // on the shard's dirty list
+	disc     bool // NBD_CMD_DISC received: read no more
+	draining bool // server stopping: new requests get ESHUTDOWN
+	closing  bool // hard close under way: waiting for ops to drain
 }
 
 func (c *conn) reset(h handoff) {
-	gen := c.gen + 1
-	rbuf, msg, iov := c.rbuf, c.msg, c.iov
-	*c = conn{gen: gen, fd: h.fd, exp: h.exp, rbuf: rbuf, pslot: -1,
-		qHead: -1, qTail: -1, sendHead: -1, msg: msg, iov: iov}
+	*c = conn{gen: c.gen + 1, fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem,
+		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1}
 	c.sess = wire.Session{
 		Size: h.exp.size, Flags: h.neg.Flags, BlockMin: h.exp.align,
 		Strict: h.neg.BlockSizeAsked, Structured: h.neg.Structured,
@@ -71,45 +70,53 @@ func (s *shard) armRecv(ci int32) {
 	if c.recvOn || c.waiting || c.disc || c.closing {
 		return
 	}
+	rbuf := c.mem.rbuf[:]
 	var p unsafe.Pointer
 	var n int
 	if c.pslot >= 0 && c.rlo == c.rhi {
 		pl := s.payload(c.pslot)
 		if rest := len(pl) - int(c.pgot); rest >= recvDirectMin {
-			p, n, c.direct = bytesAt(pl[c.pgot:]), rest, true
+			p, n, c.recvSlot = bytesAt(pl[c.pgot:]), rest, c.pslot
 		}
 	}
 	if p == nil {
 		if c.rlo > 0 {
-			c.rhi = copy(c.rbuf, c.rbuf[c.rlo:c.rhi])
+			c.rhi = copy(rbuf, rbuf[c.rlo:c.rhi])
 			c.rlo = 0
 		}
-		if c.rhi == len(c.rbuf) {
+		if c.rhi == len(rbuf) {
 			return // full: parse must make progress first
 		}
-		p, n = bytesAt(c.rbuf[c.rhi:]), len(c.rbuf)-c.rhi
+		p, n = bytesAt(rbuf[c.rhi:]), len(rbuf)-c.rhi
 	}
 	c.recvOn = true
-	c.ops++
-	ring.PrepRecv(s.ring.SQE(), c.fd, p, uint32(n), ring.UserData(opRecv, c.gen, uint32(ci)))
+	ring.PrepRecv(s.issue(opRecv, ci), c.fd, p, uint32(n))
 }
 
-func (s *shard) onRecv(ci int32, res int32) {
+// payload is where a WRITE's data is received.
+func (s *shard) payload(si int32) []byte {
+	sl := &s.slots[si]
+	if sl.pbuf >= 0 {
+		return sl.payload
+	}
+	return sl.data[:sl.req.Length]
+}
+
+// onRecv: the ledger has already dropped the recv's hold on its payload
+// slot (recvSlot), so direct tells where the bytes went.
+func (s *shard) onRecv(ci int32, res int32, direct bool) {
 	c := &s.conns[ci]
 	c.recvOn = false
-	c.ops--
-	direct := c.direct
-	c.direct = false
 	if c.closing {
 		s.maybeRelease(ci)
 		return
 	}
 	if res <= 0 {
 		if res == 0 && c.disc {
-			return // our own shutdown of the read side while stopping
+			return // our own shutdown of the read side
 		}
 		if res < 0 && res != -int32(unix.ECONNRESET) {
-			log.Printf("shard %d: connection %d: recv: %v", s.id, ci, unix.Errno(-res))
+			log.Printf("shard %d: %s: recv: %v", s.id, c.peer, unix.Errno(-res))
 		}
 		s.beginClose(ci) // client hung up, possibly with requests in flight
 		return
@@ -129,10 +136,11 @@ func (s *shard) onRecv(ci int32, res int32) {
 // payload, decodes and dispatches requests; then re-arms the receive.
 func (s *shard) parse(ci int32) {
 	c := &s.conns[ci]
+	rbuf := c.mem.rbuf[:]
 	for !c.disc && !c.closing {
 		avail := c.rhi - c.rlo
 		if c.drain > 0 {
-			n := min(uint32(avail), c.drain)
+			n := min(uint64(avail), c.drain)
 			c.rlo += int(n)
 			c.drain -= n
 			if c.drain > 0 {
@@ -142,7 +150,7 @@ func (s *shard) parse(ci int32) {
 		}
 		if c.pslot >= 0 {
 			pl := s.payload(c.pslot)
-			n := copy(pl[c.pgot:], c.rbuf[c.rlo:c.rhi])
+			n := copy(pl[c.pgot:], rbuf[c.rlo:c.rhi])
 			c.rlo += n
 			c.pgot += uint32(n)
 			if int(c.pgot) < len(pl) {
@@ -155,26 +163,9 @@ func (s *shard) parse(ci int32) {
 			if avail < c.reqSize {
 				break
 			}
-			var err error
-			if c.style == wire.StyleExtended {
-				err = wire.DecodeExtendedRequest(c.rbuf[c.rlo:], &c.req)
-			} else {
-				err = wire.DecodeRequest(c.rbuf[c.rlo:], &c.req)
-			}
-			if err != nil {
-				log.Printf("shard %d: connection %d: %v; disconnecting it", s.id, ci, err)
-				s.beginClose(ci)
+			if !s.decode(ci) {
 				return
 			}
-			c.rlo += c.reqSize
-			var ok bool
-			if c.payloadLen, ok = wire.PayloadLen(&c.req, c.sess.Extended); !ok {
-				log.Printf("shard %d: connection %d: %v payload of %d bytes exceeds %d; "+
-					"disconnecting it", s.id, ci, c.req.Type, c.payloadLen, wire.PayloadMax)
-				s.beginClose(ci)
-				return
-			}
-			c.reqHeld = true
 		}
 		if !s.dispatch(ci) {
 			c.waiting = true
@@ -186,58 +177,95 @@ func (s *shard) parse(ci int32) {
 	s.armRecv(ci)
 }
 
-// beginClose hard-closes a connection: no more replies; resources are freed
-// once the kernel has finished every operation it holds for it.
+// decode takes the next request header off the staging buffer and counts
+// it (once: a request held under backpressure is dispatched again, not
+// decoded again). A header the protocol cannot resync from closes the
+// connection; false then.
+func (s *shard) decode(ci int32) bool {
+	c := &s.conns[ci]
+	var err error
+	if c.style == wire.StyleExtended {
+		err = wire.DecodeExtendedRequest(c.mem.rbuf[c.rlo:c.rhi], &c.req)
+	} else {
+		err = wire.DecodeRequest(c.mem.rbuf[c.rlo:c.rhi], &c.req)
+	}
+	if err != nil {
+		log.Printf("shard %d: %s: %v; disconnecting it", s.id, c.peer, err)
+		s.beginClose(ci)
+		return false
+	}
+	c.rlo += c.reqSize
+	if c.req.Type < wire.CmdCount {
+		s.stats.Requests[c.req.Type].Add(1)
+	}
+	var ok bool
+	if c.payloadLen, ok = wire.PayloadLen(&c.req, c.sess.Extended); !ok {
+		log.Printf("shard %d: %s: %v payload of %d bytes exceeds %d; disconnecting it",
+			s.id, c.peer, c.req.Type, c.payloadLen, wire.PayloadMax)
+		s.beginClose(ci)
+		return false
+	}
+	c.reqHeld = true
+	return true
+}
+
+// beginClose hard-closes a connection: no more replies; it is released
+// once the kernel has finished every operation that holds it.
 func (s *shard) beginClose(ci int32) {
 	c := &s.conns[ci]
 	if c.closing {
 		return
 	}
 	c.closing = true
-	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR) // completes a pending recv
+	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR) // completes a pending recv and send
 	s.maybeRelease(ci)
 }
 
-// disconnectGracefully stops reading, lets requests in flight finish and
-// their replies go out, then closes (NBD_CMD_DISC, or the server stopping).
-func (s *shard) disconnectGracefully(ci int32) {
-	c := &s.conns[ci]
-	c.disc = true
-	if c.recvOn {
-		_ = unix.Shutdown(c.fd, unix.SHUT_RD)
-	}
-	s.maybeFinishDisc(ci)
+// drainConn starts a graceful close for the server's shutdown: requests
+// in flight finish and their replies go out, requests that arrive
+// meanwhile get ESHUTDOWN (proto.md), then the connection closes.
+func (s *shard) drainConn(ci int32) {
+	s.conns[ci].draining = true
+	s.maybeFinish(ci)
 }
 
-func (s *shard) maybeFinishDisc(ci int32) {
+// cutConn closes a connection the shutdown grace did not see finish, and
+// says who it was and what it was waiting for.
+func (s *shard) cutConn(ci int32) {
 	c := &s.conns[ci]
-	if c.disc && c.inflight == 0 && !c.closing {
+	why := "replies still to send"
+	switch {
+	case c.pslot >= 0:
+		why = fmt.Sprintf("stalled %d bytes into a %d-byte WRITE payload", c.pgot,
+			len(s.payload(c.pslot)))
+	case c.sending:
+		why = "not reading its replies"
+	}
+	log.Printf("shard %d: shutdown: cutting connection from %s (export %q): %d requests "+
+		"unanswered, %s", s.id, c.peer, c.exp.Name, c.inflight, why)
+	s.beginClose(ci)
+}
+
+// maybeFinish closes a connection that is done: after NBD_CMD_DISC or
+// during shutdown, once every request has been answered.
+func (s *shard) maybeFinish(ci int32) {
+	c := &s.conns[ci]
+	if (c.disc || c.draining) && c.inflight == 0 && !c.closing {
 		s.beginClose(ci)
 	}
 }
 
-// maybeRelease frees a closing connection once no kernel operation refers
-// to it or its buffers.
+// maybeRelease frees a closing connection once no kernel operation holds
+// it. Its requests end with it; a slot the kernel still holds (a device
+// operation in flight) is freed by the ledger when that completes.
 func (s *shard) maybeRelease(ci int32) {
 	c := &s.conns[ci]
 	if !c.closing || c.ops > 0 {
 		return
 	}
-	if c.pslot >= 0 {
-		s.freeSlot(c.pslot)
-		c.pslot = -1
-	}
-	for si := c.qHead; si >= 0; {
-		next := s.slots[si].next
-		s.freeSlot(si)
-		si = next
-	}
-	c.qHead, c.qTail = -1, -1
 	keep := s.rmwWait[:0]
 	for _, si := range s.rmwWait {
-		if s.slots[si].conn == ci {
-			s.freeSlot(si)
-		} else {
+		if s.slots[si].conn != ci {
 			keep = append(keep, si)
 		}
 	}
@@ -251,6 +279,12 @@ func (s *shard) maybeRelease(ci int32) {
 		}
 		s.waiting = keepC
 	}
+	for i := range s.slots {
+		if sl := &s.slots[i]; sl.state == slotLive && sl.conn == ci {
+			s.releaseSlot(int32(i))
+		}
+	}
+	c.pslot, c.qHead, c.qTail, c.sendHead = -1, -1, -1, -1
 	assert(c.inflight == 0, "connection released with slots still owned")
 	assert(c.bufBytes == 0, "connection released with buffers still held")
 	unix.Close(c.fd)

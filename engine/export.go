@@ -35,10 +35,11 @@ type Export struct {
 	// sparse: the file may have holes (it had some when opened, or a TRIM
 	// or WRITE_ZEROES punched one since); only then are holes looked for.
 	sparse atomic.Bool
-	// writeFailed poisons FLUSH after a failed write: the data the client
-	// was told nothing about is lost, so no later FLUSH may claim
-	// durability (the lesson of fsyncgate).
-	writeFailed atomic.Bool
+	// syncFailed poisons FLUSH after a failed fdatasync: acknowledged
+	// writes may be lost, so no later FLUSH may claim durability (the
+	// lesson of fsyncgate). A failed O_DIRECT write does not: it was
+	// reported to its client and leaves nothing unflushed behind.
+	syncFailed atomic.Bool
 }
 
 // OpenExport opens and probes an export. The errors say what to do.
@@ -204,6 +205,3 @@ func (l *rangeLocks) unlock(i int) {
 	l.span[i].used = false
 	l.mu.Unlock()
 }
-
-// bytesAt returns a pointer to b's first byte for handing to the kernel.
-func bytesAt(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }

@@ -1,6 +1,10 @@
 package engine
 
-import "github.com/nbdring/nbdring/wire"
+import (
+	"time"
+
+	"github.com/nbdring/nbdring/wire"
+)
 
 // Every bound of the engine lives here, with the reason for its value.
 const (
@@ -66,10 +70,16 @@ const (
 
 	// ringEntries is each shard's submission queue; the completion queue is
 	// twice that, above the most operations a shard can have in flight
-	// (slots + a recv and a send per connection + the wake-up read).
+	// (a device operation per slot + a recv and a send per connection +
+	// the wake-up read and the timer).
 	ringEntries = 2048
 	// reapBatch is how many completions one loop iteration handles at most.
 	reapBatch = 256
+
+	// zeroWriteMax is the largest write of zeros one operation issues, for
+	// WRITE_ZEROES on a filesystem that cannot zero with fallocate; a
+	// request loops over it. Its buffer is mapped read-only per shard.
+	zeroWriteMax = 1 << 20
 
 	// rangeLocksMax bounds concurrent read-modify-write spans per export;
 	// a request that finds the table full waits like one that conflicts.
@@ -79,12 +89,31 @@ const (
 	handshakesMax = 64
 )
 
+// Time bounds.
+const (
+	// handshakeTimeout bounds a client's whole option phase: a client that
+	// stalls cannot hold a handshake slot for longer.
+	handshakeTimeout = 30 * time.Second
+	// stopGrace is how long a shutdown waits for connections to finish the
+	// requests they have sent (new ones get ESHUTDOWN) before cutting
+	// those still open: a client stalled in a WRITE payload or not reading
+	// its replies. Long enough for a 32 MiB request on a slow link.
+	stopGrace = 5 * time.Second
+	// stopCutWait bounds the wait, after cutting, for device operations
+	// already in flight (the kernel cannot cancel O_DIRECT I/O).
+	stopCutWait = 10 * time.Second
+	// rangeLockRetry: how soon a request waiting for another request's
+	// read-modify-write span looks again; such waits last one device write.
+	rangeLockRetry = 100 * time.Microsecond
+)
+
 // Compile-time checks of relations the code relies on.
 var (
-	_ [ringEntries*2 - (slotsPerShardMax + 2*connsPerShardMax + 1)]struct{}
+	_ [ringEntries*2 - (slotsPerShardMax + 2*connsPerShardMax + 2)]struct{}
 	_ [arenaSizeDefault - 2*blockSizeMax]struct{}
 	_ [recvBufSize - recvDirectMin]struct{}
 	_ [replyHeaderSize - wire.ReplyHeaderMax]struct{}
 	_ [replyHeaderSize - readSegmentsMax*(wire.ExtReplySize+12)]struct{}
 	_ [iovecsPerSendMax - replyIovecsMax]struct{}
+	_ [0]struct{} = [zeroWriteMax % directIOAlignMax]struct{}{}
 )

@@ -117,7 +117,7 @@ func (s *shard) sendQueued(ci int32) {
 	si := c.qHead
 	for si >= 0 && n+s.slots[si].nout <= iovecsPerSendMax {
 		sl := &s.slots[si]
-		n += copy(c.iov[n:], sl.out[:sl.nout])
+		n += copy(c.mem.iov[n:], sl.out[:sl.nout])
 		last, si = si, sl.next
 	}
 	s.slots[last].next = -1
@@ -131,21 +131,21 @@ func (s *shard) sendQueued(ci int32) {
 
 func (s *shard) submitSend(ci int32) {
 	c := &s.conns[ci]
-	c.msg.Iov = &c.iov[c.iovAt]
-	c.msg.Iovlen = uint64(c.iovN - c.iovAt)
+	m := c.mem
+	m.msg.Iov = &m.iov[c.iovAt]
+	m.msg.Iovlen = uint64(c.iovN - c.iovAt)
 	c.sending = true
-	c.ops++
-	ring.PrepSendmsg(s.ring.SQE(), c.fd, c.msg, ring.UserData(opSend, c.gen, uint32(ci)))
+	ring.PrepSendmsg(s.issue(opSend, c.sendHead), c.fd, &m.msg)
 }
 
+// onSend: the ledger has already dropped the send's holds on its batch.
 func (s *shard) onSend(ci int32, res int32) {
 	c := &s.conns[ci]
-	c.ops--
 	c.sending = false
 	if c.closing || res < 0 {
 		if res < 0 && !c.closing && res != -int32(unix.EPIPE) &&
 			res != -int32(unix.ECONNRESET) {
-			log.Printf("shard %d: connection %d: send: %v", s.id, ci, unix.Errno(-res))
+			log.Printf("shard %d: %s: send: %v", s.id, c.peer, unix.Errno(-res))
 		}
 		s.freeBatch(ci)
 		if c.closing {
@@ -156,13 +156,14 @@ func (s *shard) onSend(ci int32, res int32) {
 		return
 	}
 	// Resume a partial send where it stopped (as internal/poll's writev).
+	iov := c.mem.iov[:]
 	left := uint64(res)
-	for c.iovAt < c.iovN && left >= c.iov[c.iovAt].Len {
-		left -= c.iov[c.iovAt].Len
+	for c.iovAt < c.iovN && left >= iov[c.iovAt].Len {
+		left -= iov[c.iovAt].Len
 		c.iovAt++
 	}
 	if c.iovAt < c.iovN {
-		v := &c.iov[c.iovAt]
+		v := &iov[c.iovAt]
 		v.Base = (*byte)(unsafe.Add(unsafe.Pointer(v.Base), left))
 		v.Len -= left
 		s.submitSend(ci)
@@ -170,14 +171,14 @@ func (s *shard) onSend(ci int32, res int32) {
 	}
 	s.freeBatch(ci)
 	s.sendQueued(ci)
-	s.maybeFinishDisc(ci)
+	s.maybeFinish(ci)
 }
 
 func (s *shard) freeBatch(ci int32) {
 	c := &s.conns[ci]
 	for si := c.sendHead; si >= 0; {
 		next := s.slots[si].next
-		s.freeSlot(si)
+		s.releaseSlot(si)
 		si = next
 	}
 	c.sendHead = -1

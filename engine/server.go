@@ -43,23 +43,16 @@ type Server struct {
 	exports  []*Export
 	wireExps []wire.Export
 	shards   []*shard
-	stopping atomic.Bool
+	stopping atomic.Bool // draining: accept nothing, finish what was sent
+	cutting  atomic.Bool // grace over: close every connection now
 	next     atomic.Uint32
 	sem      chan struct{}
 	done     sync.WaitGroup
 	mu       sync.Mutex
 	ln       net.Listener
+	hs       map[net.Conn]struct{} // connections in their handshake
 	err      error
 }
-
-const (
-	// handshakeTimeout bounds a client's whole option phase: a client that
-	// stalls cannot hold a handshake slot for longer.
-	handshakeTimeout = 30 * time.Second
-	// stopTimeout bounds the wait for connections to finish in-flight
-	// requests on shutdown (a client that stops reading replies).
-	stopTimeout = 10 * time.Second
-)
 
 // New starts the shards (pinned, each with its ring) for exports.
 func New(cfg Config, exports []*Export) (*Server, error) {
@@ -80,7 +73,8 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		return nil, fmt.Errorf("arena of %d MiB per shard is below the %d MiB one "+
 			"unaligned 32 MiB write needs", arenaSize>>20, 2*blockSizeMax>>20)
 	}
-	s := &Server{exports: exports, sem: make(chan struct{}, handshakesMax)}
+	s := &Server{exports: exports, sem: make(chan struct{}, handshakesMax),
+		hs: map[net.Conn]struct{}{}}
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if seen[e.Name] {
@@ -107,18 +101,18 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		s.shards = append(s.shards, sh)
 	}
 	log.Printf("machine: %v", topo)
+	meta := shardMemSize(slotsPerShardMax, connsPerShardMax) + zeroWriteMax
 	log.Printf("%d shards on CPUs %v; per shard: %d MiB arena + %d KiB metadata "+
-		"(%d slots x %d B headers + %d conns x (%d KiB recv + send vector))",
-		n, cpus, arenaSize>>20, metaSize>>10, slotsPerShardMax,
-		replyHeaderSize, connsPerShardMax, recvBufSize>>10)
+		"(%d slots x %d B headers + %d conns x (%d KiB recv + send vector) + %d KiB "+
+		"zeros); %d MiB in all", n, cpus, arenaSize>>20, meta>>10, slotsPerShardMax,
+		replyHeaderSize, connsPerShardMax, recvBufSize>>10, zeroWriteMax>>10,
+		n*(arenaSize+meta)>>20)
 	return s, nil
 }
 
 func (s *Server) abort() {
 	s.stopping.Store(true)
-	for _, sh := range s.shards {
-		sh.wake()
-	}
+	s.wakeAll()
 	s.done.Wait()
 }
 
@@ -137,10 +131,15 @@ func UsableCPUs() ([]int, error) {
 	return cpus, nil
 }
 
-// Listen opens ADDR: host:port for TCP, unix:/path for a Unix socket.
+// Listen opens ADDR: host:port for TCP, unix:/path for a Unix socket. A
+// socket file left by an earlier run is replaced; any other file is not.
 func Listen(addr string) (net.Listener, error) {
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		if _, err := os.Stat(path); err == nil {
+		if fi, err := os.Lstat(path); err == nil {
+			if fi.Mode()&os.ModeSocket == 0 {
+				return nil, fmt.Errorf("listen %s: %s exists and is not a socket; "+
+					"refusing to replace it (choose another path)", addr, path)
+			}
 			if c, err := net.Dial("unix", path); err == nil {
 				c.Close()
 				return nil, fmt.Errorf("listen %s: another server is listening there", addr)
@@ -194,29 +193,66 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-// Stop stops accepting, lets every connection finish its requests in
-// flight (bounded by stopTimeout) and stops the shards.
-func (s *Server) Stop() error {
+// Stop shuts down with the default grace (stopGrace).
+func (s *Server) Stop() error { return s.Shutdown(stopGrace) }
+
+// Shutdown stops accepting and ends every handshake under way; each
+// connection finishes the requests it has sent (new ones get ESHUTDOWN),
+// then closes. Connections still open after grace are cut, each named in
+// the log. Once the shards have stopped, every writable export gets an
+// fdatasync, so what was acknowledged is on stable storage.
+func (s *Server) Shutdown(grace time.Duration) error {
 	s.stopping.Store(true)
 	s.mu.Lock()
 	if s.ln != nil {
 		s.ln.Close()
 	}
-	s.mu.Unlock()
-	for _, sh := range s.shards {
-		sh.wake()
+	for nc := range s.hs {
+		nc.Close()
 	}
+	s.mu.Unlock()
+	s.wakeAll()
 	done := make(chan struct{})
 	go func() { s.done.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(stopTimeout):
-		return fmt.Errorf("connections still busy after %v; exiting anyway", stopTimeout)
+	case <-time.After(grace):
+		s.cutting.Store(true)
+		s.wakeAll()
+		select {
+		case <-done:
+		case <-time.After(stopCutWait):
+			return fmt.Errorf("shutdown: %d device operations still in flight %v after "+
+				"cutting every connection; exiting without a final fdatasync",
+				s.ioInflight(), stopCutWait)
+		}
 	}
+	var errs []error
 	for _, e := range s.exports {
+		if !e.readOnly {
+			if err := unix.Fdatasync(e.fd); err != nil {
+				errs = append(errs, fmt.Errorf("final fdatasync of %s: %w", e.Path, err))
+			}
+		}
 		e.Close()
 	}
-	return s.err
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return errors.Join(append([]error{s.err}, errs...)...)
+}
+
+func (s *Server) wakeAll() {
+	for _, sh := range s.shards {
+		sh.wake()
+	}
+}
+
+func (s *Server) ioInflight() int64 {
+	var n int64
+	for _, sh := range s.shards {
+		n += sh.stats.OpsInflight.Load() - 1 // less the wake-up read
+	}
+	return n
 }
 
 func (s *Server) shardDone(sh *shard, err error) {
@@ -233,8 +269,13 @@ func (s *Server) shardDone(sh *shard, err error) {
 // the socket to a shard.
 func (s *Server) handshake(nc net.Conn) {
 	defer func() { <-s.sem }()
+	if !s.track(nc, true) {
+		nc.Close()
+		return
+	}
 	handed := false
 	defer func() {
+		s.track(nc, false)
 		if !handed {
 			nc.Close()
 		}
@@ -284,6 +325,22 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 }
 
+// track adds nc to (or removes it from) the handshakes Shutdown ends;
+// false: the server is stopping, so nc must not start one.
+func (s *Server) track(nc net.Conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !add {
+		delete(s.hs, nc)
+		return true
+	}
+	if s.stopping.Load() {
+		return false
+	}
+	s.hs[nc] = struct{}{}
+	return true
+}
+
 // handOff moves the socket to a shard, round robin.
 func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 	sc, ok := nc.(syscall.Conn)
@@ -293,6 +350,10 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 	rc, err := sc.SyscallConn()
 	if err != nil {
 		return false
+	}
+	peer := nc.RemoteAddr().String()
+	if peer == "" || peer == "@" {
+		peer = "a Unix socket client"
 	}
 	fd := -1
 	_ = rc.Control(func(f uintptr) { fd, err = unix.Dup(int(f)) })
@@ -307,7 +368,7 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 	unix.CloseOnExec(fd)
 	sh := s.shards[s.next.Add(1)%uint32(len(s.shards))]
 	select {
-	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg}:
+	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg, peer: peer}:
 		sh.wake()
 	default:
 		log.Printf("shard %d: inbox full; refusing connection", sh.id)

@@ -283,20 +283,27 @@ func TestVanishingClients(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		var conns, inflight, arena int64
+		var conns, inflight, arena, ops int64
 		for _, sh := range srv.shards {
 			conns += sh.stats.Conns.Load()
 			inflight += sh.stats.Inflight.Load()
 			arena += sh.stats.ArenaBytes.Load()
+			ops += sh.stats.OpsInflight.Load() - 1 // less the wake-up read
 		}
-		if conns == 0 && inflight == 0 && arena == 0 && fds() <= before {
+		if conns == 0 && inflight == 0 && arena == 0 && ops == 0 && fds() <= before {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("leak: %d connections, %d slots, %d arena bytes, %d fds (was %d)",
-				conns, inflight, arena, fds(), before)
+			t.Fatalf("leak: %d connections, %d slots, %d arena bytes, %d kernel ops, "+
+				"%d fds (was %d)", conns, inflight, arena, ops, fds(), before)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	for _, sh := range srv.shards {
+		if n := sh.stats.Stale.Load(); n != 0 {
+			t.Fatalf("shard %d dropped %d stale completions: a slot or connection was "+
+				"recycled while the kernel held it", sh.id, n)
+		}
 	}
 	tc := dial(t, sock, wire.ClientOptions{BlockSize: true})
 	if got := tc.do(wire.CmdWrite, 0, 0, 4096, pay[:4096], nil); got != 0 {

@@ -5,20 +5,10 @@ import (
 	"log"
 	"runtime"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
 	"golang.org/x/sys/unix"
-)
-
-// Operation kinds in user_data.
-const (
-	opWake  uint8 = iota + 1 // eventfd read: new connections or stop
-	opRecv                   // a connection's socket receive
-	opSend                   // a connection's reply sendmsg
-	opIO                     // a slot's device operation
-	opTimer                  // wake-up while requests wait for a range lock
 )
 
 // shard is one CPU's share of the server: a pinned goroutine that owns an
@@ -30,7 +20,8 @@ type shard struct {
 	srv   *Server
 	ring  *ring.Ring
 	arena *arena
-	meta  []byte // reply headers, send vectors, eventfd and timer words
+	mem   *shardMem
+	zeros []byte // read-only zeros, the source of writes of zeros
 
 	slots    []slot
 	slotFree []int32
@@ -47,12 +38,12 @@ type shard struct {
 	timerOn      bool
 	// fixedBufs: the arena is registered as fixed buffer 0.
 	fixedBufs bool
-	timeout   *unix.Timespec
-	wakeBuf   unsafe.Pointer
 	efd       int
 	inbox     chan handoff
-	stopping  bool
-	live      int // connections attached
+	stopping  bool // draining: new requests get ESHUTDOWN, idle connections close
+	cutting   bool // the grace is over: every connection is closed now
+	live      int  // connections attached
+	ioOps     int  // device operations in flight (the ledger's count)
 
 	stats ShardStats
 }
@@ -64,24 +55,18 @@ type ShardStats struct {
 	BytesRead    atomic.Uint64
 	BytesWritten atomic.Uint64
 	Errors       atomic.Uint64
-	Inflight     atomic.Int64 // slots in use
-	ArenaBytes   atomic.Int64 // arena bytes held by requests
+	Inflight     atomic.Int64  // slots in use, also those the kernel still holds
+	ArenaBytes   atomic.Int64  // arena bytes held by requests
+	OpsInflight  atomic.Int64  // kernel operations in flight (the ledger)
+	Stale        atomic.Uint64 // completions dropped for a stale generation: a defect
 }
 
 type handoff struct {
-	fd  int
-	exp *Export
-	neg wire.Negotiated
+	fd   int
+	exp  *Export
+	neg  wire.Negotiated
+	peer string // the client's address, for logs
 }
-
-// metaLayout: per slot a reply header, per connection a msghdr and an
-// iovec array, then the eventfd word and the timer's timespec.
-const (
-	msghdrSize = int(unsafe.Sizeof(unix.Msghdr{}))
-	iovecSize  = int(unsafe.Sizeof(unix.Iovec{}))
-	connMeta   = recvBufSize + msghdrSize + iovecsPerSendMax*iovecSize
-	metaSize   = slotsPerShardMax*replyHeaderSize + connsPerShardMax*connMeta + 64
-)
 
 func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
 	s := &shard{id: id, cpu: cpu, srv: srv, inbox: make(chan handoff, connsPerShardMax)}
@@ -89,11 +74,15 @@ func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
 	if s.arena, err = newArena(arenaSize); err != nil {
 		return nil, err
 	}
-	s.meta, err = unix.Mmap(-1, 0, metaSize, unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	if s.mem, err = newShardMem(slotsPerShardMax, connsPerShardMax); err != nil {
+		s.close()
+		return nil, err
+	}
+	s.zeros, err = unix.Mmap(-1, 0, zeroWriteMax, unix.PROT_READ,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
-		s.arena.close()
-		return nil, fmt.Errorf("map shard metadata: %w", err)
+		s.close()
+		return nil, fmt.Errorf("map %d KiB of zeros: %w", zeroWriteMax>>10, err)
 	}
 	s.efd, err = unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
@@ -104,28 +93,17 @@ func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
 	s.slotFree = make([]int32, 0, slotsPerShardMax)
 	for i := slotsPerShardMax - 1; i >= 0; i-- {
 		sl := &s.slots[i]
-		sl.hdr = s.meta[i*replyHeaderSize : (i+1)*replyHeaderSize]
-		sl.buf, sl.pbuf = -1, -1
+		sl.hdr = s.mem.hdrs[i][:]
+		sl.buf, sl.pbuf, sl.conn = -1, -1, -1
 		s.slotFree = append(s.slotFree, int32(i))
 	}
 	s.conns = make([]conn, connsPerShardMax)
 	s.connFree = make([]int32, 0, connsPerShardMax)
-	off := slotsPerShardMax * replyHeaderSize
 	for i := connsPerShardMax - 1; i >= 0; i-- {
-		c := &s.conns[i]
-		base := off + i*connMeta
-		c.rbuf = s.meta[base : base+recvBufSize : base+recvBufSize]
-		base += recvBufSize
-		c.msg = (*unix.Msghdr)(unsafe.Pointer(&s.meta[base]))
-		c.iov = unsafe.Slice((*unix.Iovec)(unsafe.Pointer(&s.meta[base+msghdrSize])),
-			iovecsPerSendMax)
-		c.fd = -1
+		s.conns[i].mem, s.conns[i].fd = &s.mem.conns[i], -1
 		s.connFree = append(s.connFree, int32(i))
 	}
-	tail := metaSize - 64
-	s.wakeBuf = unsafe.Pointer(&s.meta[tail])
-	s.timeout = (*unix.Timespec)(unsafe.Pointer(&s.meta[tail+16]))
-	*s.timeout = unix.NsecToTimespec(rangeLockRetryNs)
+	s.mem.words.timeout = unix.NsecToTimespec(rangeLockRetry.Nanoseconds())
 	s.waiting = make([]int32, 0, connsPerShardMax)
 	s.waitingSpare = make([]int32, 0, connsPerShardMax)
 	s.rmwWait = make([]int32, 0, slotsPerShardMax)
@@ -134,21 +112,18 @@ func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
 	return s, nil
 }
 
-// rangeLockRetryNs: how soon a request waiting for another request's
-// read-modify-write span looks again; such waits last one device write.
-const rangeLockRetryNs = 100_000
-
 func (s *shard) close() {
 	if s.efd > 0 {
 		unix.Close(s.efd)
 	}
-	if s.meta != nil {
-		unix.Munmap(s.meta)
+	if s.zeros != nil {
+		unix.Munmap(s.zeros)
 	}
+	s.mem.close()
 	s.arena.close()
 }
 
-// wake asks the shard's loop to look at its inbox and stop flag.
+// wake asks the shard's loop to look at its inbox and the server's state.
 func (s *shard) wake() {
 	var one = [8]byte{1}
 	_, _ = unix.Write(s.efd, one[:])
@@ -187,13 +162,15 @@ func (s *shard) run(ready chan<- error) {
 	s.srv.shardDone(s, err)
 }
 
-// loop: queue work, submit and wait once, reap a batch, advance once.
+// loop: queue work, submit and wait once, reap a batch, advance once. It
+// ends once the server stops and no connection or device operation is
+// left (the wake-up read is cancelled with the ring).
 func (s *shard) loop() error {
-	for !s.stopping || s.live > 0 {
+	for !s.stopping || s.live > 0 || s.ioOps > 0 {
 		s.retryWaiting()
 		s.flushDirty()
 		if len(s.rmwWait) > 0 && !s.timerOn {
-			ring.PrepTimeout(s.ring.SQE(), s.timeout, ring.UserData(opTimer, 0, 0))
+			ring.PrepTimeout(s.issue(opTimer, 0), &s.mem.words.timeout)
 			s.timerOn = true
 		}
 		if err := s.ring.SubmitAndWait(1); err != nil {
@@ -201,39 +178,16 @@ func (s *shard) loop() error {
 		}
 		cqes := s.ring.Reap()
 		for _, cqe := range cqes {
-			s.complete(cqe.UserData, cqe.Res)
+			s.complete(cqe)
 		}
 		s.ring.Advance(len(cqes))
 	}
 	return nil
 }
 
-func (s *shard) complete(ud uint64, res int32) {
-	op, gen, idx := ring.SplitUserData(ud)
-	switch op {
-	case opWake:
-		s.onWake()
-	case opTimer:
-		s.timerOn = false
-	case opRecv:
-		c := &s.conns[idx]
-		assert(c.gen&ring.GenMask == gen, "recv completion for a recycled connection")
-		s.onRecv(int32(idx), res)
-	case opSend:
-		c := &s.conns[idx]
-		assert(c.gen&ring.GenMask == gen, "send completion for a recycled connection")
-		s.onSend(int32(idx), res)
-	case opIO:
-		sl := &s.slots[idx]
-		assert(sl.gen&ring.GenMask == gen, "I/O completion for a recycled slot")
-		s.onIO(int32(idx), res)
-	default:
-		panic(fmt.Sprintf("shard %d: completion with unknown op %d", s.id, op))
-	}
-}
-
 func (s *shard) armWake() {
-	ring.PrepRead(s.ring.SQE(), s.efd, s.wakeBuf, 8, 0, ring.UserData(opWake, 0, 0))
+	w := &s.mem.words.wake
+	ring.PrepRead(s.issue(opWake, 0), s.efd, bytesAt(w[:]), uint32(len(w)), 0)
 }
 
 func (s *shard) onWake() {
@@ -250,80 +204,41 @@ func (s *shard) onWake() {
 		s.stopping = true
 		for i := range s.conns {
 			if s.conns[i].fd >= 0 && !s.conns[i].closing {
-				s.disconnectGracefully(int32(i))
+				s.drainConn(int32(i))
 			}
 		}
 	}
-	if !s.stopping {
-		s.armWake()
+	if s.srv.cutting.Load() && !s.cutting {
+		s.cutting = true
+		for i := range s.conns {
+			if s.conns[i].fd >= 0 && !s.conns[i].closing {
+				s.cutConn(int32(i))
+			}
+		}
 	}
+	s.armWake()
 }
 
 // attach makes a handed-off connection this shard's and starts receiving.
 func (s *shard) attach(h handoff) {
-	if len(s.connFree) == 0 || s.stopping {
-		log.Printf("shard %d: refusing connection: %d connections already (the most a "+
-			"shard takes); add -shards", s.id, connsPerShardMax)
+	if s.stopping {
+		log.Printf("shard %d: closing connection from %s: the server is shutting down",
+			s.id, h.peer)
+		unix.Close(h.fd)
+		return
+	}
+	if len(s.connFree) == 0 {
+		log.Printf("shard %d: refusing connection from %s: %d connections already (the "+
+			"most a shard takes); add -shards", s.id, h.peer, connsPerShardMax)
 		unix.Close(h.fd)
 		return
 	}
 	ci := s.connFree[len(s.connFree)-1]
 	s.connFree = s.connFree[:len(s.connFree)-1]
-	c := &s.conns[ci]
-	c.reset(h)
+	s.conns[ci].reset(h)
 	s.live++
 	s.stats.Conns.Add(1)
 	s.armRecv(ci)
-}
-
-// allocSlot takes a free slot for connection ci, or -1.
-func (s *shard) allocSlot(ci int32) int32 {
-	if len(s.slotFree) == 0 {
-		return -1
-	}
-	i := s.slotFree[len(s.slotFree)-1]
-	s.slotFree = s.slotFree[:len(s.slotFree)-1]
-	sl := &s.slots[i]
-	sl.gen++
-	sl.conn, sl.next, sl.lock = ci, -1, -1
-	sl.done, sl.phase, sl.nout, sl.nsegs = 0, 0, 0, 0
-	s.conns[ci].inflight++
-	s.stats.Inflight.Add(1)
-	return i
-}
-
-// freeSlot releases a slot and its buffers and wakes waiters.
-func (s *shard) freeSlot(i int32) {
-	sl := &s.slots[i]
-	c := &s.conns[sl.conn]
-	s.freeBufs(sl, c)
-	if sl.lock >= 0 {
-		c.exp.locks.unlock(sl.lock)
-		sl.lock = -1
-	}
-	sl.gen++
-	c.inflight--
-	s.stats.Inflight.Add(-1)
-	s.slotFree = append(s.slotFree, i)
-}
-
-func (s *shard) freeBufs(sl *slot, c *conn) {
-	if sl.buf >= 0 {
-		c.bufBytes -= cap(sl.data)
-		s.stats.ArenaBytes.Add(-int64(cap(sl.data)))
-		s.arena.free(sl.buf)
-		sl.buf, sl.data = -1, nil
-	}
-	s.freePayload(sl, c)
-}
-
-func (s *shard) freePayload(sl *slot, c *conn) {
-	if sl.pbuf >= 0 {
-		c.bufBytes -= cap(sl.payload)
-		s.stats.ArenaBytes.Add(-int64(cap(sl.payload)))
-		s.arena.free(sl.pbuf)
-		sl.pbuf, sl.payload = -1, nil
-	}
 }
 
 // retryWaiting gives connections that ran out of slots or buffers another

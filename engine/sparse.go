@@ -14,12 +14,20 @@ import (
 
 // nextExtent returns the extent of file fd that starts at pos, clipped to
 // end: its length and whether it is a hole. ok is false when the
-// filesystem will not say (the caller treats the rest as data).
+// filesystem will not say (the caller treats the rest as data). Past the
+// file's end (a file truncated while served) nothing is a hole: reading
+// there must fail, not return zeros.
 func nextExtent(fd int, pos, end uint64) (n uint64, hole bool, ok bool) {
 	d, err := unix.Seek(fd, int64(pos), unix.SEEK_DATA)
 	switch {
 	case err == unix.ENXIO:
-		return end - pos, true, true // a hole up to end of file
+		// No data at or after pos: a hole up to the end of the file, or
+		// pos is at or past the end.
+		size, err := unix.Seek(fd, 0, unix.SEEK_END)
+		if err != nil || uint64(size) <= pos {
+			return end - pos, false, err == nil
+		}
+		return min(uint64(size), end) - pos, true, true
 	case err != nil:
 		return 0, false, false
 	case uint64(d) > pos:
@@ -35,13 +43,13 @@ func nextExtent(fd int, pos, end uint64) (n uint64, hole bool, ok bool) {
 // planRead splits a READ into data and hole segments. Holes are only sent
 // as such on structured connections to file exports that may be sparse;
 // with DF the reply must be one chunk, so a range that is not entirely a
-// hole is sent as data. It returns false after replying with an error.
-func (s *shard) planRead(sl *slot, c *conn) bool {
+// hole is sent as data.
+func (s *shard) planRead(sl *slot, style wire.ReplyStyle) {
 	off, end := sl.req.Offset, sl.req.Offset+sl.req.Length
 	sl.nsegs = 1
 	sl.segs[0] = segment{off: off, len: uint32(sl.req.Length)}
-	if c.style == wire.StyleSimple || c.exp.isDevice || !c.exp.sparse.Load() {
-		return true
+	if style == wire.StyleSimple || sl.exp.isDevice || !sl.exp.sparse.Load() {
+		return
 	}
 	df := sl.req.Flags&wire.CmdFlagDF != 0
 	sl.nsegs = 0
@@ -51,7 +59,7 @@ func (s *shard) planRead(sl *slot, c *conn) bool {
 			sl.nsegs++
 			break
 		}
-		n, hole, ok := nextExtent(c.exp.fd, pos, end)
+		n, hole, ok := nextExtent(sl.exp.fd, pos, end)
 		if !ok {
 			n, hole = end-pos, false
 		}
@@ -63,7 +71,6 @@ func (s *shard) planRead(sl *slot, c *conn) bool {
 		sl.nsegs = 1
 		sl.segs[0] = segment{off: off, len: uint32(sl.req.Length)}
 	}
-	return true
 }
 
 // blockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation: holes are
@@ -73,6 +80,7 @@ func (s *shard) planRead(sl *slot, c *conn) bool {
 func (s *shard) blockStatus(si int32) bool {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
+	exp := sl.exp
 	max := blockStatusExtentsMax
 	if sl.req.Flags&wire.CmdFlagReqOne != 0 {
 		max = 1
@@ -85,16 +93,16 @@ func (s *shard) blockStatus(si int32) bool {
 	count, at := 0, 0
 	for pos := off; pos < end && count < max; {
 		n, hole := end-pos, false
-		if !c.exp.isDevice && c.exp.sparse.Load() {
+		if !exp.isDevice && exp.sparse.Load() {
 			var ok bool
-			if n, hole, ok = nextExtent(c.exp.fd, pos, end); !ok {
+			if n, hole, ok = nextExtent(exp.fd, pos, end); !ok {
 				log.Printf("shard %d: %s: lseek at %d failed; reporting data", s.id,
-					c.exp.Path, pos)
+					exp.Path, pos)
 				n, hole = end-pos, false
 			}
 		}
 		if c.style != wire.StyleExtended {
-			n = min(n, extentCompactMax(c.exp.align))
+			n = min(n, extentCompactMax(exp.align))
 		}
 		var flags uint32
 		if hole {
@@ -111,5 +119,5 @@ func (s *shard) blockStatus(si int32) bool {
 // extentCompactMax is the longest extent a 32-bit descriptor carries that
 // is still a multiple of the minimum block size.
 func extentCompactMax(align uint32) uint64 {
-	return (1<<32 - 1) &^ (uint64(align) - 1)
+	return alignDown(1<<32-1, uint64(align))
 }

@@ -175,29 +175,40 @@ func UserData(op uint8, gen uint32, index uint32) uint64 {
 // GenMask bounds generations to the 24 bits user_data has for them.
 const GenMask = 1<<24 - 1
 
+// CQE flags (linux/io_uring.h). CQEMore: more completions of the same
+// operation follow (multishot, or a zero-copy send whose notification is
+// still to come); the operation is in flight until a CQE without it.
+// CQENotif marks a zero-copy send's notification.
+const (
+	CQEMore  = giouring.CQEFMore
+	CQENotif = giouring.CQEFNotif
+)
+
 // SplitUserData undoes UserData.
 func SplitUserData(ud uint64) (op uint8, gen uint32, index uint32) {
 	return uint8(ud >> 56), uint32(ud>>32) & GenMask, uint32(ud)
 }
 
-// Prep helpers fill a zeroed SQE; addresses must stay valid (and outside
-// the Go heap, or pinned) until the completion arrives.
+// Prep helpers fill an SQE from the caller's ledger, which has zeroed it
+// and stamped its user_data; they leave user_data alone. Addresses must
+// stay valid (and outside the Go heap, or pinned) until the operation's
+// last completion arrives.
 
 // PrepRecv receives up to n bytes at p from socket fd.
-func PrepRecv(e *SQE, fd int, p unsafe.Pointer, n uint32, ud uint64) {
-	e.OpCode, e.Fd, e.Addr, e.Len, e.UserData = giouring.OpRecv, int32(fd), uint64(uintptr(p)), n, ud
+func PrepRecv(e *SQE, fd int, p unsafe.Pointer, n uint32) {
+	e.OpCode, e.Fd, e.Addr, e.Len = giouring.OpRecv, int32(fd), uint64(uintptr(p)), n
 }
 
 // PrepSendmsg sends msg on socket fd; MSG_NOSIGNAL so a vanished client is
 // an EPIPE result, not a signal.
-func PrepSendmsg(e *SQE, fd int, msg *unix.Msghdr, ud uint64) {
+func PrepSendmsg(e *SQE, fd int, msg *unix.Msghdr) {
 	e.OpCode, e.Fd, e.Addr, e.Len = giouring.OpSendmsg, int32(fd), uint64(uintptr(unsafe.Pointer(msg))), 1
-	e.OpcodeFlags, e.UserData = unix.MSG_NOSIGNAL, ud
+	e.OpcodeFlags = unix.MSG_NOSIGNAL
 }
 
 // PrepRead reads n bytes at off of fd into p.
-func PrepRead(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, ud uint64) {
-	e.OpCode, e.Fd, e.Addr, e.Len, e.Off, e.UserData = giouring.OpRead, int32(fd), uint64(uintptr(p)), n, off, ud
+func PrepRead(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64) {
+	e.OpCode, e.Fd, e.Addr, e.Len, e.Off = giouring.OpRead, int32(fd), uint64(uintptr(p)), n, off
 }
 
 // RegisterBuffers registers memory regions as fixed buffers (index = their
@@ -214,41 +225,41 @@ func (rg *Ring) RegisterBuffers(bufs ...[]byte) error {
 }
 
 // PrepReadFixed is PrepRead into registered buffer buf.
-func PrepReadFixed(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, buf uint16, ud uint64) {
-	PrepRead(e, fd, p, n, off, ud)
+func PrepReadFixed(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, buf uint16) {
+	PrepRead(e, fd, p, n, off)
 	e.OpCode, e.BufIG = giouring.OpReadFixed, buf
 }
 
 // PrepWriteFixed is PrepWrite from registered buffer buf.
 func PrepWriteFixed(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, rwf uint32,
-	buf uint16, ud uint64) {
-	PrepWrite(e, fd, p, n, off, rwf, ud)
+	buf uint16) {
+	PrepWrite(e, fd, p, n, off, rwf)
 	e.OpCode, e.BufIG = giouring.OpWriteFixed, buf
 }
 
 // PrepWrite writes n bytes at off of fd from p with RWF_* flags rwf
 // (RWF_DSYNC for FUA).
-func PrepWrite(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, rwf uint32, ud uint64) {
-	e.OpCode, e.Fd, e.Addr, e.Len, e.Off, e.UserData = giouring.OpWrite, int32(fd), uint64(uintptr(p)), n, off, ud
+func PrepWrite(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64, rwf uint32) {
+	e.OpCode, e.Fd, e.Addr, e.Len, e.Off = giouring.OpWrite, int32(fd), uint64(uintptr(p)), n, off
 	e.OpcodeFlags = rwf
 }
 
 // PrepFdatasync flushes fd's data and the metadata needed to read it back.
-func PrepFdatasync(e *SQE, fd int, ud uint64) {
-	e.OpCode, e.Fd, e.OpcodeFlags, e.UserData = giouring.OpFsync, int32(fd), giouring.FsyncDatasync, ud
+func PrepFdatasync(e *SQE, fd int) {
+	e.OpCode, e.Fd, e.OpcodeFlags = giouring.OpFsync, int32(fd), giouring.FsyncDatasync
 }
 
 // PrepFallocate runs fallocate(fd, mode, off, n).
-func PrepFallocate(e *SQE, fd int, mode uint32, off, n uint64, ud uint64) {
+func PrepFallocate(e *SQE, fd int, mode uint32, off, n uint64) {
 	// io_uring's fallocate takes the length in addr and the mode in len.
-	e.OpCode, e.Fd, e.Off, e.Addr, e.Len, e.UserData = giouring.OpFallocate, int32(fd), off, n, mode, ud
+	e.OpCode, e.Fd, e.Off, e.Addr, e.Len = giouring.OpFallocate, int32(fd), off, n, mode
 }
 
 // PrepFadvise runs posix_fadvise(fd, off, n, advice). The 64-bit length
 // goes in addr (Linux >= 6.7); older kernels read len, where 0 means "to
 // the end of the file", which is harmless for advice.
-func PrepFadvise(e *SQE, fd int, off, n uint64, advice uint32, ud uint64) {
-	e.OpCode, e.Fd, e.Off, e.Addr, e.UserData = giouring.OpFadvise, int32(fd), off, n, ud
+func PrepFadvise(e *SQE, fd int, off, n uint64, advice uint32) {
+	e.OpCode, e.Fd, e.Off, e.Addr = giouring.OpFadvise, int32(fd), off, n
 	e.OpcodeFlags = advice
 }
 
@@ -260,13 +271,13 @@ const blockURingCmdDiscard = 0x1200
 // PrepDiscard discards n bytes at off of block device fd: an
 // IORING_OP_URING_CMD whose cmd_op (the low half of off) is the discard
 // command, with the range in addr and addr3.
-func PrepDiscard(e *SQE, fd int, off, n uint64, ud uint64) {
-	e.OpCode, e.Fd, e.Off, e.Addr, e.Addr3, e.UserData = giouring.OpUringCmd, int32(fd),
-		blockURingCmdDiscard, off, n, ud
+func PrepDiscard(e *SQE, fd int, off, n uint64) {
+	e.OpCode, e.Fd, e.Off, e.Addr, e.Addr3 = giouring.OpUringCmd, int32(fd),
+		blockURingCmdDiscard, off, n
 }
 
 // PrepTimeout completes (with -ETIME) once ts has passed, whatever else
 // completes meanwhile; ts must stay valid until then.
-func PrepTimeout(e *SQE, ts *unix.Timespec, ud uint64) {
-	e.OpCode, e.Addr, e.Len, e.UserData = giouring.OpTimeout, uint64(uintptr(unsafe.Pointer(ts))), 1, ud
+func PrepTimeout(e *SQE, ts *unix.Timespec) {
+	e.OpCode, e.Addr, e.Len = giouring.OpTimeout, uint64(uintptr(unsafe.Pointer(ts))), 1
 }

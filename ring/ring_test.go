@@ -46,6 +46,13 @@ func wait(t *testing.T, r *Ring, ud uint64) int32 {
 	}
 }
 
+// sqe is a zeroed SQE carrying user_data ud (the engine's ledger does this).
+func sqe(r *Ring, ud uint64) *SQE {
+	e := r.SQE()
+	e.UserData = ud
+	return e
+}
+
 func alignedBuf(t *testing.T, n int) []byte {
 	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
@@ -90,26 +97,27 @@ func TestDirectWriteReadFallocate(t *testing.T) {
 		buf[i] = 'B'
 	}
 	e := r.SQE()
-	PrepWrite(e, fd, unsafe.Pointer(&buf[0]), 8192, 4096, 0x2 /* RWF_DSYNC */, 1)
+	PrepWrite(e, fd, unsafe.Pointer(&buf[0]), 8192, 4096, 0x2 /* RWF_DSYNC */)
+	e.UserData = 1
 	if res := wait(t, r, 1); res != 8192 {
 		t.Fatalf("write: res %d", res)
 	}
-	PrepFdatasync(r.SQE(), fd, 2)
+	PrepFdatasync(sqe(r, 2), fd)
 	if res := wait(t, r, 2); res != 0 {
 		t.Fatalf("fdatasync: res %d", res)
 	}
 	// Punch 1000 bytes at 8000: only [8000, 9000) may become zero.
-	PrepFallocate(r.SQE(), fd, 0x02|0x01, 8000, 1000, 3)
+	PrepFallocate(sqe(r, 3), fd, 0x02|0x01, 8000, 1000)
 	if res := wait(t, r, 3); res != 0 {
 		t.Fatalf("punch: res %d", res)
 	}
-	PrepFallocate(r.SQE(), fd, 0x10|0x01, 5000, 10, 4)
+	PrepFallocate(sqe(r, 4), fd, 0x10|0x01, 5000, 10)
 	if res := wait(t, r, 4); res != 0 && res != -int32(unix.EOPNOTSUPP) {
 		t.Fatalf("zero range: res %d", res)
 	}
 	zeroRange := true
 	got := alignedBuf(t, 16384)
-	PrepRead(r.SQE(), fd, unsafe.Pointer(&got[0]), 16384, 0, 5)
+	PrepRead(sqe(r, 5), fd, unsafe.Pointer(&got[0]), 16384, 0)
 	if res := wait(t, r, 5); res != 16384 {
 		t.Fatalf("read: res %d", res)
 	}
@@ -151,7 +159,7 @@ func TestDiscardLoopDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	PrepDiscard(r.SQE(), fd, 1<<20, 1<<20, 9)
+	PrepDiscard(sqe(r, 9), fd, 1<<20, 1<<20)
 	res := wait(t, r, 9)
 	if res == -int32(unix.EOPNOTSUPP) || res == -int32(unix.EINVAL) {
 		t.Skipf("kernel without BLOCK_URING_CMD_DISCARD (res %d)", res)

@@ -1,0 +1,307 @@
+package engine
+
+import (
+	"log"
+
+	"github.com/nbdring/nbdring/ring"
+	"github.com/nbdring/nbdring/wire"
+	"golang.org/x/sys/unix"
+)
+
+// Device operations: every one is issued through the ledger (opIO on the
+// slot) and completes in onIO, which moves the slot to its next phase.
+
+// Fallocate modes (linux/falloc.h), fadvise advice and RWF flags.
+const (
+	fallocKeepSize  = 0x01 // FALLOC_FL_KEEP_SIZE
+	fallocPunchHole = 0x02 // FALLOC_FL_PUNCH_HOLE
+	fallocZeroRange = 0x10 // FALLOC_FL_ZERO_RANGE
+	fadvWillNeed    = 3    // POSIX_FADV_WILLNEED
+	// rwfDSync is RWF_DSYNC: the write is durable before it completes (FUA).
+	rwfDSync = 0x2
+)
+
+// zeroSteps are WRITE_ZEROES strategies, tried in order while the
+// filesystem answers EOPNOTSUPP, indexed by zeroPlan. Without NO_HOLE a
+// hole is best: punch, else ZERO_RANGE. With NO_HOLE the range should
+// stay allocated: ZERO_RANGE, else punch and then allocate (tmpfs has no
+// ZERO_RANGE). With FAST_ZERO on a device only the punch is fast (the
+// kernel's ZERO_RANGE may fall back to writing zeros). When every step is
+// refused, the zeros are written (not fast: FAST_ZERO gets ENOTSUP).
+var zeroSteps = [3][]uint32{
+	{fallocPunchHole | fallocKeepSize, fallocZeroRange | fallocKeepSize},
+	{fallocZeroRange | fallocKeepSize, fallocPunchHole | fallocKeepSize},
+	{fallocPunchHole | fallocKeepSize},
+}
+
+const (
+	zeroPlanHole   = 0
+	zeroPlanNoHole = 1
+	zeroPlanFast   = 2
+	// zeroStepAllocate marks the allocation after a NO_HOLE punch.
+	zeroStepAllocate = 0xff
+)
+
+func (s *shard) submitRead(si int32) {
+	sl := &s.slots[si]
+	p, n := bytesAt(sl.data[sl.done:]), sl.spanLen-uint32(sl.done)
+	off := sl.spanOff + sl.done
+	if s.fixedBufs {
+		ring.PrepReadFixed(s.issue(opIO, si), sl.exp.fd, p, n, off, 0)
+		return
+	}
+	ring.PrepRead(s.issue(opIO, si), sl.exp.fd, p, n, off)
+}
+
+func (s *shard) submitWrite(si int32) {
+	sl := &s.slots[si]
+	var rwf uint32
+	if sl.req.Flags&wire.CmdFlagFUA != 0 {
+		rwf = rwfDSync
+	}
+	p, n := bytesAt(sl.data[sl.done:]), sl.spanLen-uint32(sl.done)
+	off := sl.spanOff + sl.done
+	if s.fixedBufs {
+		ring.PrepWriteFixed(s.issue(opIO, si), sl.exp.fd, p, n, off, rwf, 0)
+		return
+	}
+	ring.PrepWrite(s.issue(opIO, si), sl.exp.fd, p, n, off, rwf)
+}
+
+func (s *shard) submitFallocate(si int32, mode uint32, off, n uint64) {
+	ring.PrepFallocate(s.issue(opIO, si), s.slots[si].exp.fd, mode, off, n)
+}
+
+// submitZeroWrite writes the next piece of zeros from the shard's zero
+// buffer (read-only to the kernel: it is the source of the write).
+func (s *shard) submitZeroWrite(si int32) {
+	sl := &s.slots[si]
+	n := min(sl.req.Length-sl.done, uint64(len(s.zeros)))
+	ring.PrepWrite(s.issue(opIO, si), sl.exp.fd, bytesAt(s.zeros), uint32(n),
+		sl.req.Offset+sl.done, 0)
+}
+
+// onIO completes a slot's device operation and moves it to its next phase.
+// A slot whose connection has gone (released) is freed by the ledger; its
+// result still counts where it is about durability.
+func (s *shard) onIO(si int32, res int32) {
+	sl := &s.slots[si]
+	if (sl.phase == phFlush || sl.phase == phSync) && res < 0 {
+		s.syncFailed(sl, res)
+	}
+	if sl.state != slotLive {
+		return
+	}
+	if s.conns[sl.conn].closing {
+		s.releaseSlot(si)
+		s.maybeRelease(sl.conn)
+		return
+	}
+	switch sl.phase {
+	case phRead, phRMWRead, phWrite:
+		s.onReadWrite(si, res)
+	case phFlush, phSync:
+		if res < 0 {
+			s.deviceError(si, res, "fdatasync")
+			return
+		}
+		s.replyOK(si)
+	case phTrim:
+		s.onTrim(si, res)
+	case phZero:
+		s.onZero(si, res)
+	case phZeroWrite:
+		s.onZeroWrite(si, res)
+	case phCache:
+		// CACHE is advice: a refusal changes nothing the client can see.
+		s.replyOK(si)
+	}
+}
+
+// syncFailed poisons the export's FLUSH: after a failed fdatasync the
+// kernel may have dropped the dirty data it could not write, so writes
+// already acknowledged may be gone, and a later fdatasync that succeeds
+// proves nothing about them (the lesson of fsyncgate).
+func (s *shard) syncFailed(sl *slot, res int32) {
+	if sl.exp.syncFailed.Swap(true) {
+		return
+	}
+	log.Printf("shard %d: export %q: fdatasync failed: %v; acknowledged writes may be lost, "+
+		"so every later FLUSH fails with EIO until the server is restarted", s.id,
+		sl.exp.Name, unix.Errno(-res))
+}
+
+func (s *shard) onReadWrite(si int32, res int32) {
+	sl := &s.slots[si]
+	if res <= 0 {
+		if res == 0 {
+			res = -int32(unix.EIO) // the file shrank under us
+		}
+		if sl.phase == phWrite && sl.req.Flags&wire.CmdFlagFUA != 0 && res == -int32(unix.EIO) {
+			// RWF_DSYNC's sync part may have failed on other writes' data too.
+			s.syncFailed(sl, res)
+		}
+		s.deviceError(si, res, phaseName[sl.phase])
+		return
+	}
+	sl.done += uint64(res)
+	if sl.done < uint64(sl.spanLen) {
+		if sl.phase == phWrite {
+			s.submitWrite(si)
+		} else {
+			s.submitRead(si)
+		}
+		return
+	}
+	switch sl.phase {
+	case phRead:
+		s.stats.BytesRead.Add(sl.req.Length)
+		s.replyRead(si)
+	case phRMWRead:
+		part := sl.data[sl.skip : uint64(sl.skip)+sl.req.Length]
+		if sl.req.Type == wire.CmdWriteZeroes {
+			clear(part)
+		} else {
+			copy(part, sl.payload)
+			s.freePayload(si)
+		}
+		sl.phase, sl.done = phWrite, 0
+		s.submitWrite(si)
+	case phWrite:
+		if sl.lock >= 0 {
+			sl.exp.locks.unlock(sl.lock)
+			sl.lock = -1
+		}
+		if sl.req.Type == wire.CmdWrite {
+			s.stats.BytesWritten.Add(sl.req.Length)
+		}
+		s.replyOK(si)
+	}
+}
+
+// onTrim: a device that refused the discard command gets PUNCH_HOLE; a
+// refusal of that is no error, TRIM being advice.
+func (s *shard) onTrim(si int32, res int32) {
+	sl := &s.slots[si]
+	unsupported := res == -int32(unix.EOPNOTSUPP) || res == -int32(unix.EINVAL)
+	if sl.exp.isDevice && sl.step == 0 && unsupported {
+		sl.step = 1
+		off, end := s.trimRange(sl)
+		s.submitFallocate(si, fallocPunchHole|fallocKeepSize, off, end-off)
+		return
+	}
+	if res < 0 && res != -int32(unix.EOPNOTSUPP) {
+		s.deviceError(si, res, "trim")
+		return
+	}
+	s.afterFallocate(si)
+}
+
+func zeroPlan(sl *slot) int {
+	switch {
+	case sl.exp.isDevice && sl.req.Flags&wire.CmdFlagFastZero != 0:
+		return zeroPlanFast
+	case sl.req.Flags&wire.CmdFlagNoHole != 0:
+		return zeroPlanNoHole
+	}
+	return zeroPlanHole
+}
+
+func (s *shard) submitZeroStep(si int32) {
+	sl := &s.slots[si]
+	mode := uint32(fallocKeepSize) // zeroStepAllocate: allocate what was punched
+	if sl.step != zeroStepAllocate {
+		mode = zeroSteps[zeroPlan(sl)][sl.step]
+	}
+	if mode&fallocPunchHole != 0 {
+		sl.exp.sparse.Store(true)
+	}
+	s.submitFallocate(si, mode, sl.req.Offset, sl.req.Length)
+}
+
+func (s *shard) onZero(si int32, res int32) {
+	sl := &s.slots[si]
+	plan := zeroPlan(sl)
+	steps := zeroSteps[plan]
+	refused := res == -int32(unix.EOPNOTSUPP)
+	switch {
+	case sl.step == zeroStepAllocate:
+		// The range is zero (a hole) already; a filesystem that cannot
+		// allocate it leaves it a hole, which NO_HOLE only asks to avoid.
+		if res < 0 && !refused {
+			s.deviceError(si, res, "allocate")
+			return
+		}
+	case refused && int(sl.step)+1 < len(steps):
+		sl.step++
+		s.submitZeroStep(si)
+		return
+	case refused:
+		s.zeroByWriting(si)
+		return
+	case res < 0:
+		s.deviceError(si, res, "zero")
+		return
+	case plan == zeroPlanNoHole && steps[sl.step]&fallocPunchHole != 0:
+		sl.step = zeroStepAllocate // punched: now allocate, so the zeros are not a hole
+		s.submitZeroStep(si)
+		return
+	}
+	s.afterFallocate(si)
+}
+
+// zeroByWriting zeroes where the export has no fallocate that zeroes: by
+// writing zeros, which is not fast, and needs whole blocks (O_DIRECT).
+func (s *shard) zeroByWriting(si int32) {
+	sl := &s.slots[si]
+	if sl.req.Flags&wire.CmdFlagFastZero != 0 {
+		s.replyErr(si, wire.ENOTSUP, "fast zeroing is not supported by this export")
+		return
+	}
+	if !isAligned(sl.req.Offset|sl.req.Length, uint64(sl.exp.align)) {
+		s.replyErr(si, wire.ENOTSUP, "the export's filesystem cannot zero ranges and this "+
+			"one is not aligned to the block size for writing zeros; write zeros instead")
+		return
+	}
+	sl.phase, sl.done = phZeroWrite, 0
+	s.submitZeroWrite(si)
+}
+
+func (s *shard) onZeroWrite(si int32, res int32) {
+	sl := &s.slots[si]
+	if res <= 0 {
+		if res == 0 {
+			res = -int32(unix.EIO)
+		}
+		s.deviceError(si, res, phaseName[sl.phase])
+		return
+	}
+	sl.done += uint64(res)
+	if sl.done < sl.req.Length {
+		s.submitZeroWrite(si)
+		return
+	}
+	s.afterFallocate(si)
+}
+
+// afterFallocate finishes TRIM and WRITE_ZEROES, syncing first for FUA.
+func (s *shard) afterFallocate(si int32) {
+	if s.slots[si].req.Flags&wire.CmdFlagFUA != 0 {
+		s.startSync(si, phSync)
+		return
+	}
+	s.replyOK(si)
+}
+
+// deviceError logs the real errno, then replies with the protocol's code.
+func (s *shard) deviceError(si int32, res int32, what string) {
+	sl := &s.slots[si]
+	if sl.lock >= 0 {
+		sl.exp.locks.unlock(sl.lock)
+		sl.lock = -1
+	}
+	errno := unix.Errno(-res)
+	log.Printf("shard %d: %s %s at %d+%d: %v", s.id, sl.exp.Path, what, sl.req.Offset,
+		sl.req.Length, errno)
+	s.replyErr(si, wire.ErrnoFromSys(errno), "device error: "+errno.Error())
+}

@@ -1,0 +1,231 @@
+package engine
+
+import (
+	"github.com/nbdring/nbdring/ring"
+	"github.com/nbdring/nbdring/wire"
+)
+
+// dispatch starts the held request; false means it must wait for a slot
+// or a buffer (nothing was consumed, and it is dispatched again later).
+func (s *shard) dispatch(ci int32) bool {
+	c := &s.conns[ci]
+	r := &c.req
+	errno := c.sess.Validate(r)
+	if errno == wire.EOK && r.Type == wire.CmdDisc {
+		c.disc = true
+		s.maybeFinish(ci)
+		return true
+	}
+	if c.inflight >= inflightPerConnMax {
+		return false
+	}
+	si := s.allocSlot(ci)
+	if si < 0 {
+		return false
+	}
+	sl := &s.slots[si]
+	sl.req = *r
+	if errno == wire.EOK && c.draining {
+		errno = wire.ESHUTDOWN
+	}
+	if errno != wire.EOK {
+		c.drain = c.payloadLen // rejected: its payload is discarded
+		msg := "request rejected"
+		if errno == wire.ESHUTDOWN {
+			msg = "server is shutting down"
+		}
+		s.replyErr(si, errno, msg)
+		return true
+	}
+	if r.Type == wire.CmdRead || r.Type == wire.CmdWrite {
+		s.setSpan(sl, r.Offset, r.Length)
+	}
+	switch r.Type {
+	case wire.CmdRead:
+		return s.startRead(si)
+	case wire.CmdWrite:
+		return s.startWrite(si)
+	case wire.CmdFlush:
+		s.startSync(si, phFlush)
+	case wire.CmdTrim:
+		s.startTrim(si)
+	case wire.CmdWriteZeroes:
+		return s.startZero(si)
+	case wire.CmdCache:
+		sl.phase = phCache
+		ring.PrepFadvise(s.issue(opIO, si), sl.exp.fd, r.Offset, r.Length, fadvWillNeed)
+	case wire.CmdBlockStatus:
+		return s.blockStatus(si)
+	}
+	return true
+}
+
+// setSpan sets the aligned span of [off, off+n) that O_DIRECT reads and
+// writes, and where the request starts within it.
+func (s *shard) setSpan(sl *slot, off, n uint64) {
+	a := uint64(sl.exp.align)
+	sl.spanOff = alignDown(off, a)
+	sl.spanLen = uint32(alignUp(off+n, a) - sl.spanOff)
+	sl.skip = uint32(off - sl.spanOff)
+}
+
+// allocData gives slot si a span buffer of n bytes within its connection's
+// budget; on failure the slot is released and the caller waits.
+func (s *shard) allocData(si int32, n int) bool {
+	b, h, ok := s.allocArena(si, n)
+	if !ok {
+		s.releaseSlot(si)
+		return false
+	}
+	sl := &s.slots[si]
+	sl.data, sl.buf = b, h
+	return true
+}
+
+// startRead plans the reply (sparse files: holes are not read or sent)
+// and reads the span.
+func (s *shard) startRead(si int32) bool {
+	sl := &s.slots[si]
+	s.planRead(sl, s.conns[sl.conn].style)
+	if sl.nsegs == 1 && sl.segs[0].hole {
+		s.replyRead(si) // all hole: nothing to read
+		return true
+	}
+	if !s.allocData(si, int(sl.spanLen)) {
+		return false
+	}
+	sl.phase = phRead
+	s.submitRead(si)
+	return true
+}
+
+func (s *shard) startWrite(si int32) bool {
+	sl := &s.slots[si]
+	c := &s.conns[sl.conn]
+	aligned := sl.skip == 0 && uint64(sl.spanLen) == sl.req.Length
+	if !s.allocData(si, int(sl.spanLen)) {
+		return false
+	}
+	if !aligned {
+		b, h, ok := s.allocArena(si, int(sl.req.Length))
+		if !ok {
+			s.releaseSlot(si)
+			return false
+		}
+		sl.payload, sl.pbuf = b, h
+	}
+	c.pslot, c.pgot = si, 0
+	return true
+}
+
+// payloadDone: a WRITE's payload is all here; write it, or merge it first.
+func (s *shard) payloadDone(ci int32) {
+	c := &s.conns[ci]
+	si := c.pslot
+	c.pslot = -1
+	if s.slots[si].pbuf >= 0 {
+		s.startRMW(si)
+		return
+	}
+	s.slots[si].phase = phWrite
+	s.submitWrite(si)
+}
+
+// startRMW locks the span across shards and reads it, so the unaligned
+// bytes can be merged into whole blocks.
+func (s *shard) startRMW(si int32) {
+	sl := &s.slots[si]
+	lock, ok := sl.exp.locks.tryLock(sl.spanOff, sl.spanOff+uint64(sl.spanLen))
+	if !ok {
+		s.rmwWait = append(s.rmwWait, si)
+		return
+	}
+	sl.lock, sl.phase, sl.done = lock, phRMWRead, 0
+	s.submitRead(si)
+}
+
+// startSync runs fdatasync for FLUSH, or after a FUA TRIM or WRITE_ZEROES.
+// After an earlier fdatasync failed, acknowledged writes may be lost, so
+// no later FLUSH may claim durability: it fails at once.
+func (s *shard) startSync(si int32, phase uint8) {
+	sl := &s.slots[si]
+	if sl.exp.syncFailed.Load() {
+		s.replyErr(si, wire.EIO, "an earlier fdatasync failed: acknowledged data may be "+
+			"lost; restart the server after checking the device")
+		return
+	}
+	sl.phase = phase
+	ring.PrepFdatasync(s.issue(opIO, si), sl.exp.fd)
+}
+
+// startTrim punches a hole in a file and discards on a block device
+// (BLOCK_URING_CMD_DISCARD, else PUNCH_HOLE, which the kernel turns into
+// an unmapping zero-out). TRIM is advisory, so on a device (which takes
+// only whole sectors) the unaligned edges are simply left alone.
+func (s *shard) startTrim(si int32) {
+	sl := &s.slots[si]
+	off, end := s.trimRange(sl)
+	sl.phase, sl.step = phTrim, 0
+	sl.exp.sparse.Store(true)
+	if end <= off {
+		s.afterFallocate(si)
+		return
+	}
+	if sl.exp.isDevice {
+		ring.PrepDiscard(s.issue(opIO, si), sl.exp.fd, off, end-off)
+		return
+	}
+	s.submitFallocate(si, fallocPunchHole|fallocKeepSize, off, end-off)
+}
+
+// trimRange is the part of a TRIM the export can discard: all of it on a
+// file, the whole sectors within it on a device.
+func (s *shard) trimRange(sl *slot) (off, end uint64) {
+	off, end = sl.req.Offset, sl.req.Offset+sl.req.Length
+	if sl.exp.isDevice {
+		a := uint64(sl.exp.align)
+		off, end = alignUp(off, a), alignDown(end, a)
+	}
+	return off, end
+}
+
+// startZero zeroes with fallocate. A block device takes only whole
+// sectors, so there an unaligned request is a read-modify-write of zeros.
+func (s *shard) startZero(si int32) bool {
+	sl := &s.slots[si]
+	r := &sl.req
+	fast, noHole := r.Flags&wire.CmdFlagFastZero != 0, r.Flags&wire.CmdFlagNoHole != 0
+	if sl.exp.isDevice {
+		if !isAligned(r.Offset|r.Length, uint64(sl.exp.align)) {
+			if fast {
+				s.replyErr(si, wire.ENOTSUP, "unaligned zeroing of a device is not fast")
+				return true
+			}
+			return s.startZeroRMW(si)
+		}
+		if fast && noHole {
+			s.replyErr(si, wire.ENOTSUP, "zeroing a device without unmapping is not fast")
+			return true
+		}
+	}
+	sl.phase, sl.step = phZero, 0
+	s.submitZeroStep(si)
+	return true
+}
+
+// startZeroRMW zeroes an unaligned range by reading its span, clearing the
+// range and writing the span back, under the range lock.
+func (s *shard) startZeroRMW(si int32) bool {
+	sl := &s.slots[si]
+	if sl.req.Length > blockSizeMax {
+		s.replyErr(si, wire.EINVAL, "unaligned zeroing over 32 MiB where the export "+
+			"cannot zero by itself; align the request to the block size")
+		return true
+	}
+	s.setSpan(sl, sl.req.Offset, sl.req.Length)
+	if !s.allocData(si, int(sl.spanLen)) {
+		return false
+	}
+	s.startRMW(si)
+	return true
+}

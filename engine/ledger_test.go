@@ -1,0 +1,95 @@
+package engine
+
+import (
+	"testing"
+
+	"github.com/nbdring/nbdring/ring"
+	"github.com/nbdring/nbdring/wire"
+	"golang.org/x/sys/unix"
+)
+
+// ledgerShard is a shard that is never run: its tables and memory are
+// real, its completions are delivered by hand, so a test can replay an
+// order of events the kernel could produce.
+func ledgerShard(t *testing.T) (*shard, int32) {
+	t.Helper()
+	s, err := newShard(&Server{}, 0, 0, 64<<20)
+	if err != nil {
+		t.Skipf("cannot map shard memory here: %v", err)
+	}
+	t.Cleanup(s.close)
+	exp := &Export{Name: "t", fd: -1, size: 1 << 20, align: 512}
+	ci := s.connFree[len(s.connFree)-1]
+	s.connFree = s.connFree[:len(s.connFree)-1]
+	s.conns[ci].reset(handoff{fd: -1, exp: exp, peer: "test"})
+	return s, ci
+}
+
+// TestStaleCompletionDropped: a completion carrying an older generation
+// of its slot (the slot was recycled meanwhile) must be dropped and
+// counted, never applied to the request that holds the slot now.
+func TestStaleCompletionDropped(t *testing.T) {
+	s, ci := ledgerShard(t)
+	si := s.allocSlot(ci)
+	old := s.slots[si].gen
+	s.releaseSlot(si) // done: freed, generation moves on
+	if got := s.allocSlot(ci); got != si {
+		t.Fatalf("slot table gave %d, want the recycled %d", got, si)
+	}
+	sl := &s.slots[si]
+	sl.req = wire.Request{Type: wire.CmdFlush, Cookie: 5}
+	sl.phase, sl.ops = phFlush, 1 // its own fdatasync is in flight
+	s.ioOps = 1
+	s.complete(&ring.CQE{UserData: ring.UserData(opIO, old, uint32(si)),
+		Res: -int32(unix.EIO)})
+	if n := s.stats.Stale.Load(); n != 1 {
+		t.Fatalf("stale completions counted: %d, want 1", n)
+	}
+	if sl.ops != 1 || s.ioOps != 1 || sl.state != slotLive {
+		t.Fatalf("stale completion settled the new request: ops %d, shard ops %d, state %d",
+			sl.ops, s.ioOps, sl.state)
+	}
+	if s.conns[ci].qHead >= 0 || sl.exp.syncFailed.Load() {
+		t.Fatal("stale completion was applied: a reply was queued or FLUSH poisoned")
+	}
+	// The real completion still finds its request.
+	s.complete(&ring.CQE{UserData: ring.UserData(opIO, sl.gen, uint32(si))})
+	if s.conns[ci].qHead != si || sl.ops != 0 {
+		t.Fatalf("current completion not applied: queue head %d, ops %d",
+			s.conns[ci].qHead, sl.ops)
+	}
+}
+
+// TestReleaseWaitsForKernel: a request ended while the kernel still holds
+// its slot (the client vanished with a read in flight) keeps its buffer
+// until that operation completes; the ledger frees it then.
+func TestReleaseWaitsForKernel(t *testing.T) {
+	s, ci := ledgerShard(t)
+	si := s.allocSlot(ci)
+	sl := &s.slots[si]
+	sl.req = wire.Request{Type: wire.CmdRead, Length: 4096}
+	if !s.allocData(si, 4096) {
+		t.Fatal("no buffer")
+	}
+	sl.phase, sl.ops = phRead, 1 // the read is in flight
+	s.ioOps = 1
+	gen := sl.gen
+	s.releaseSlot(si)
+	if sl.state != slotReleased || sl.buf < 0 || s.arena.inUse == 0 {
+		t.Fatalf("buffer freed while the kernel holds it: state %d, handle %d, in use %d",
+			sl.state, sl.buf, s.arena.inUse)
+	}
+	for _, f := range s.slotFree {
+		if f == si {
+			t.Fatal("held slot is on the free list")
+		}
+	}
+	s.complete(&ring.CQE{UserData: ring.UserData(opIO, gen, uint32(si)), Res: 4096})
+	if sl.state != slotFree || s.arena.inUse != 0 || s.stats.ArenaBytes.Load() != 0 {
+		t.Fatalf("not freed on its completion: state %d, arena in use %d", sl.state,
+			s.arena.inUse)
+	}
+	if s.stats.Stale.Load() != 0 || s.conns[ci].qHead >= 0 {
+		t.Fatal("completion of a released request was applied")
+	}
+}
