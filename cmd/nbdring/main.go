@@ -109,13 +109,22 @@ func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string,
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case s := <-sig:
-		log.Printf("%v: finishing requests in flight, then exiting", s)
+		log.Printf("%v: finishing requests in flight, then exiting (send it again to "+
+			"exit at once)", s)
 	case err := <-errc:
 		srv.Stop()
 		return err
 	}
 	exports = nil // the server closes them
-	return srv.Stop()
+	stopped := make(chan error, 1)
+	go func() { stopped <- srv.Stop() }()
+	select {
+	case err := <-stopped:
+		return err
+	case s := <-sig:
+		return fmt.Errorf("%v again: exiting at once, without waiting for connections "+
+			"or a final fdatasync", s)
+	}
 }
 
 func uriFor(listen string) string {
