@@ -17,6 +17,8 @@ func (s *Server) WriteCounters(w io.Writer) {
 		fmt.Fprintf(w, "  connections           %d\n", st.Conns.Load())
 		fmt.Fprintf(w, "  in_flight             %d\n", st.Inflight.Load())
 		fmt.Fprintf(w, "  arena_bytes_in_use    %d\n", st.ArenaBytes.Load())
+		fmt.Fprintf(w, "  kernel_ops_in_flight  %d\n", st.OpsInflight.Load())
+		fmt.Fprintf(w, "  stale_completions     %d\n", st.Stale.Load())
 		for c := wire.Cmd(0); c < wire.CmdCount; c++ {
 			if n := st.Requests[c].Load(); n > 0 {
 				fmt.Fprintf(w, "  requests_%-12s %d\n", c.String()[len("NBD_CMD_"):], n)

@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"fmt"
 	"log"
+	"time"
 
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
@@ -301,7 +303,16 @@ func (s *shard) deviceError(si int32, res int32, what string) {
 		sl.lock = -1
 	}
 	errno := unix.Errno(-res)
-	log.Printf("shard %d: %s %s at %d+%d: %v", s.id, sl.exp.Path, what, sl.req.Offset,
-		sl.req.Length, errno)
+	if now := time.Now(); now.After(s.errLogNext) {
+		more := ""
+		if s.errLogQuiet > 0 {
+			more = fmt.Sprintf(" (and %d more device errors not logged)", s.errLogQuiet)
+		}
+		log.Printf("shard %d: %s %s at %d+%d: %v%s", s.id, sl.exp.Path, what, sl.req.Offset,
+			sl.req.Length, errno, more)
+		s.errLogNext, s.errLogQuiet = now.Add(deviceErrorLogEvery), 0
+	} else {
+		s.errLogQuiet++
+	}
 	s.replyErr(si, wire.ErrnoFromSys(errno), "device error: "+errno.Error())
 }

@@ -102,6 +102,10 @@ const (
 	// stopCutWait bounds the wait, after cutting, for device operations
 	// already in flight (the kernel cannot cancel O_DIRECT I/O).
 	stopCutWait = 10 * time.Second
+	// deviceErrorLogEvery: a failing device fails every request; one log
+	// line per request would bury the log, so a shard logs one a second
+	// and counts the rest.
+	deviceErrorLogEvery = time.Second
 	// rangeLockRetry: how soon a request waiting for another request's
 	// read-modify-write span looks again; such waits last one device write.
 	rangeLockRetry = 100 * time.Microsecond

@@ -5,6 +5,7 @@ import (
 	"log"
 	"runtime"
 	"sync/atomic"
+	"time"
 
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
@@ -44,6 +45,10 @@ type shard struct {
 	cutting   bool // the grace is over: every connection is closed now
 	live      int  // connections attached
 	ioOps     int  // device operations in flight (the ledger's count)
+	// Device errors are logged at most once per deviceErrorLogEvery, with
+	// a count of those left out since the last line.
+	errLogNext  time.Time
+	errLogQuiet int
 
 	stats ShardStats
 }
