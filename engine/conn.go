@@ -291,6 +291,7 @@ func (s *shard) maybeRelease(ci int32) {
 	c.fd, c.closing = -1, false // released: a second call finds nothing to do
 	c.gen++
 	s.live--
+	s.assigned.Add(-1)
 	s.stats.Conns.Add(-1)
 	s.connFree = append(s.connFree, ci)
 }

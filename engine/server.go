@@ -45,7 +45,6 @@ type Server struct {
 	shards   []*shard
 	stopping atomic.Bool // draining: accept nothing, finish what was sent
 	cutting  atomic.Bool // grace over: close every connection now
-	next     atomic.Uint32
 	sem      chan struct{}
 	done     sync.WaitGroup
 	mu       sync.Mutex
@@ -366,13 +365,30 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 	// kernel's recv and send semantics plain.
 	_ = unix.SetNonblock(fd, false)
 	unix.CloseOnExec(fd)
-	sh := s.shards[s.next.Add(1)%uint32(len(s.shards))]
+	sh := s.leastLoaded()
+	sh.assigned.Add(1)
 	select {
 	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg, peer: peer}:
 		sh.wake()
 	default:
-		log.Printf("shard %d: inbox full; refusing connection", sh.id)
+		sh.assigned.Add(-1)
+		log.Printf("shard %d: inbox full; refusing connection from %s", sh.id, peer)
 		unix.Close(fd)
 	}
 	return true
+}
+
+// leastLoaded is the shard a new connection goes to: the one with the
+// fewest connections (counting those handed off but not yet attached),
+// then the fewest requests in flight. Round robin could put both of a
+// client's two connections on one shard while another idles.
+func (s *Server) leastLoaded() *shard {
+	best := s.shards[0]
+	for _, sh := range s.shards[1:] {
+		a, b := sh.assigned.Load(), best.assigned.Load()
+		if a < b || a == b && sh.stats.Inflight.Load() < best.stats.Inflight.Load() {
+			best = sh
+		}
+	}
+	return best
 }

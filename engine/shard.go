@@ -41,6 +41,7 @@ type shard struct {
 	fixedBufs bool
 	efd       int
 	inbox     chan handoff
+	assigned  atomic.Int64 // connections handed to this shard and not yet released
 	stopping  bool // draining: new requests get ESHUTDOWN, idle connections close
 	cutting   bool // the grace is over: every connection is closed now
 	live      int  // connections attached
@@ -226,16 +227,16 @@ func (s *shard) onWake() {
 
 // attach makes a handed-off connection this shard's and starts receiving.
 func (s *shard) attach(h handoff) {
-	if s.stopping {
-		log.Printf("shard %d: closing connection from %s: the server is shutting down",
-			s.id, h.peer)
+	if s.stopping || len(s.connFree) == 0 {
+		if s.stopping {
+			log.Printf("shard %d: closing connection from %s: the server is shutting down",
+				s.id, h.peer)
+		} else {
+			log.Printf("shard %d: refusing connection from %s: %d connections already "+
+				"(the most a shard takes); add -shards", s.id, h.peer, connsPerShardMax)
+		}
 		unix.Close(h.fd)
-		return
-	}
-	if len(s.connFree) == 0 {
-		log.Printf("shard %d: refusing connection from %s: %d connections already (the "+
-			"most a shard takes); add -shards", s.id, h.peer, connsPerShardMax)
-		unix.Close(h.fd)
+		s.assigned.Add(-1)
 		return
 	}
 	ci := s.connFree[len(s.connFree)-1]
