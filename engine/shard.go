@@ -42,10 +42,10 @@ type shard struct {
 	efd       int
 	inbox     chan handoff
 	assigned  atomic.Int64 // connections handed to this shard and not yet released
-	stopping  bool // draining: new requests get ESHUTDOWN, idle connections close
-	cutting   bool // the grace is over: every connection is closed now
-	live      int  // connections attached
-	ioOps     int  // device operations in flight (the ledger's count)
+	stopping  bool         // draining: new requests get ESHUTDOWN, idle connections close
+	cutting   bool         // the grace is over: every connection is closed now
+	live      int          // connections attached
+	ioOps     int          // device operations in flight (the ledger's count)
 	// Device errors are logged at most once per deviceErrorLogEvery, with
 	// a count of those left out since the last line.
 	errLogNext  time.Time
