@@ -71,7 +71,8 @@ type handoff struct {
 	fd   int
 	exp  *Export
 	neg  wire.Negotiated
-	peer string // the client's address, for logs
+	peer string    // the client's address, for logs
+	tls  *tlsState // nil: plaintext
 }
 
 func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
@@ -236,6 +237,9 @@ func (s *shard) attach(h handoff) {
 				"(the most a shard takes); add -shards", s.id, h.peer, connsPerShardMax)
 		}
 		unix.Close(h.fd)
+		if h.tls != nil {
+			h.tls.pipe.release()
+		}
 		s.assigned.Add(-1)
 		return
 	}

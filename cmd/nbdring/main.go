@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -10,10 +11,12 @@ import (
 	_ "net/http/pprof" // the -pprof page
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/nbdring/nbdring/engine"
+	"github.com/nbdring/nbdring/wire"
 )
 
 func main() {
@@ -27,6 +30,21 @@ func main() {
 		"buffer arena per shard in MiB (a power of two, at least 64)")
 	pprofAddr := flag.String("pprof", "",
 		"serve net/http/pprof and per-shard counters (/counters) on this host:port")
+	var sec security
+	flag.StringVar(&sec.tls, "tls", "off",
+		"TLS: off, on (clients choose; -tls-exports need it) or require (every client)")
+	flag.StringVar(&sec.certDir, "tls-certificates", "",
+		"directory with ca-cert.pem, server-cert.pem, server-key.pem and optional "+
+			"ca-crl.pem (qemu's and nbdkit's layout)")
+	flag.BoolVar(&sec.verifyPeer, "tls-verify-peer", false,
+		"require a client certificate signed by the directory's CA; its subject is logged")
+	flag.StringVar(&sec.tlsExports, "tls-exports", "",
+		"with -tls on: comma-separated export names served only over TLS")
+	flag.StringVar(&sec.allow, "allow", "",
+		"comma-separated rules: CIDR or address (TCP clients from elsewhere are closed "+
+			"unanswered), subject:CN=NAME[+O=ORG] (needs -tls require -tls-verify-peer)")
+	flag.StringVar(&sec.socketMode, "socket-mode", "0600",
+		"file mode of a unix: socket, which decides who may connect to it")
 	flag.Usage = usage
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
@@ -35,7 +53,8 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	if err := run(*listen, *readOnly, *shards, *arenaMiB, *pprofAddr, flag.Args()); err != nil {
+	if err := run(*listen, *readOnly, *shards, *arenaMiB, *pprofAddr, sec,
+		flag.Args()); err != nil {
 		log.Print(err)
 		os.Exit(1)
 	}
@@ -56,8 +75,65 @@ flags:
 	flag.PrintDefaults()
 }
 
-func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string,
+// security is the TLS and access flags.
+type security struct {
+	tls, certDir, tlsExports, allow, socketMode string
+	verifyPeer                                  bool
+}
+
+// config turns the flags into the engine's settings and the set of
+// exports that need TLS.
+func (f security) config(cfg *engine.Config) (map[string]bool, error) {
+	switch f.tls {
+	case "off":
+		cfg.TLSMode = wire.TLSOff
+	case "on":
+		cfg.TLSMode = wire.TLSOn
+	case "require":
+		cfg.TLSMode = wire.TLSRequire
+	default:
+		return nil, fmt.Errorf("-tls %q: want off, on or require", f.tls)
+	}
+	if cfg.TLSMode == wire.TLSOff && (f.certDir != "" || f.verifyPeer || f.tlsExports != "") {
+		return nil, errors.New("-tls-certificates, -tls-verify-peer and -tls-exports " +
+			"need -tls on or -tls require")
+	}
+	if cfg.TLSMode != wire.TLSOff {
+		var err error
+		if cfg.TLS, err = engine.LoadTLS(f.certDir, f.verifyPeer); err != nil {
+			return nil, err
+		}
+	}
+	only := map[string]bool{}
+	if f.tlsExports != "" {
+		if cfg.TLSMode != wire.TLSOn {
+			return nil, errors.New("-tls-exports needs -tls on (with -tls require every " +
+				"export needs TLS)")
+		}
+		for _, n := range strings.Split(f.tlsExports, ",") {
+			only[n] = true
+		}
+	}
+	if f.allow != "" {
+		var err error
+		if cfg.Allow, err = engine.ParseAllow(f.allow); err != nil {
+			return nil, err
+		}
+	}
+	return only, nil
+}
+
+func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string, sec security,
 	args []string) error {
+	cfg := engine.Config{Shards: shards, ArenaSize: arenaMiB << 20}
+	tlsOnly, err := sec.config(&cfg)
+	if err != nil {
+		return err
+	}
+	mode, err := strconv.ParseUint(sec.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return fmt.Errorf("-socket-mode %q: want an octal file mode such as 0660", sec.socketMode)
+	}
 	var exports []*engine.Export
 	defer func() {
 		for _, e := range exports {
@@ -65,19 +141,24 @@ func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string,
 		}
 	}()
 	for _, a := range args {
-		cfg := engine.ExportConfig{Path: a, ReadOnly: readOnly}
+		ecfg := engine.ExportConfig{Path: a, ReadOnly: readOnly}
 		if _, err := os.Stat(a); err != nil {
 			if name, path, ok := strings.Cut(a, "="); ok {
-				cfg.Name, cfg.Path = name, path
+				ecfg.Name, ecfg.Path = name, path
 			}
 		}
-		e, err := engine.OpenExport(cfg)
+		ecfg.TLSOnly = tlsOnly[ecfg.Name]
+		delete(tlsOnly, ecfg.Name)
+		e, err := engine.OpenExport(ecfg)
 		if err != nil {
 			return err
 		}
 		exports = append(exports, e)
 	}
-	srv, err := engine.New(engine.Config{Shards: shards, ArenaSize: arenaMiB << 20}, exports)
+	for n := range tlsOnly {
+		return fmt.Errorf("-tls-exports names %q, which is not an export", n)
+	}
+	srv, err := engine.New(cfg, exports)
 	if err != nil {
 		return err
 	}
@@ -85,6 +166,12 @@ func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string,
 	if err != nil {
 		srv.Stop()
 		return err
+	}
+	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
+		if err := os.Chmod(path, os.FileMode(mode)); err != nil {
+			srv.Stop()
+			return fmt.Errorf("-socket-mode: chmod %s: %w", path, err)
+		}
 	}
 	if pprofAddr != "" {
 		http.HandleFunc("/counters", func(w http.ResponseWriter, _ *http.Request) {
@@ -99,8 +186,8 @@ func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string,
 		}()
 	}
 	for _, e := range exports {
-		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v",
-			e.Name, e.Path, e.Size(), e.Align(), readOnly)
+		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v%s",
+			e.Name, e.Path, e.Size(), e.Align(), readOnly, tlsNote(cfg.TLSMode, e.TLSOnly()))
 	}
 	log.Printf("listening on %s; try: nbdinfo %s", listen, uriFor(listen))
 	sig := make(chan os.Signal, 1)
@@ -125,6 +212,16 @@ func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string,
 		return fmt.Errorf("%v again: exiting at once, without waiting for connections "+
 			"or a final fdatasync", s)
 	}
+}
+
+func tlsNote(m wire.TLSMode, only bool) string {
+	switch {
+	case m == wire.TLSRequire || only:
+		return ", TLS required"
+	case m == wire.TLSOn:
+		return ", TLS optional"
+	}
+	return ""
 }
 
 func uriFor(listen string) string {
