@@ -5,9 +5,9 @@ package main
 // qemu-img), nbdring in its three TLS modes.
 
 import (
-	"crypto/rand"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
