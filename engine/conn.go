@@ -263,6 +263,9 @@ func (s *shard) maybeFinish(ci int32) {
 	c := &s.conns[ci]
 	// A TLS connection's replies leave their slots before they are sent.
 	if (c.disc || c.draining) && c.inflight == 0 && !c.sending && !c.closing {
+		if c.tls != nil && s.tlsBye(ci) {
+			return // close_notify first; its send's completion comes back here
+		}
 		s.beginClose(ci)
 	}
 }

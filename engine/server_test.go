@@ -18,6 +18,12 @@ import (
 // testServer serves a fresh sparse file of size bytes on a Unix socket.
 func testServer(t testing.TB, size int64, shards int) (srv *Server, sock, path string) {
 	t.Helper()
+	return testServerConfig(t, size, Config{Shards: shards, ArenaSize: 64 << 20})
+}
+
+// testServerConfig is testServer with the server's whole configuration.
+func testServerConfig(t testing.TB, size int64, cfg Config) (srv *Server, sock, path string) {
+	t.Helper()
 	dir := t.TempDir()
 	path = filepath.Join(dir, "img")
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
@@ -30,7 +36,7 @@ func testServer(t testing.TB, size int64, shards int) (srv *Server, sock, path s
 	if err != nil {
 		t.Skipf("cannot serve a file here: %v", err)
 	}
-	srv, err = New(Config{Shards: shards, ArenaSize: 64 << 20}, []*Export{exp})
+	srv, err = New(cfg, []*Export{exp})
 	if err != nil {
 		t.Skipf("engine unavailable here: %v", err)
 	}

@@ -263,6 +263,7 @@ type tlsState struct {
 	// crypto/tls may still hold plaintext; it is read before receiving.
 	more bool
 	eof  bool // the client sent close_notify: read no more
+	bye  bool // our close_notify is written
 	// The encryption cursor within the first queued reply (its iovec
 	// and the byte within it).
 	iov, off int
@@ -427,6 +428,24 @@ func (s *shard) submitSendTLS(ci int32) {
 	p.sendEnd = p.outHi
 	c.sending = true
 	ring.PrepSendmsg(s.issue(opSendTLS, ci), c.fd, &m.msg)
+}
+
+// tlsBye writes and sends close_notify before a graceful close (after
+// NBD_CMD_DISC, the client's close_notify, or the server's shutdown), so
+// the client can tell the end of the stream from a cut; false: nothing
+// to send, close now.
+func (s *shard) tlsBye(ci int32) bool {
+	c := &s.conns[ci]
+	t := c.tls
+	if t.bye {
+		return false
+	}
+	t.bye = true
+	if err := t.tc.CloseWrite(); err != nil || t.pipe.outHi == t.pipe.outLo {
+		return false
+	}
+	s.submitSendTLS(ci)
+	return true
 }
 
 // onSendTLS resumes a partial send, sends what was appended meanwhile, or
