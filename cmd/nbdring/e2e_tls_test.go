@@ -5,18 +5,25 @@ package main
 // qemu-img), nbdring in its three TLS modes.
 
 import (
+	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -248,4 +255,205 @@ func TestE2ETLSQemuImg(t *testing.T) {
 	args = append(append([]string{"compare"}, e2eQemuTLS(ts.client)...), "--image-opts",
 		"driver=file,filename="+src, img)
 	e2eRun(t, "qemu-img", args...)
+}
+
+// TestE2ETLSFio runs fio's nbd engine with an nbds URI. fio does not let
+// libnbd read tls-certificates= from a URI (local file access is off), so
+// fio runs as nobody with a HOME whose .pki/libnbd holds the client's
+// certificates: libnbd's default place for a user other than root.
+func TestE2ETLSFio(t *testing.T) {
+	e2eNeedTool(t, "fio")
+	if os.Geteuid() != 0 {
+		t.Skip("running fio as another user (for its certificate directory) needs root")
+	}
+	ts := e2eNewTLS(t)
+	_, addr := e2eStartTCP(t, "-shards", "2", "-tls", "require", "-tls-certificates",
+		ts.serverDir, ts.export)
+	home, err := os.MkdirTemp("", "fio-home")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	pki := filepath.Join(home, ".pki", "libnbd")
+	if err := os.MkdirAll(pki, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"ca-cert.pem", "client-cert.pem", "client-key.pem"} {
+		b, err := os.ReadFile(filepath.Join(ts.client, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(pki, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{home, filepath.Dir(pki), pki} {
+		_ = os.Chmod(d, 0o755)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	const jobs, jobSize = 2, 4 << 20
+	ctx, cancel := context.WithTimeout(context.Background(), e2eToolTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "fio", "--name=tls", "--ioengine=nbd",
+		"--uri=nbds://localhost:"+port+"/", "--rw=randwrite", "--bs=4k", "--iodepth=16",
+		"--numjobs="+strconv.Itoa(jobs), "--size="+strconv.Itoa(jobSize),
+		"--offset_increment="+strconv.Itoa(jobSize), "--verify=crc32c", "--verify_fatal=1",
+		"--do_verify=1", "--verify_state_save=0", "--output-format=json")
+	cmd.Dir = home
+	cmd.Env = append(os.Environ(), "HOME="+home)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534,
+		Gid: 65534}}
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("fio over TLS: %v\n%s\n%s", err, e.String(), o.String())
+	}
+	out := o.String()
+	var rep e2eFioOutput
+	if i := strings.Index(out, "{"); i >= 0 {
+		out = out[i:]
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("fio JSON: %v\n%s", err, out)
+	}
+	if len(rep.Jobs) != jobs {
+		t.Fatalf("fio reported %d jobs, want %d", len(rep.Jobs), jobs)
+	}
+	for i, j := range rep.Jobs {
+		if j.Error != 0 || j.Write.IOBytes != jobSize || j.Read.IOBytes != jobSize {
+			t.Errorf("fio job %d over TLS: error %d, wrote %d, verified %d; want %d each",
+				i, j.Error, j.Write.IOBytes, j.Read.IOBytes, jobSize)
+		}
+	}
+}
+
+// e2eRefused runs nbdinfo, which must fail, and waits for the server's
+// log to say why.
+func e2eRefused(t *testing.T, s *e2eServer, uri, logWant string) {
+	t.Helper()
+	_, errOut, err := e2eRunErr("nbdinfo", "--size", uri)
+	if err == nil {
+		t.Fatalf("nbdinfo %s succeeded; want a refusal", uri)
+	}
+	e2eWaitLog(t, s, logWant)
+	t.Logf("client: %s", strings.TrimSpace(errOut))
+}
+
+func e2eWaitLog(t *testing.T, s *e2eServer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(s.stderr.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("server log lacks %q:\n%s", want, s.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestE2ETLSRefusals(t *testing.T) {
+	e2eNeedTool(t, "nbdinfo")
+	ts := e2eNewTLS(t)
+	other := e2eNewPKI(t, 1, "another CA")
+	t.Run("wrong CA", func(t *testing.T) {
+		// The client trusts another CA: it must reject the server.
+		s, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", ts.serverDir,
+			ts.export)
+		e2eRefused(t, s, e2eTLSURI(addr, "", ts.pki.clientDir(t, "client1", other)),
+			"TLS handshake failed")
+	})
+	t.Run("client cert from wrong CA", func(t *testing.T) {
+		s, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", ts.serverDir,
+			"-tls-verify-peer", ts.export)
+		// GnuTLS sends no certificate the server's CA list does not name.
+		e2eRefused(t, s, e2eTLSURI(addr, "", other.clientDir(t, "client1", ts.pki)),
+			"TLS handshake failed")
+	})
+	t.Run("expired server cert", func(t *testing.T) {
+		dir := ts.pki.serverDir(t, e2eLeaf{cn: "localhost", expired: true})
+		s, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", dir, ts.export)
+		e2eRefused(t, s, e2eTLSURI(addr, "", ts.client), "TLS handshake failed")
+	})
+	t.Run("expired client cert", func(t *testing.T) {
+		dir := t.TempDir()
+		cert, key, _ := ts.pki.sign(t, e2eLeaf{cn: "client1", client: true, expired: true})
+		e2eWriteFiles(t, dir, map[string][]byte{"ca-cert.pem": ts.pki.caPEM,
+			"client-cert.pem": cert, "client-key.pem": key})
+		s, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", ts.serverDir,
+			"-tls-verify-peer", ts.export)
+		e2eRefused(t, s, e2eTLSURI(addr, "", dir), "expired")
+	})
+	t.Run("no client cert", func(t *testing.T) {
+		s, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", ts.serverDir,
+			"-tls-verify-peer", ts.export)
+		e2eRefused(t, s, e2eTLSURI(addr, "", ts.pki.clientDir(t, "", nil)),
+			"didn't provide a certificate")
+	})
+	t.Run("revoked client cert", func(t *testing.T) {
+		dir := t.TempDir()
+		cert, key, serial := ts.pki.sign(t, e2eLeaf{cn: "client1", client: true})
+		e2eWriteFiles(t, dir, map[string][]byte{"ca-cert.pem": ts.pki.caPEM,
+			"client-cert.pem": cert, "client-key.pem": key})
+		sdir := ts.pki.serverDir(t, e2eLeaf{cn: "localhost"})
+		e2eWriteFiles(t, sdir, map[string][]byte{"ca-crl.pem": ts.pki.crl(t, serial)})
+		s, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", sdir,
+			"-tls-verify-peer", ts.export)
+		e2eRefused(t, s, e2eTLSURI(addr, "", dir), "is revoked by")
+		// Another certificate of the same CA still gets in.
+		e2eRun(t, "nbdinfo", "--size", e2eTLSURI(addr, "", ts.client))
+	})
+	t.Run("subject not allowed", func(t *testing.T) {
+		s, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", ts.serverDir,
+			"-tls-verify-peer", "-allow", "subject:CN=host1", ts.export)
+		e2eRefused(t, s, e2eTLSURI(addr, "", ts.client),
+			`subject "CN=client1,O=nbdring tests" not allowed by -allow`)
+		e2eRun(t, "nbdinfo", "--size", e2eTLSURI(addr, "", ts.pki.clientDir(t, "host1", nil)))
+	})
+	t.Run("address not allowed", func(t *testing.T) {
+		s, addr := e2eStartTCP(t, "-allow", "127.0.0.2/32,::2", ts.export)
+		e2eRefused(t, s, "nbd://"+addr, "refusing 127.0.0.1:")
+		// Closed before any byte: no greeting.
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 18)); n != 0 {
+			t.Fatalf("refused client read %d bytes (%v); want none", n, err)
+		}
+		// 127.0.0.2 is allowed.
+		c2 := e2eDialFrom(t, "127.0.0.2", addr)
+		if _, err := io.ReadFull(c2, make([]byte, 18)); err != nil {
+			t.Fatalf("allowed 127.0.0.2: no greeting: %v", err)
+		}
+	})
+}
+
+// e2eDialFrom connects to addr from source address src (any 127.x
+// address is this machine's loopback).
+func e2eDialFrom(t *testing.T, src, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, src, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	return c
+}
+
+// crl returns a CRL signed by the CA that revokes serial.
+func (p *e2ePKI) crl(t *testing.T, serial *big.Int) []byte {
+	t.Helper()
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number: big.NewInt(1), ThisUpdate: time.Now().Add(-time.Hour),
+		NextUpdate: time.Now().Add(24 * time.Hour),
+		RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: serial,
+			RevocationTime: time.Now().Add(-time.Minute)}},
+	}, p.ca, p.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
 }
