@@ -14,6 +14,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"io"
 	"math/big"
 	"net"
@@ -456,4 +457,89 @@ func (p *e2ePKI) crl(t *testing.T, serial *big.Int) []byte {
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+}
+
+// TestE2EHandshakeStallCut: a client that stops in the middle of the TLS
+// handshake is closed when the 10 s handshake limit (engine/limits.go)
+// runs out, counted from its connection, not from STARTTLS.
+func TestE2EHandshakeStallCut(t *testing.T) {
+	t.Parallel()
+	ts := e2eNewTLS(t)
+	_, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", ts.serverDir, ts.export)
+	start := time.Now()
+	c := e2eDialFrom(t, "127.0.0.1", addr)
+	if _, err := io.ReadFull(c, make([]byte, 18)); err != nil {
+		t.Fatal(err)
+	}
+	startTLS := []byte{0, 0, 0, 3, 'I', 'H', 'A', 'V', 'E', 'O', 'P', 'T', 0, 0, 0, 5, 0, 0, 0, 0}
+	if _, err := c.Write(startTLS); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 20)); err != nil {
+		t.Fatalf("STARTTLS reply: %v", err)
+	}
+	time.Sleep(3 * time.Second) // well into the limit before stalling mid-record
+	if _, err := c.Write([]byte{0x16, 0x03, 0x01, 0x01, 0x00, 0x01}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	n, err := c.Read(make([]byte, 64))
+	took := time.Since(start)
+	if took < 9*time.Second || took > 13*time.Second {
+		t.Fatalf("stalled handshake closed after %v (read %d, %v); want about 10 s", took, n,
+			err)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("server did not close the stalled handshake within 15 s")
+	}
+}
+
+// TestE2EHalfOpenFlood: 100 connections from 127.0.0.1 that never speak
+// get 8 handshakes (handshakesPerAddrMax) and the rest are closed at
+// once, logged a few times rather than 92; 127.0.0.2 still gets in.
+func TestE2EHalfOpenFlood(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	export := e2eMakeFile(t, dir, "export.img", 1<<20, 0)
+	s, addr := e2eStartTCP(t, export)
+	const flood, perAddr = 100, 8
+	conns := make([]net.Conn, flood)
+	for i := range conns {
+		conns[i] = e2eDialFrom(t, "127.0.0.1", addr)
+	}
+	admitted := 0
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if n, _ := io.ReadFull(c, make([]byte, 18)); n == 18 {
+			admitted++
+		}
+	}
+	if admitted != perAddr {
+		t.Fatalf("%d of %d half-open connections from one address got a greeting; want %d",
+			admitted, flood, perAddr)
+	}
+	c := e2eDialFrom(t, "127.0.0.2", addr)
+	if _, err := io.ReadFull(c, make([]byte, 18)); err != nil {
+		t.Fatalf("127.0.0.2 kept out by 127.0.0.1's half-open connections: %v", err)
+	}
+	e2eWaitLog(t, s, "refusing 127.0.0.1:")
+	if n := strings.Count(s.stderr.String(), "refusing 127.0.0.1:"); n > 5 {
+		t.Fatalf("%d refusal lines for one flood; want them rate limited", n)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	// Once they are gone, 127.0.0.1 is served again.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, _, err := e2eRunErr("nbdinfo", "--size", "nbd://"+addr)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("127.0.0.1 not served after its flood closed: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
