@@ -26,6 +26,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/nbdring/nbdring/bench"
 	"time"
 )
 
@@ -541,5 +543,32 @@ func TestE2EHalfOpenFlood(t *testing.T) {
 			t.Fatalf("127.0.0.1 not served after its flood closed: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestE2ETLSNbdbench: nbdbench's client (bench.Run) over nbds+unix with a
+// client certificate, verifying what it wrote; and refused by a server
+// without TLS, as nbds requires.
+func TestE2ETLSNbdbench(t *testing.T) {
+	ts := e2eNewTLS(t)
+	// Verification takes never-written blocks to be zeros: a fresh export.
+	export := e2eMakeFile(t, t.TempDir(), "zero.img", 16<<20, 0)
+	s := e2eStart(t, "-tls", "require", "-tls-certificates", ts.serverDir, "-tls-verify-peer",
+		export)
+	uri := "nbds+unix:///?socket=" + s.sock + "&tls-certificates=" + ts.client
+	res, err := bench.Run(context.Background(), bench.Config{URI: uri, RW: "randrw", Mix: 50,
+		BS: 64 << 10, QD: 8, Conns: 2, Ops: 1024, Verify: true})
+	if err != nil || res.Errors != 0 || res.VerifyErrors != 0 || res.Ops != 1024 {
+		t.Fatalf("nbdbench randrw over TLS: %v %+v", err, res)
+	}
+	if !strings.Contains(s.stderr.String(), `client certificate "CN=client1`) {
+		t.Errorf("nbdbench's client certificate was not presented:\n%s", s.stderr)
+	}
+	plain := e2eStart(t, ts.export)
+	_, err = bench.Run(context.Background(), bench.Config{URI: "nbds+unix:///?socket=" +
+		plain.sock + "&tls-certificates=" + ts.client, RW: "read", BS: 4096, QD: 1, Conns: 1,
+		Ops: 1})
+	if err == nil || !strings.Contains(err.Error(), "refused NBD_OPT_STARTTLS") {
+		t.Fatalf("nbds against a plaintext server: %v; want a STARTTLS refusal", err)
 	}
 }
