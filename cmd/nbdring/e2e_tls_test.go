@@ -572,3 +572,37 @@ func TestE2ETLSNbdbench(t *testing.T) {
 		t.Fatalf("nbds against a plaintext server: %v; want a STARTTLS refusal", err)
 	}
 }
+
+// TestE2ETLSPerExport: with -tls on and -tls-exports secret, a plaintext
+// client lists and uses only "public" (and is told "secret" needs TLS),
+// a TLS client sees and uses both; no listing or description shows a
+// server path.
+func TestE2ETLSPerExport(t *testing.T) {
+	e2eNeedTool(t, "nbdinfo")
+	ts := e2eNewTLS(t)
+	pub := e2eMakeFile(t, t.TempDir(), "public.img", 1<<20, 0)
+	_, addr := e2eStartTCP(t, "-tls", "on", "-tls-certificates", ts.serverDir,
+		"-tls-exports", "secret", "public="+pub, "secret="+ts.export)
+	plain := e2eRun(t, "nbdinfo", "--list", "--json", "nbd://"+addr)
+	if !strings.Contains(plain, `"public"`) || strings.Contains(plain, `"secret"`) {
+		t.Errorf("plaintext --list shows the TLS-only export or hides the other:\n%s", plain)
+	}
+	_, errOut, err := e2eRunErr("qemu-img", "info", "nbd://"+addr+"/secret")
+	if err == nil || !strings.Contains(errOut, "TLS negotiation required") {
+		t.Errorf("plaintext open of the TLS-only export: %v\n%s", err, errOut)
+	}
+	e2eRun(t, "nbdinfo", "--size", "nbd://"+addr+"/public")
+	tlsList := e2eRun(t, "nbdinfo", "--list", "--json", e2eTLSURI(addr, "", ts.client))
+	if !strings.Contains(tlsList, `"public"`) || !strings.Contains(tlsList, `"secret"`) {
+		t.Errorf("TLS --list lacks an export:\n%s", tlsList)
+	}
+	if out := e2eRun(t, "nbdinfo", "--size", e2eTLSURI(addr, "secret", ts.client)); strings.TrimSpace(out) != "67108864" {
+		t.Errorf("secret over TLS: size %q", out)
+	}
+	for _, out := range []string{plain, tlsList} {
+		if strings.Contains(out, pub) || strings.Contains(out, ts.export) ||
+			strings.Contains(out, "description") {
+			t.Errorf("the export list reveals a path or a description:\n%s", out)
+		}
+	}
+}
