@@ -421,6 +421,7 @@ func (s *shard) tlsWrite(ci int32) bool {
 
 func (s *shard) submitSendTLS(ci int32) {
 	c := &s.conns[ci]
+	assert(!c.sending, "TLS send issued while another is in flight")
 	p := c.tls.pipe
 	m := c.mem
 	m.iov[0] = unix.Iovec{Base: &p.out[p.outLo], Len: uint64(p.outHi - p.outLo)}

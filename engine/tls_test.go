@@ -156,14 +156,16 @@ func TestTLSRequests(t *testing.T) {
 		}
 		seen[cookie] = true
 	}
-	// A clean close: close_notify after a request still gets its reply,
+	// A clean close: close_notify right after a 32 MiB READ still gets
+	// the whole reply (sent in many rounds after its slot is released),
 	// then the server's close_notify (io.EOF, not an error).
-	tc.send(wire.CmdFlush, 0, 9, 0, 0, nil)
+	big := make([]byte, 32<<20)
+	tc.send(wire.CmdRead, 0, 9, 4096, uint32(len(big)), nil)
 	if err := tc.c.(*tls.Conn).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	if cookie, errno := tc.simple(nil); cookie != 9 || errno != 0 {
-		t.Fatalf("FLUSH before close_notify: cookie %d errno %v", cookie, errno)
+	if cookie, errno := tc.simple(big); cookie != 9 || errno != 0 {
+		t.Fatalf("READ before close_notify: cookie %d errno %v", cookie, errno)
 	}
 	if n, err := tc.c.Read(buf); n != 0 || err != io.EOF {
 		t.Fatalf("after close_notify: %d bytes, %v; want io.EOF", n, err)
@@ -171,6 +173,56 @@ func TestTLSRequests(t *testing.T) {
 	waitConns(t, srv, 0)
 	if s := srv.shards[0].stats.Stale.Load(); s != 0 {
 		t.Fatalf("%d stale completions", s)
+	}
+}
+
+// TestTLSPipelinedFlood: 512 small WRITEs and READs sent in one stream
+// while replies are read: the staging buffer fills with plaintext that
+// crypto/tls still holds (the "more" path), requests wait for slots
+// (128 per connection), and many replies share each send.
+func TestTLSPipelinedFlood(t *testing.T) {
+	_, sock, client := testTLSServer(t, 16<<20, wire.TLSRequire)
+	tc := dialTLS(t, sock, client, wire.ClientOptions{})
+	const n, size = 512, 4096
+	want := make([]byte, n*size)
+	newTestRand(2).Read(want)
+	var writes, reads bytes.Buffer
+	for i := 0; i < n; i++ {
+		var r [wire.RequestSize]byte
+		wire.EncodeRequest(r[:], &wire.Request{Type: wire.CmdWrite, Cookie: uint64(i),
+			Offset: uint64(i) * size, Length: size})
+		writes.Write(r[:])
+		writes.Write(want[i*size : (i+1)*size])
+		wire.EncodeRequest(r[:], &wire.Request{Type: wire.CmdRead, Cookie: uint64(i),
+			Offset: uint64(i) * size, Length: size})
+		reads.Write(r[:])
+	}
+	buf := make([]byte, size)
+	for _, phase := range []*bytes.Buffer{&writes, &reads} {
+		errc := make(chan error, 1)
+		go func() { _, err := tc.c.Write(phase.Bytes()); errc <- err }()
+		seen := map[uint64]bool{}
+		for i := 0; i < n; i++ {
+			if _, err := io.ReadFull(tc.c, tc.hdr[:wire.SimpleReplySize]); err != nil {
+				t.Fatalf("reply %d: %v", i, err)
+			}
+			cookie := binary.BigEndian.Uint64(tc.hdr[8:])
+			if e := binary.BigEndian.Uint32(tc.hdr[4:]); e != 0 || cookie >= n || seen[cookie] {
+				t.Fatalf("reply %d: cookie %d, errno %d", i, cookie, e)
+			}
+			seen[cookie] = true
+			if phase == &reads {
+				if _, err := io.ReadFull(tc.c, buf); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(buf, want[cookie*size:(cookie+1)*size]) {
+					t.Fatalf("read %d: different data", cookie)
+				}
+			}
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
