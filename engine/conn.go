@@ -128,7 +128,10 @@ func (s *shard) onRecv(ci int32, res int32, direct bool) {
 	}
 	switch {
 	case c.tls != nil:
-		c.tls.pipe.inHi += int(res) // ciphertext: parse decrypts it first
+		c.tls.pipe.inHi += int(res) // ciphertext: decrypt it into the staging buffer
+		if !s.tlsPump(ci) {
+			return
+		}
 	case direct:
 		c.pgot += uint32(res)
 		if int(c.pgot) == len(s.payload(c.pslot)) {
@@ -144,9 +147,6 @@ func (s *shard) onRecv(ci int32, res int32, direct bool) {
 // payload, decodes and dispatches requests; then re-arms the receive.
 func (s *shard) parse(ci int32) {
 	c := &s.conns[ci]
-	if c.tls != nil && !s.tlsPump(ci) {
-		return
-	}
 	rbuf := c.mem.rbuf[:]
 	for !c.disc && !c.closing {
 		avail := c.rhi - c.rlo

@@ -385,7 +385,7 @@ func (s *Server) startTLS(nc net.Conn) *tlsState {
 	var peer *x509.Certificate
 	if len(cs.PeerCertificates) > 0 {
 		peer = cs.PeerCertificates[0]
-		log.Printf("%v: TLS %s, client certificate %q", nc.RemoteAddr(),
+		log.Printf("%v: %s, client certificate %q", nc.RemoteAddr(),
 			tls.VersionName(cs.Version), peer.Subject)
 	}
 	if !s.allow.AllowSubject(peer) {

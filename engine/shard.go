@@ -269,7 +269,9 @@ func (s *shard) retryWaiting() {
 	for _, ci := range w {
 		c := &s.conns[ci]
 		c.waiting = false
-		if c.fd >= 0 && !c.closing {
+		// A TLS connection may be here for plaintext crypto/tls still
+		// holds (tlsState.more): decrypt it first.
+		if c.fd >= 0 && !c.closing && (c.tls == nil || s.tlsPump(ci)) {
 			s.parse(ci)
 		}
 	}
