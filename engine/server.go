@@ -332,7 +332,7 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 		return
 	}
 	if err := h.ClientFlags(b[:4]); err != nil {
-		log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
+		log.Printf("%v: %v; closing", peerName(nc), err)
 		return
 	}
 	for {
@@ -341,7 +341,7 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 		}
 		opt, n, err := h.OptionHeader(b[:])
 		if err != nil {
-			log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
+			log.Printf("%v: %v; closing", peerName(nc), err)
 			return
 		}
 		data := make([]byte, n)
@@ -357,7 +357,7 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 		switch step {
 		case wire.StepClose:
 			if r := h.CloseReason(); r != "" && opt != wire.OptAbort {
-				log.Printf("%v: %s; closing", nc.RemoteAddr(), r)
+				log.Printf("%v: %s; closing", peerName(nc), r)
 			}
 			return
 		case wire.StepStartTLS:
@@ -378,14 +378,14 @@ func (s *Server) startTLS(nc net.Conn) *tlsState {
 	pipe := newTLSPipe(nc)
 	tc := tls.Server(pipe, s.tlsCfg)
 	if err := tc.Handshake(); err != nil {
-		s.refusals.printf("%v: TLS handshake failed: %v; closing", nc.RemoteAddr(), err)
+		s.refusals.printf("%v: TLS handshake failed: %v; closing", peerName(nc), err)
 		return nil
 	}
 	cs := tc.ConnectionState()
 	var peer *x509.Certificate
 	if len(cs.PeerCertificates) > 0 {
 		peer = cs.PeerCertificates[0]
-		log.Printf("%v: %s, client certificate %q", nc.RemoteAddr(),
+		log.Printf("%v: %s, client certificate %q", peerName(nc),
 			tls.VersionName(cs.Version), peer.Subject)
 	}
 	if !s.allow.AllowSubject(peer) {
@@ -394,7 +394,7 @@ func (s *Server) startTLS(nc net.Conn) *tlsState {
 			subj = peer.Subject.String()
 		}
 		s.refusals.printf("refusing %v: client certificate subject %q not allowed by "+
-			"-allow; closing", nc.RemoteAddr(), subj)
+			"-allow; closing", peerName(nc), subj)
 		return nil
 	}
 	return &tlsState{tc: tc, pipe: pipe, more: true} // more: it may have read ahead
@@ -426,20 +426,17 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated, t *tlsState) bool {
 	if err != nil {
 		return false
 	}
-	peer := nc.RemoteAddr().String()
-	if peer == "" || peer == "@" {
-		peer = "a Unix socket client"
-	}
+	peer := peerName(nc)
 	if t != nil {
 		if err := t.pipe.handOff(); err != nil {
-			log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
+			log.Printf("%v: %v; closing", peerName(nc), err)
 			return false
 		}
 	}
 	fd := -1
 	_ = rc.Control(func(f uintptr) { fd, err = unix.Dup(int(f)) })
 	if err != nil {
-		log.Printf("%v: dup socket: %v", nc.RemoteAddr(), err)
+		log.Printf("%v: dup socket: %v", peerName(nc), err)
 		if t != nil {
 			t.pipe.release()
 		}
@@ -464,6 +461,14 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated, t *tlsState) bool {
 		}
 	}
 	return true
+}
+
+// peerName is the client's address for logs.
+func peerName(nc net.Conn) string {
+	if p := nc.RemoteAddr().String(); p != "" && p != "@" {
+		return p
+	}
+	return "a Unix socket client"
 }
 
 // leastLoaded is the shard a new connection goes to: the one with the

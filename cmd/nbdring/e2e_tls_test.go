@@ -67,8 +67,9 @@ func e2eNewPKI(t *testing.T, key int, cn string) *e2ePKI {
 	t.Helper()
 	p := &e2ePKI{caKey: e2eKey(t, key), serial: 100}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn, Organization: []string{"nbdring tests"}},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: cn, Organization: []string{"nbdring tests"}},
+		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
@@ -95,8 +96,9 @@ func (p *e2ePKI) sign(t *testing.T, l e2eLeaf) (certPEM, keyPEM []byte, serial *
 	p.serial++
 	serial = big.NewInt(p.serial)
 	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: l.cn, Organization: []string{"nbdring tests"}},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: l.cn, Organization: []string{"nbdring tests"}},
+		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		BasicConstraintsValid: true,
 	}
@@ -596,7 +598,8 @@ func TestE2ETLSPerExport(t *testing.T) {
 	if !strings.Contains(tlsList, `"public"`) || !strings.Contains(tlsList, `"secret"`) {
 		t.Errorf("TLS --list lacks an export:\n%s", tlsList)
 	}
-	if out := e2eRun(t, "nbdinfo", "--size", e2eTLSURI(addr, "secret", ts.client)); strings.TrimSpace(out) != "67108864" {
+	out := e2eRun(t, "nbdinfo", "--size", e2eTLSURI(addr, "secret", ts.client))
+	if strings.TrimSpace(out) != "67108864" {
 		t.Errorf("secret over TLS: size %q", out)
 	}
 	for _, out := range []string{plain, tlsList} {
