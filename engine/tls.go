@@ -321,8 +321,11 @@ func (s *shard) armRecvTLS(ci int32) {
 		p.inHi = copy(p.in, p.in[p.inLo:p.inHi])
 		p.inLo = 0
 	}
+	// crypto/tls reports would-block only once it has read the pipe dry,
+	// so without plaintext pending (more) the buffer has room.
+	assert(p.inHi < len(p.in), "TLS ciphertext buffer full with nothing pending")
 	if p.inHi == len(p.in) {
-		return // crypto/tls reads it all before reporting would-block
+		return
 	}
 	c.recvOn = true
 	ring.PrepRecv(s.issue(opRecv, ci), c.fd, bytesAt(p.in[p.inHi:]), uint32(len(p.in)-p.inHi))
