@@ -128,6 +128,9 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 			}
 			for wi, w := range cc.Workloads {
 				w.URI, w.ServerPID = srv.uri, srv.pid
+				if round == 1 && si == 0 && wi == 0 {
+					checkHoles(ctx, cc, srv)
+				}
 				fmt.Fprintf(cc.Log, "round %d/%d  %-10s %s\n", round, cc.Rounds, name,
 					w.Workload())
 				var res Result
@@ -162,6 +165,24 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 		}
 	}
 	return rows, nil
+}
+
+// checkHoles warns, once per compare, when a workload reads and the
+// backing is all holes (an image made with truncate and never written).
+func checkHoles(ctx context.Context, cc CompareConfig, srv *server) {
+	if !slices.ContainsFunc(cc.Workloads, func(w Config) bool { return w.reads() }) {
+		return
+	}
+	tgt, err := ParseURI(srv.uri)
+	if err != nil || cc.Log == nil {
+		return
+	}
+	if holes, known := allHoles(ctx, tgt, 0, uint64(srv.size)); known && holes {
+		fmt.Fprintf(cc.Log, "nbdbench: warning: %s is all holes (base:allocation), so "+
+			"reads return zeros without touching a disk and measure nothing; fill it "+
+			"first: fio --name=fill --filename=%s --rw=write --bs=1M --direct=1 "+
+			"--refill_buffers --size=%d\n", cc.File, cc.File, srv.size)
+	}
 }
 
 // BackingKind says what path is: "block device", "tmpfs file" or "file".

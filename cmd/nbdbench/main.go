@@ -77,7 +77,8 @@ func runCmd(args []string) error {
 		return fmt.Errorf("-bs: %w", err)
 	}
 	cfg := bench.Config{URI: *uri, RW: *rw, Mix: *mix, BS: size, QD: *qd, Batch: *batch,
-		Conns: *conns, Duration: *dur, Ops: *ops, Verify: *verify, ServerPID: *pid}
+		Conns: *conns, Duration: *dur, Ops: *ops, Verify: *verify, ServerPID: *pid,
+		Log: os.Stderr}
 	if *rng != "" {
 		if cfg.RangeOff, cfg.RangeLen, err = parseRange(*rng); err != nil {
 			return err
