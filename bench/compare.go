@@ -97,6 +97,12 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 	if err != nil {
 		return nil, fmt.Errorf("-file: %w", err)
 	}
+	if size, err := backingSize(file); err != nil {
+		return nil, fmt.Errorf("-file: %w", err)
+	} else if size == 0 {
+		return nil, fmt.Errorf("-file %s is empty: give it data first (a zram device needs "+
+			"its disksize set: README, Performance)", file)
+	}
 	for _, w := range cc.Workloads {
 		if err := w.check(); err != nil {
 			return nil, fmt.Errorf("workload %s: %w", w.Workload(), err)
