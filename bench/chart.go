@@ -17,8 +17,10 @@ const chartBytesFrom = 64 << 10
 // Chart geometry, in SVG pixels.
 const (
 	chartWidth   = 980
-	chartTop     = 58 // below the document's two heading lines
-	labelRight   = 96 // right edge of the server names
+	chartTop     = 58  // below the document's heading, with one line of note
+	noteLine     = 16  // each further line of note
+	noteChars    = 140 // a note line's length: 12-pixel DejaVu Sans fits ~145 in 956
+	labelRight   = 96  // right edge of the server names
 	tputLeft     = 104
 	tputWidth    = 470
 	cpuLeft      = 650
@@ -41,8 +43,13 @@ var chartColors = []string{"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"
 func WriteSVG(w io.Writer, rows []Row, note string) {
 	servers, workloads := axes(rows)
 	at := index(rows)
+	if rows[0].Timestamp != "" {
+		note += ", started " + rows[0].Timestamp
+	}
+	lines := wrap(note, noteChars)
+	top := chartTop + (len(lines)-1)*noteLine
 	panelH := panelHead + len(servers)*barPitch + panelFoot
-	height := chartTop + len(workloads)*panelH
+	height := top + len(workloads)*panelH
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" `+
 		`viewBox="0 0 %d %d" font-family="DejaVu Sans, sans-serif" font-size="12">`+"\n",
@@ -50,19 +57,36 @@ func WriteSVG(w io.Writer, rows []Row, note string) {
 	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", chartWidth, height)
 	fmt.Fprintf(&b, `<text x="12" y="22" font-size="16" font-weight="bold">nbdbench `+
 		`compare: %s</text>`+"\n", esc(strings.Join(servers, ", ")))
-	if rows[0].Timestamp != "" {
-		note += ", started " + rows[0].Timestamp
+	for i, l := range lines {
+		fmt.Fprintf(&b, `<text x="12" y="%d" fill="#444">%s</text>`+"\n", 42+i*noteLine,
+			esc(l))
 	}
-	fmt.Fprintf(&b, `<text x="12" y="42" fill="#444">%s</text>`+"\n", esc(note))
 	for wi, wl := range workloads {
 		var prs []Row
 		for _, s := range servers {
 			prs = append(prs, at[[2]string{s, wl}])
 		}
-		writePanel(&b, prs, chartTop+wi*panelH)
+		writePanel(&b, prs, top+wi*panelH)
 	}
 	b.WriteString("</svg>\n")
 	io.WriteString(w, b.String())
+}
+
+// wrap breaks s at spaces into lines of at most n bytes (a longer word
+// stays whole).
+func wrap(s string, n int) []string {
+	var lines []string
+	line := ""
+	for _, w := range strings.Fields(s) {
+		if line != "" && len(line)+1+len(w) > n {
+			lines, line = append(lines, line), ""
+		}
+		if line != "" {
+			line += " "
+		}
+		line += w
+	}
+	return append(lines, line)
 }
 
 // writePanel draws one workload's rows (one per server) from y0 down.

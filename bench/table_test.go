@@ -115,10 +115,10 @@ func TestWriteSVG(t *testing.T) {
 		whiskers int
 	}{
 		"randread:4k:32:1": {[]string{"randread, 4 KiB blocks, queue depth 32, 1 connection",
-			"operations per second", "0", "10k", "50k", "40.0k", "20.0k"},
+			"operations per second", "0", "10k", "50k", "40.0k", "20.0k", "13.0", "40.0"},
 			[]float64{1, 0.5}, []float64{1, 40.0 / 13}, 1},
 		"read:1M:8:2": {[]string{"read, 1 MiB blocks, queue depth 8, 2 connections",
-			"GB/s (10⁹ bytes per second)", "0.5", "1.0", "0.52", "0.79"},
+			"GB/s (10⁹ bytes per second)", "0.4", "1.0", "0.52", "0.79", "90.0", "120"},
 			[]float64{1, 786.0 / 524}, []float64{1, 120.0 / 90}, 1},
 	} {
 		p := panels[wl]
@@ -167,6 +167,10 @@ func TestTicks(t *testing.T) {
 	}
 	if got := tickLabel(20000, 10000, true); got != "20k" {
 		t.Errorf("tick 20000 IOPS: %q", got)
+	}
+	if got := wrap("machine: a b, started t", 12); !slices.Equal(got,
+		[]string{"machine: a", "b, started t"}) {
+		t.Errorf("wrap: %q", got)
 	}
 	if got := tickLabel(0.4, 0.2, false); got != "0.4" {
 		t.Errorf("tick 0.4 GB/s: %q", got)
