@@ -215,3 +215,42 @@ func TestBackingKind(t *testing.T) {
 		}
 	}
 }
+
+// TestCompareWarnsOfHoles: compare on a sparse file warns once (not per
+// server) when a workload reads, and not when all write.
+func TestCompareWarnsOfHoles(t *testing.T) {
+	bin := os.Getenv("NBDRING_BIN")
+	if bin == "" {
+		bin = "../bin/nbdring"
+	}
+	for _, tc := range []struct {
+		workloads string
+		servers   []string
+		warnings  int
+	}{{"randread:4k:8:1", []string{"nbdring", "nbdring"}, 1},
+		{"randwrite:4k:8:1,randread:4k:8:1", []string{"nbdring"}, 1},
+		{"randwrite:4k:8:1", []string{"nbdring"}, 0}} {
+		file := filepath.Join(t.TempDir(), "img")
+		if err := os.WriteFile(file, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(file, 64<<20); err != nil {
+			t.Fatal(err)
+		}
+		wls, err := ParseWorkloads(tc.workloads, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var log strings.Builder
+		_, err = Compare(context.Background(), CompareConfig{File: file,
+			Servers: tc.servers, Workloads: wls, Rounds: 1,
+			Client: "nbdbench", NbdRing: bin, Log: &log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(log.String(), "all holes"); n != tc.warnings {
+			t.Errorf("%s: %d warnings, want %d:\n%s", tc.workloads, n, tc.warnings,
+				log.String())
+		}
+	}
+}

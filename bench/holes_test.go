@@ -45,9 +45,11 @@ func TestHolesWarning(t *testing.T) {
 		off, n        uint64
 		warn          bool
 	}{
+		// Each case that writes has a range of its own, still unwritten
+		// when it is checked.
 		{"sparse randread", sparseURI, "randread", 0, 0, true},
-		{"sparse randrw", sparseURI, "randrw", 0, 0, true},
-		{"sparse write", sparseURI, "write", 0, 0, false},
+		{"sparse write", sparseURI, "write", 4 << 20, 1 << 20, false},
+		{"sparse randrw", sparseURI, "randrw", 6 << 20, 1 << 20, true},
 		{"full randread", fullURI, "randread", 0, 0, false},
 		{"tail whole range", tailURI, "read", 0, 0, false},
 		{"tail holes only", tailURI, "read", 1 << 20, 6 << 20, true},
