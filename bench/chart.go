@@ -168,7 +168,10 @@ func panelTitle(r Row) string {
 // panelSubtitle says what served it and what drove it.
 func panelSubtitle(r Row) string {
 	s := fmt.Sprintf("backing %s (%s), client %s", r.BackingPath, r.BackingKind, r.Client)
-	if r.Rounds > 0 {
+	switch {
+	case r.Rounds == 1:
+		s += fmt.Sprintf(", 1 round of %gs", r.DurationSeconds)
+	case r.Rounds > 1:
 		s += fmt.Sprintf(", median of %d rounds of %gs; whisker: range over rounds",
 			r.Rounds, r.DurationSeconds)
 	}
@@ -260,10 +263,10 @@ func decimals(step float64) int {
 }
 
 // valueLabel writes a bar's value to three significant digits, counts
-// above 10 000 in thousands ("41.2k").
+// from 1000 on in thousands ("6.79k", "41.2k").
 func valueLabel(v float64, count bool) string {
-	if count && v >= 10000 {
-		return strconv.FormatFloat(v/1000, 'f', 1, 64) + "k"
+	if count && v >= 1000 {
+		return valueLabel(v/1000, false) + "k"
 	}
 	switch {
 	case v >= 100:

@@ -165,6 +165,17 @@ func TestTicks(t *testing.T) {
 				tc.step)
 		}
 	}
+	for v, want := range map[float64]string{6788: "6.79k", 41234: "41.2k", 123456: "123k",
+		999: "999", 0.523: "0.52", 13: "13.0"} {
+		if got := valueLabel(v, true); got != want {
+			t.Errorf("valueLabel(%v) = %q, want %q", v, got, want)
+		}
+	}
+	one := tableRows[0]
+	one.Rounds = 1
+	if s := panelSubtitle(one); !strings.HasSuffix(s, ", 1 round of 5s") {
+		t.Errorf("one round: %q", s)
+	}
 	if got := tickLabel(20000, 10000, true); got != "20k" {
 		t.Errorf("tick 20000 IOPS: %q", got)
 	}
