@@ -77,7 +77,7 @@ $(BENCH_FILE):
 	fio --name=fill --filename=$(BENCH_FILE) --size=$(BENCH_SIZE) --rw=write --bs=1M \
 	    --direct=1 --refill_buffers --output=/dev/null
 
-compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server side by side (table + var/compare.svg); BENCH_FILE=/dev/zram0 CLIENT=fio
+compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server (table, var/compare.svg); BENCH_FILE, CLIENT=fio
 	mkdir -p var
 	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SERVERS) -workloads $(WORKLOADS) \
 	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg
