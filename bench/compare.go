@@ -88,20 +88,9 @@ func ParseWorkloads(s string, d time.Duration) ([]Config, error) {
 // and returns the median of each (server, workload) over the rounds.
 func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 	started := time.Now().UTC().Format(time.RFC3339)
-	// Daemons change directory (nbd-server to /), so they get an absolute path.
-	file, err := filepath.Abs(cc.File)
+	file, kind, err := checkBacking(cc.File)
 	if err != nil {
-		return nil, fmt.Errorf("-file: %w", err)
-	}
-	kind, err := BackingKind(file)
-	if err != nil {
-		return nil, fmt.Errorf("-file: %w", err)
-	}
-	if size, err := backingSize(file); err != nil {
-		return nil, fmt.Errorf("-file: %w", err)
-	} else if size == 0 {
-		return nil, fmt.Errorf("-file %s is empty: give it data first (a zram device needs "+
-			"its disksize set: README, Performance)", file)
+		return nil, err
 	}
 	for _, w := range cc.Workloads {
 		if err := w.check(); err != nil {
@@ -189,6 +178,24 @@ func checkHoles(ctx context.Context, cc CompareConfig, srv *server) {
 			"first: fio --name=fill --filename=%s --rw=write --bs=1M --direct=1 "+
 			"--refill_buffers --size=%d\n", cc.File, cc.File, srv.size)
 	}
+}
+
+// checkBacking returns the absolute path of the backing (daemons change
+// directory: nbd-server to /) and its kind, and refuses an empty one.
+func checkBacking(path string) (file, kind string, err error) {
+	if file, err = filepath.Abs(path); err != nil {
+		return "", "", fmt.Errorf("-file: %w", err)
+	}
+	if kind, err = BackingKind(file); err != nil {
+		return "", "", fmt.Errorf("-file: %w", err)
+	}
+	if size, err := backingSize(file); err != nil {
+		return "", "", fmt.Errorf("-file: %w", err)
+	} else if size == 0 {
+		return "", "", fmt.Errorf("-file %s is empty: give it data first (a zram device "+
+			"needs its disksize set: README, Performance)", file)
+	}
+	return file, kind, nil
 }
 
 // BackingKind says what path is: "block device", "tmpfs file" or "file".
