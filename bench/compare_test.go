@@ -209,6 +209,16 @@ func TestBackingKind(t *testing.T) {
 			t.Errorf("BackingKind(%s) = %q, %v; want %q", path, got, err, want)
 		}
 	}
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := checkBacking(empty); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Errorf("an empty backing: %v, want it refused", err)
+	}
+	if f, kind, err := checkBacking("img"); err == nil || f != "" || kind != "" {
+		t.Errorf("missing relative backing: %q %q %v", f, kind, err)
+	}
 	for _, bad := range []string{"/dev/null", filepath.Join(t.TempDir(), "missing")} {
 		if _, err := BackingKind(bad); err == nil {
 			t.Errorf("BackingKind(%s) accepted it", bad)
