@@ -10,9 +10,12 @@ IMAGE     ?= var/default.img
 IMAGE_SIZE?= 1G
 LISTEN    ?= localhost:10809
 FUZZTIME  ?= 30s
-# make compare: the side-by-side table (README "Performance").
+# make compare: the side-by-side table (README "Performance"). BENCH_FILE is
+# any file or block device (e.g. /dev/zram0); one that exists is used as it
+# is, a missing file is made and filled with BENCH_SIZE of random data.
 BENCH_FILE?= var/bench.img
 BENCH_SIZE?= 1G
+CLIENT    ?= nbdbench
 SERVERS   ?= nbdring,qemu-nbd,nbdkit,nbd-server
 WORKLOADS ?= randread:4k:32:1,randread:4k:32:2,randwrite:4k:32:1,randwrite:4k:32:2,read:1M:8:1,write:1M:8:1
 DURATION  ?= 5s
@@ -65,14 +68,19 @@ fuzz: ## run each fuzz target for $(FUZZTIME)
 bench: ## Go micro-benchmarks of wire and the request path, with allocations
 	$(GO) test $(LINKFLAGS) -run '^$$' -bench . -benchmem ./wire/ ./engine/
 
+# Only a missing BENCH_FILE gets here (make leaves an existing file or
+# device alone); a device node is never made: writing it would fill /dev.
 $(BENCH_FILE):
+	@case '$(BENCH_FILE)' in /dev/*) echo "$(BENCH_FILE) does not exist: set the device" \
+	  "up first (README, Performance: a zram device), or give a file"; exit 1;; esac
 	mkdir -p $(dir $(BENCH_FILE))
 	fio --name=fill --filename=$(BENCH_FILE) --size=$(BENCH_SIZE) --rw=write --bs=1M \
 	    --direct=1 --refill_buffers --output=/dev/null
 
-compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server side by side (table + var/compare.svg)
+compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server (table, var/compare.svg); BENCH_FILE, CLIENT=fio
+	mkdir -p var
 	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SERVERS) -workloads $(WORKLOADS) \
-	    -duration $(DURATION) -rounds $(ROUNDS) -svg var/compare.svg
+	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg
 
 # make profile: CPU profile of nbdring under load (tools/nbdprof). The load runs
 # 5 s longer than the capture so it covers the warm-up and the whole profile.
