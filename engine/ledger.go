@@ -121,9 +121,11 @@ func (s *shard) complete(cqe *ring.CQE) {
 				si = next
 			}
 		}
-		if cqe.Flags&ring.CQENotif == 0 {
-			s.onSend(ci, res)
+		if cqe.Flags&ring.CQENotif != 0 {
+			s.onSendNotif(ci, res)
+			return
 		}
+		s.onSend(ci, res)
 	case opIO:
 		sl := &s.slots[idx]
 		if sl.gen&ring.GenMask != gen {

@@ -34,8 +34,9 @@ import (
 
 // Config is the server's configuration.
 type Config struct {
-	Shards    int // 0: one per CPU this process may run on
-	ArenaSize int // bytes of buffer arena per shard; 0: the default
+	Shards     int  // 0: one per CPU this process may run on
+	ArenaSize  int  // bytes of buffer arena per shard; 0: the default
+	NoZeroCopy bool // never send zero-copy (SENDMSG_ZC), even where the kernel can
 }
 
 // Server owns the exports, the shards and the listener.
@@ -50,6 +51,7 @@ type Server struct {
 	mu       sync.Mutex
 	ln       net.Listener
 	hs       map[net.Conn]struct{} // connections in their handshake
+	noZC     bool
 	err      error
 }
 
@@ -73,7 +75,7 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 			"unaligned 32 MiB write needs", arenaSize>>20, 2*blockSizeMax>>20)
 	}
 	s := &Server{exports: exports, sem: make(chan struct{}, handshakesMax),
-		hs: map[net.Conn]struct{}{}}
+		hs: map[net.Conn]struct{}{}, noZC: cfg.NoZeroCopy}
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if seen[e.Name] {
@@ -367,8 +369,10 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 	unix.CloseOnExec(fd)
 	sh := s.leastLoaded()
 	sh.assigned.Add(1)
+	_, tcp := nc.(*net.TCPConn)
 	select {
-	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg, peer: peer}:
+	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg, peer: peer,
+		tcp: tcp}:
 		sh.wake()
 	default:
 		sh.assigned.Add(-1)

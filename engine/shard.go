@@ -65,6 +65,9 @@ type ShardStats struct {
 	ArenaBytes   atomic.Int64  // arena bytes held by requests
 	OpsInflight  atomic.Int64  // kernel operations in flight (the ledger)
 	Stale        atomic.Uint64 // completions dropped for a stale generation: a defect
+	SendsZC      atomic.Uint64 // zero-copy sends issued
+	ZCCopied     atomic.Uint64 // their notifications that said the kernel copied
+	ZCRefused    atomic.Uint64 // connections whose socket refused zero-copy
 }
 
 type handoff struct {
@@ -72,6 +75,7 @@ type handoff struct {
 	exp  *Export
 	neg  wire.Negotiated
 	peer string // the client's address, for logs
+	tcp  bool   // a TCP socket (zero-copy sends are possible)
 }
 
 func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
@@ -242,6 +246,7 @@ func (s *shard) attach(h handoff) {
 	ci := s.connFree[len(s.connFree)-1]
 	s.connFree = s.connFree[:len(s.connFree)-1]
 	s.conns[ci].reset(h)
+	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
 	s.live++
 	s.stats.Conns.Add(1)
 	s.armRecv(ci)

@@ -25,6 +25,8 @@ func main() {
 		"number of shards (pinned goroutines, one io_uring each); 0: one per usable CPU")
 	arenaMiB := flag.Int("arena-mib", 128,
 		"buffer arena per shard in MiB (a power of two, at least 64)")
+	zeroCopy := flag.Bool("zero-copy", true,
+		"send READ replies of 64 KiB or more with SENDMSG_ZC where the socket takes it")
 	pprofAddr := flag.String("pprof", "",
 		"serve net/http/pprof and per-shard counters (/counters) on this host:port")
 	flag.Usage = usage
@@ -35,7 +37,8 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	if err := run(*listen, *readOnly, *shards, *arenaMiB, *pprofAddr, flag.Args()); err != nil {
+	cfg := engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20, NoZeroCopy: !*zeroCopy}
+	if err := run(*listen, *readOnly, cfg, *pprofAddr, flag.Args()); err != nil {
 		log.Print(err)
 		os.Exit(1)
 	}
@@ -56,7 +59,7 @@ flags:
 	flag.PrintDefaults()
 }
 
-func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string,
+func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
 	args []string) error {
 	var exports []*engine.Export
 	defer func() {
@@ -65,19 +68,19 @@ func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string,
 		}
 	}()
 	for _, a := range args {
-		cfg := engine.ExportConfig{Path: a, ReadOnly: readOnly}
+		ec := engine.ExportConfig{Path: a, ReadOnly: readOnly}
 		if _, err := os.Stat(a); err != nil {
 			if name, path, ok := strings.Cut(a, "="); ok {
-				cfg.Name, cfg.Path = name, path
+				ec.Name, ec.Path = name, path
 			}
 		}
-		e, err := engine.OpenExport(cfg)
+		e, err := engine.OpenExport(ec)
 		if err != nil {
 			return err
 		}
 		exports = append(exports, e)
 	}
-	srv, err := engine.New(engine.Config{Shards: shards, ArenaSize: arenaMiB << 20}, exports)
+	srv, err := engine.New(cfg, exports)
 	if err != nil {
 		return err
 	}
