@@ -86,9 +86,9 @@ type crashModel struct {
 // crashStats counts one connection's requests.
 type crashStats struct {
 	writes, fua, flushes, reads uint64 // acknowledged with no error
-	replyErrs                     uint64 // error replies
-	firstErr                      string
-	end                           error // why the connection's loop ended (nil: stop)
+	replyErrs                   uint64 // error replies
+	firstErr                    string
+	end                         error // why the connection's loop ended (nil: stop)
 }
 
 // loadOptions extend crashLoad for the soak test.
