@@ -75,6 +75,7 @@ type crashModel struct {
 	flushed []uint64
 	clock   atomic.Uint64
 	nextID  atomic.Uint64
+	ops     atomic.Uint64 // replies received, for progress
 
 	stats []crashStats // per connection
 	// verify records read-back mismatches of a load with reads (soak).
@@ -108,10 +109,15 @@ func crashLoad(uri string, size int64, bs, conns int, stop <-chan struct{}) *cra
 
 func runLoad(uri string, size int64, bs, conns int, stop <-chan struct{},
 	o loadOptions) *crashModel {
-	m := newCrashModel(size, bs, conns)
+	return runLoadInto(newCrashModel(size, bs, conns), uri, stop, o)
+}
+
+// runLoadInto runs the load into a model made by newCrashModel, which
+// callers may watch (ops) while it runs.
+func runLoadInto(m *crashModel, uri string, stop <-chan struct{}, o loadOptions) *crashModel {
 	m.lastOnly = o.lastOnly
 	var wg sync.WaitGroup
-	for c := 0; c < conns; c++ {
+	for c := 0; c < m.conns; c++ {
 		nc, ex, err := crashDial(uri)
 		if err != nil {
 			m.stats[c].end = err
@@ -361,6 +367,7 @@ func (l *crashConn) receive(reqs []crashReq) error {
 			return fmt.Errorf("reply for unknown cookie %d", i)
 		}
 		q := &reqs[i]
+		m.ops.Add(1)
 		if errno != wire.EOK {
 			st.replyErrs++
 			if st.firstErr == "" {
