@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -29,8 +30,8 @@ const (
 	// load), while a leak of even 100 bytes per request (some 10^4 per
 	// second here) passes it within about a minute.
 	soakRSSGrowthMax = 32 << 20
-	// soakGoroutineSlack: the pprof HTTP server's own goroutines (one per
-	// open HTTP connection) come and go.
+	// soakGoroutineSlack: the runtime's own goroutines (a finalizer or
+	// scavenger waking) may differ by one or two between samples.
 	soakGoroutineSlack = 2
 )
 
@@ -44,8 +45,10 @@ type soakSample struct {
 
 // TestSoak: mixed reads (which verify the last write), plain and FUA
 // writes and FLUSHes over four connections on two shards for $NBDRING_SOAK;
-// fails on any verify or protocol error, or when RSS, open descriptors or
-// goroutines at the end exceed the first sample after warm-up.
+// fails on any verify or protocol error, when RSS, open descriptors or
+// goroutines at the end exceed the first sample after warm-up (RSS by
+// soakRSSGrowthMax, goroutines by soakGoroutineSlack), or when descriptors
+// exceed those before the load by more than its connections.
 func TestSoak(t *testing.T) {
 	env := os.Getenv("NBDRING_SOAK")
 	if env == "" {
@@ -59,30 +62,22 @@ func TestSoak(t *testing.T) {
 	if dur >= 5*time.Minute {
 		every = time.Minute
 	}
-	pprof := soakFreeAddr(t)
+	addr := soakFreeAddr(t)
 	path := e2eMakeFile(t, t.TempDir(), "disk.img", soakExportSize, 0)
-	s := e2eStart(t, "-shards", "2", "-pprof", pprof, path)
-	soakGoroutines(t, pprof, e2eStartTimeout) // pprof is up
+	s := e2eStart(t, "-shards", "2", "-pprof", addr, path)
+	pp := newSoakPprof(addr)
+	pp.wait(t, e2eStartTimeout)
 
+	m := newCrashModel(soakExportSize, crashBS, soakConns)
+	sm := &soakSampler{t: t, s: s, pp: pp, m: m, start: time.Now()}
+	t.Logf("%8s %10s %6s %10s %12s", "time", "RSS KiB", "fds", "goroutines", "requests")
+	base := sm.sample() // before the load connects
 	stop := make(chan struct{})
 	res := make(chan *crashModel, 1)
-	m := newCrashModel(soakExportSize, crashBS, soakConns)
 	go func() {
 		res <- runLoadInto(m, s.uri(""), stop, loadOptions{readPct: soakReadPct,
 			lastOnly: true, seed: uint64(time.Now().UnixNano())})
 	}()
-	start := time.Now()
-	var samples []soakSample
-	sample := func() soakSample {
-		x := soakSample{at: time.Since(start).Round(time.Second), rssKiB: soakRSS(t, s),
-			fds: s.fdCount(t), goroutines: soakGoroutines(t, pprof, 5*time.Second),
-			ops: m.ops.Load()}
-		samples = append(samples, x)
-		t.Logf("%8v %10d %6d %10d %12d", x.at, x.rssKiB, x.fds, x.goroutines, x.ops)
-		return x
-	}
-	t.Logf("%8s %10s %6s %10s %12s", "time", "RSS KiB", "fds", "goroutines", "requests")
-	sample()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	done := time.After(dur)
@@ -90,7 +85,7 @@ wait:
 	for {
 		select {
 		case <-tick.C:
-			sample()
+			sm.sample()
 		case <-done:
 			break wait
 		case m2 := <-res: // the load ended early: a connection failed
@@ -98,21 +93,45 @@ wait:
 			break wait
 		}
 	}
-	last := sample()
+	last := sm.sample()
 	close(stop)
 	select {
 	case m = <-res:
 	case <-time.After(2 * crashReplyTimeout):
 		t.Fatal("the load did not stop")
 	}
-	t.Logf("load: %v in %v", m, time.Since(start).Round(time.Second))
-	soakVerdict(t, m, samples, last)
+	t.Logf("load: %v in %v", m, time.Since(sm.start).Round(time.Second))
+	soakVerdict(t, m, sm.samples, base, last)
 	// Every block holds its last write, read through a fresh connection.
 	m.checkAcked(t, crashReader(t, s.uri("")))
 }
 
+// soakSampler takes and prints the server's samples.
+type soakSampler struct {
+	t       *testing.T
+	s       *e2eServer
+	pp      *soakPprof
+	m       *crashModel
+	start   time.Time
+	samples []soakSample
+}
+
+func (sm *soakSampler) sample() soakSample {
+	t := sm.t
+	x := soakSample{at: time.Since(sm.start).Round(time.Second), rssKiB: soakRSS(t, sm.s),
+		fds: sm.s.fdCount(t), ops: sm.m.ops.Load()}
+	var err error
+	if x.goroutines, err = sm.pp.goroutines(); err != nil {
+		t.Errorf("goroutine count at %v: %v", x.at, err)
+		x.goroutines = -1
+	}
+	sm.samples = append(sm.samples, x)
+	t.Logf("%8v %10d %6d %10d %12d", x.at, x.rssKiB, x.fds, x.goroutines, x.ops)
+	return x
+}
+
 // soakVerdict fails t for load errors and for growth after warm-up.
-func soakVerdict(t *testing.T, m *crashModel, samples []soakSample, last soakSample) {
+func soakVerdict(t *testing.T, m *crashModel, samples []soakSample, base, last soakSample) {
 	t.Helper()
 	for c, st := range m.stats {
 		if st.end != nil {
@@ -139,6 +158,10 @@ func soakVerdict(t *testing.T, m *crashModel, samples []soakSample, last soakSam
 	if d := (last.rssKiB - warm.rssKiB) << 10; d > soakRSSGrowthMax {
 		t.Errorf("RSS grew by %d KiB after warm-up (%d at %v, %d at %v), more than %d KiB",
 			d>>10, warm.rssKiB, warm.at, last.rssKiB, last.at, soakRSSGrowthMax>>10)
+	}
+	if last.fds > base.fds+soakConns {
+		t.Errorf("%d open descriptors at %v, %d before the load's %d connections", last.fds,
+			last.at, base.fds, soakConns)
 	}
 	if last.fds > warm.fds {
 		t.Errorf("open descriptors grew after warm-up: %d at %v, %d at %v", warm.fds,
@@ -183,35 +206,47 @@ func soakRSS(t *testing.T, s *e2eServer) int64 {
 	return 0
 }
 
-// soakGoroutines reads the server's goroutine count from its pprof page,
-// retrying for up to wait.
-func soakGoroutines(t *testing.T, addr string, wait time.Duration) int {
+// soakPprof reads the server's goroutine count from its pprof page over
+// one kept-alive connection, so the sampling itself holds a steady one
+// descriptor and one goroutine in the server.
+type soakPprof struct {
+	url string
+	cl  http.Client
+}
+
+func newSoakPprof(addr string) *soakPprof {
+	return &soakPprof{url: "http://" + addr + "/debug/pprof/goroutine?debug=1",
+		cl: http.Client{Timeout: 5 * time.Second,
+			Transport: &http.Transport{MaxIdleConns: 1, IdleConnTimeout: 0}}}
+}
+
+// wait polls until the page answers (the server is up), for at most d.
+func (p *soakPprof) wait(t *testing.T, d time.Duration) {
 	t.Helper()
-	url := "http://" + addr + "/debug/pprof/goroutine?debug=1"
-	cl := http.Client{Timeout: 5 * time.Second}
-	deadline := time.Now().Add(wait)
+	deadline := time.Now().Add(d)
 	for {
-		n, err := soakGoroutinesOnce(&cl, url)
+		_, err := p.goroutines()
 		if err == nil {
-			return n
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("goroutine count from %s: %v", url, err)
+			t.Fatalf("goroutine count from %s: %v", p.url, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-func soakGoroutinesOnce(cl *http.Client, url string) (int, error) {
-	resp, err := cl.Get(url)
+func (p *soakPprof) goroutines() (int, error) {
+	resp, err := p.cl.Get(p.url)
 	if err != nil {
 		return 0, err
 	}
 	defer resp.Body.Close()
-	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	body, err := io.ReadAll(resp.Body) // all of it, so the connection is reused
 	if err != nil {
 		return 0, err
 	}
+	line, _, _ := strings.Cut(string(body), "\n")
 	v, ok := strings.CutPrefix(strings.TrimSpace(line), "goroutine profile: total ")
 	if !ok {
 		return 0, fmt.Errorf("first line %q is not \"goroutine profile: total N\"", line)
