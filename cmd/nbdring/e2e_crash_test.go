@@ -104,12 +104,7 @@ type loadOptions struct {
 // writes and FLUSH barriers, until stop is closed or a connection fails; it returns
 // what was issued and acknowledged.
 func crashLoad(uri string, size int64, bs, conns int, stop <-chan struct{}) *crashModel {
-	return runLoad(uri, size, bs, conns, stop, loadOptions{seed: 1})
-}
-
-func runLoad(uri string, size int64, bs, conns int, stop <-chan struct{},
-	o loadOptions) *crashModel {
-	return runLoadInto(newCrashModel(size, bs, conns), uri, stop, o)
+	return runLoadInto(newCrashModel(size, bs, conns), uri, stop, loadOptions{seed: 1})
 }
 
 // runLoadInto runs the load into a model made by newCrashModel, which
@@ -117,14 +112,15 @@ func runLoad(uri string, size int64, bs, conns int, stop <-chan struct{},
 func runLoadInto(m *crashModel, uri string, stop <-chan struct{}, o loadOptions) *crashModel {
 	m.lastOnly = o.lastOnly
 	var wg sync.WaitGroup
+	flagsKnown := false
 	for c := 0; c < m.conns; c++ {
 		nc, ex, err := crashDial(uri)
 		if err != nil {
 			m.stats[c].end = err
 			continue
 		}
-		if c == 0 {
-			m.multiConn = ex.Flags&wire.TxCanMultiConn != 0
+		if !flagsKnown {
+			m.multiConn, flagsKnown = ex.Flags&wire.TxCanMultiConn != 0, true
 		}
 		wg.Add(1)
 		go func(c int) {

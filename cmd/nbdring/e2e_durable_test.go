@@ -262,7 +262,17 @@ func TestE2EZramEIO(t *testing.T) {
 		t.Errorf("read on a new connection after the failed writes: %v", e)
 	}
 	t.Logf("FLUSH after the failed writes: %v", d2.do(wire.CmdFlush, 0, 0, 0, nil, nil))
-	if !strings.Contains(s.stderr.String(), dev) {
+	logged := 0
+	for _, line := range strings.Split(s.stderr.String(), "\n") {
+		if strings.Contains(line, dev+" write") {
+			if logged == 0 {
+				t.Logf("server log: %s", line)
+			}
+			logged++
+		}
+	}
+	t.Logf("%d log lines for %d failed writes", logged, eio)
+	if logged == 0 {
 		t.Errorf("the server logged nothing about the failed writes:\n%s", s.stderr)
 	}
 	select {
