@@ -20,6 +20,10 @@ SERVERS   ?= nbdring,qemu-nbd,nbdkit,nbd-server
 WORKLOADS ?= randread:4k:32:1,randread:4k:32:2,randwrite:4k:32:1,randwrite:4k:32:2,read:1M:8:1,write:1M:8:1
 DURATION  ?= 5s
 ROUNDS    ?= 3
+# make soak: verified load against a real nbdring for SOAK_DURATION. The
+# compare target owns DURATION; `make soak DURATION=1h` works too, since a
+# DURATION given on the command line is taken for the soak.
+SOAK_DURATION ?= $(if $(filter command line,$(origin DURATION)),$(DURATION),60s)
 # Debian packages the end-to-end tests drive (real clients nobody here wrote).
 TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio
 TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio
@@ -56,6 +60,12 @@ test: deps lint ## install test clients if needed, then run every test (invarian
 	$(GO) build $(LINKFLAGS) -tags invariants -o $(BIN)/nbdring-invariants ./cmd/nbdring
 	NBDRING_BIN=$(CURDIR)/$(BIN)/nbdring-invariants \
 	  $(GO) test $(LINKFLAGS) -tags invariants -count=1 -timeout 20m ./...
+
+soak: deps ## verified mixed load for SOAK_DURATION (60s); fails on RSS, fd or goroutine growth
+	$(GO) build $(LINKFLAGS) -tags invariants -o $(BIN)/nbdring-invariants ./cmd/nbdring
+	NBDRING_SOAK=$(SOAK_DURATION) NBDRING_BIN=$(CURDIR)/$(BIN)/nbdring-invariants \
+	  $(GO) test $(LINKFLAGS) -tags invariants -count=1 -timeout 0 -v -run '^TestSoak$$' \
+	  ./cmd/nbdring/
 
 race: ## unit tests under the race detector
 	$(GO) test $(LINKFLAGS) -race -count=1 ./wire/ ./ring/ ./engine/
@@ -106,4 +116,4 @@ lint: ## gofmt and go vet
 clean: ## remove binaries (not the default image)
 	rm -rf $(BIN)
 
-.PHONY: help build run deps test race fuzz bench compare profile lint clean
+.PHONY: help build run deps test soak race fuzz bench compare profile lint clean
