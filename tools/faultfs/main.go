@@ -1,11 +1,38 @@
 // Command faultfs is a FUSE filesystem for tests: it serves one file,
 // DIR/disk.img, whose durable content is a backing file, keeps every write
-// in a memory overlay until an fsync, fdatasync or O_DSYNC write commits
-// it, and forgets the rest when told to cut the power. A control file,
-// DIR/.control, takes commands that inject faults (see controlUsage); a
-// read of it returns the faults in force and counters.
+// in a memory overlay until it is synced, and forgets the rest when told
+// to cut the power.
 //
 //	faultfs -backing FILE -mount DIR [-overlay-mib 256] [-debug]
+//
+// What syncs: fsync and fdatasync (FUSE_FSYNC) commit the whole overlay.
+// An O_DIRECT write with RWF_DSYNC (nbdring's FUA) reaches FUSE as a WRITE
+// whose flags carry O_DSYNC, with no FSYNC after it, because disk.img is
+// opened FOPEN_DIRECT_IO (measured on Linux 6.18; without direct_io the
+// kernel sends that WRITE and then a FUSE_FSYNC): the write's own range is
+// committed. Overlay pages are 4 KiB; at most -overlay-mib of them are
+// held, and a write that needs more writes the overlay back first, as a
+// full disk cache does (an unsynced write may survive a cut; a synced one
+// is never lost).
+//
+// DIR/.control takes commands, one a line (a bad one fails the write with
+// EINVAL and the reason is logged); a read returns the faults in force and
+// counters:
+//
+//	cut                  power cut: drop every unsynced write; every later
+//	                     disk operation fails with EIO until restart
+//	eio-read OFF LEN     reads that touch the range fail with EIO
+//	eio-write OFF LEN    writes that touch the range fail with EIO
+//	enospc-after BYTES   writes and allocations that take more than BYTES of
+//	                     new (unallocated) pages fail with ENOSPC
+//	enospc-off           no more ENOSPC
+//	fsync-fail N         the next N syncs fail with EIO, and what they were
+//	                     to commit is lost (Linux marks such pages clean)
+//	delay-us N           every read and write sleeps N us: a slow device
+//	no-fallocate on|off  every fallocate answers EOPNOTSUPP
+//	no-punch on|off      PUNCH_HOLE and ZERO_RANGE answer EOPNOTSUPP; plain
+//	                     allocation works (vfat's behaviour)
+//	clear                every fault off (a cut stays)
 //
 // It mounts with mount(2) directly (go-fuse's DirectMountStrict), so it
 // runs as root and needs no fusermount. It prints a ready line once
@@ -44,29 +71,48 @@ const (
 
 func main() {
 	backing := flag.String("backing", "", "backing `FILE`: the disk's durable content")
-	mount := flag.String("mount", "", "mount point `DIR` (an existing empty directory)")
+	dir := flag.String("mount", "", "mount point `DIR` (an existing empty directory)")
 	overlayMiB := flag.Int64("overlay-mib", overlayMiBDefault,
 		"memory for unsynced writes in MiB; past it they are written back")
 	debug := flag.Bool("debug", false, "log every FUSE request")
 	flag.Parse()
 	log.SetFlags(log.Lmicroseconds)
-	if *backing == "" || *mount == "" || flag.NArg() != 0 || *overlayMiB < 1 {
+	if *backing == "" || *dir == "" || flag.NArg() != 0 || *overlayMiB < 1 {
 		fmt.Fprintln(os.Stderr, "usage: faultfs -backing FILE -mount DIR "+
 			"[-overlay-mib N] [-debug]")
 		os.Exit(2)
 	}
-	if err := run(*backing, *mount, *overlayMiB<<20, *debug); err != nil {
+	if err := run(*backing, *dir, *overlayMiB<<20, *debug); err != nil {
 		log.Fatalf("faultfs: %v", err)
 	}
 }
 
-func run(backing, mount string, overlayBytes int64, debug bool) error {
+func run(backing, dir string, overlayBytes int64, debug bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root: it mounts with mount(2), without fusermount")
 	}
-	d, err := openDisk(backing, overlayBytes)
+	d, srv, err := mount(backing, dir, overlayBytes, debug)
 	if err != nil {
 		return err
+	}
+	fmt.Printf("faultfs: ready: %s (%d bytes) backed by %s\n",
+		filepath.Join(dir, diskName), d.size, backing)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	unmount(srv, dir)
+	if err := d.shutdown(); err != nil {
+		return err
+	}
+	log.Printf("faultfs: unmounted %s", dir)
+	return nil
+}
+
+// mount serves backing's disk on dir and returns once it is mounted.
+func mount(backing, dir string, overlayBytes int64, debug bool) (*disk, *fuse.Server, error) {
+	d, err := openDisk(backing, overlayBytes)
+	if err != nil {
+		return nil, nil, err
 	}
 	opts := &fs.Options{MountOptions: fuse.MountOptions{
 		DirectMountStrict: true, FsName: "faultfs:" + filepath.Base(backing),
@@ -79,28 +125,19 @@ func run(backing, mount string, overlayBytes int64, debug bool) error {
 		AllowOther: true,
 	}}
 	raw := &dsyncFS{RawFileSystem: fs.NewNodeFS(&root{d: d}, opts), d: d}
-	srv, err := fuse.NewServer(raw, mount, &opts.MountOptions)
+	srv, err := fuse.NewServer(raw, dir, &opts.MountOptions)
 	if err != nil {
 		d.shutdown()
-		return fmt.Errorf("mount on %s: %w (is /dev/fuse there and %s a directory?)",
-			mount, err, mount)
+		return nil, nil, fmt.Errorf("mount on %s: %w (is /dev/fuse there, %s a directory, "+
+			"and mount(2) allowed here?)", dir, err, dir)
 	}
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
+		srv.Unmount()
 		d.shutdown()
-		return fmt.Errorf("mount on %s: %w", mount, err)
+		return nil, nil, fmt.Errorf("mount on %s: %w", dir, err)
 	}
-	fmt.Printf("faultfs: ready: %s (%d bytes) backed by %s\n",
-		filepath.Join(mount, diskName), d.size, backing)
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	unmount(srv, mount)
-	if err := d.shutdown(); err != nil {
-		return err
-	}
-	log.Printf("faultfs: unmounted %s", mount)
-	return nil
+	return d, srv, nil
 }
 
 // unmount waits for the mount to be let go, then detaches it lazily: the
