@@ -181,11 +181,11 @@ func (d *disk) readAt(dest []byte, off int64) (int, syscall.Errno) {
 		d.count.injectedEIO++
 		return 0, syscall.EIO
 	}
-	if n, err := d.f.ReadAt(dest, off); err != nil && err != io.EOF {
+	n, err := d.f.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
 		return 0, errnoOf(err)
-	} else {
-		clear(dest[n:])
 	}
+	clear(dest[n:])
 	for p := off / pageSize; p*pageSize < end; p++ {
 		pg, ok := d.pages[p]
 		if !ok {
@@ -201,7 +201,8 @@ func (d *disk) readAt(dest []byte, off int64) (int, syscall.Errno) {
 	return len(dest), 0
 }
 
-// writeAt puts data into the overlay. It fails whole or not at all.
+// writeAt puts data into the overlay. An injected fault fails it whole;
+// only a failing backing file can stop it part way.
 func (d *disk) writeAt(data []byte, off int64) (int, syscall.Errno) {
 	d.sleep()
 	d.mu.Lock()
