@@ -21,7 +21,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,9 +70,10 @@ func faultNeed(t *testing.T) {
 // faultBin builds tools/faultfs into the test's temporary directory.
 func faultBin(t *testing.T) string {
 	t.Helper()
+	// go test puts its own GOROOT/bin first in PATH.
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		t.Fatalf("no go command to build tools/faultfs with: %v", err)
 	}
 	bin := filepath.Join(t.TempDir(), "faultfs")
 	cmd := exec.Command(goBin, "build", "-o", bin, "./tools/faultfs")
