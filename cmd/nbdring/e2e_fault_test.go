@@ -43,6 +43,9 @@ const (
 	faultIOTimeout = 20 * time.Second
 	// faultLogTimeout bounds the wait for a line in the server's log.
 	faultLogTimeout = 2 * time.Second
+	// faultLogQuiet outlasts the quiet time after a logged device error
+	// (engine/limits.go deviceErrorLogEvery, 1 s, per shard).
+	faultLogQuiet = 1100 * time.Millisecond
 )
 
 // faultFS is one running faultfs process.
@@ -385,18 +388,19 @@ func TestE2EFaultEIO(t *testing.T) {
 	f.control(t, "eio-read 65536 4096", "eio-write 131072 4096")
 	buf := make([]byte, 8192)
 	faultWant(t, "read the bad block", fc.read(65536, buf[:4096]), wire.EIO)
+	faultLogged(t, s, `read .*65536.*input/output error`)
 	faultWant(t, "read across the bad block", fc.read(61440, buf), wire.EIO)
 	faultWant(t, "read a good block", fc.read(0, buf[:4096]), wire.EOK)
 	e2eSameBytes(t, "good block", buf[:4096], data[:4096])
+	time.Sleep(faultLogQuiet) // so the write's error gets a line of its own
 	faultWant(t, "write the bad block", fc.write(131072, data[:4096], 0), wire.EIO)
+	faultLogged(t, s, `write .*131072.*input/output error`)
 	faultWant(t, "write a good block", fc.write(8192, data[:4096], 0), wire.EOK)
 	faultWant(t, "read the block writes fail on", fc.read(131072, buf[:4096]), wire.EOK)
 	faultWant(t, "read the bad block again", fc.read(65536, buf[:4096]), wire.EIO)
 	f.control(t, "clear")
 	faultWant(t, "read the cleared block", fc.read(65536, buf[:4096]), wire.EOK)
 	e2eSameBytes(t, "cleared block", buf[:4096], data[:4096])
-	faultLogged(t, s, `read .*65536.*input/output error`)
-	faultLogged(t, s, `write .*131072.*input/output error`)
 }
 
 // TestE2EFaultFsync: once an fdatasync failed, acknowledged data may be
