@@ -427,6 +427,23 @@ func TestE2EFaultFsync(t *testing.T) {
 	faultWant(t, "flush after a restart", faultDial(t, s2).flush(), wire.EOK)
 }
 
+// TestE2EFaultFUASyncFails: a FUA write whose sync part fails gets EIO, and
+// so does every later FLUSH: the failed sync may have covered other
+// acknowledged writes' data too.
+func TestE2EFaultFUASyncFails(t *testing.T) {
+	f, s, _ := faultSetup(t, 16<<20)
+	fc := faultDial(t, s)
+	data := bytes.Repeat([]byte{0x44}, faultBlock)
+	faultWant(t, "plain write", fc.write(0, data, 0), wire.EOK)
+	f.control(t, "fsync-fail 1")
+	faultWant(t, "FUA write whose sync fails", fc.write(4096, data, wire.CmdFlagFUA),
+		wire.EIO)
+	if st := f.status(t); st["sync_failures"] != "1" {
+		t.Fatalf("faultfs failed %s syncs, want 1", st["sync_failures"])
+	}
+	faultWant(t, "flush after it", fc.flush(), wire.EIO)
+}
+
 // TestE2EFaultENOSPC: a write the device has no room for gets ENOSPC; once
 // there is room the retried write and a FLUSH succeed: a failed O_DIRECT
 // write was reported to its client and leaves nothing unflushed behind.
