@@ -49,7 +49,7 @@ type Server struct {
 	sem      chan struct{}
 	done     sync.WaitGroup
 	mu       sync.Mutex
-	ln       net.Listener
+	lns      []net.Listener        // every listener Serve was given; Shutdown closes them
 	hs       map[net.Conn]struct{} // connections in their handshake
 	noZC     bool
 	err      error
@@ -162,9 +162,16 @@ func Listen(addr string) (net.Listener, error) {
 }
 
 // Serve accepts connections on ln until Stop. It returns nil after Stop.
+// Several listeners (socket activation passes one per ListenStream=) are
+// served by one Serve call each, concurrently; Shutdown closes them all.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
-	s.ln = ln
+	if s.stopping.Load() { // Shutdown ran before this listener was registered
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
 	for {
 		nc, err := ln.Accept()
@@ -205,8 +212,8 @@ func (s *Server) Stop() error { return s.Shutdown(stopGrace) }
 func (s *Server) Shutdown(grace time.Duration) error {
 	s.stopping.Store(true)
 	s.mu.Lock()
-	if s.ln != nil {
-		s.ln.Close()
+	for _, ln := range s.lns {
+		ln.Close()
 	}
 	for nc := range s.hs {
 		nc.Close()
