@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	_ "net/http/pprof" // the -pprof page
 	"os"
@@ -29,8 +30,21 @@ func main() {
 		"send READ replies of 64 KiB or more with SENDMSG_ZC where the socket takes it")
 	pprofAddr := flag.String("pprof", "",
 		"serve net/http/pprof and per-shard counters (/counters) on this host:port")
+	var svc serviceFlags
+	flag.StringVar(&svc.user, "user", "",
+		"after opening exports and sockets, switch to this user (name or uid; needs root)")
+	flag.StringVar(&svc.group, "group", "",
+		"after opening exports and sockets, switch to this group (default: -user's group)")
+	flag.BoolVar(&svc.printURI, "print-uri", false,
+		"print the URI clients should use on stdout, one line per listener, once serving")
+	version := flag.Bool("version", false,
+		"print nbdring's version, its Go version and its dependencies, and exit")
 	flag.Usage = usage
 	flag.Parse()
+	if *version {
+		fmt.Print(versionText(readBuildInfo()))
+		os.Exit(0)
+	}
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("nbdring: ")
 	if flag.NArg() == 0 {
@@ -38,7 +52,7 @@ func main() {
 		os.Exit(2)
 	}
 	cfg := engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20, NoZeroCopy: !*zeroCopy}
-	if err := run(*listen, *readOnly, cfg, *pprofAddr, flag.Args()); err != nil {
+	if err := run(*listen, *readOnly, cfg, *pprofAddr, svc, flag.Args()); err != nil {
 		log.Print(err)
 		os.Exit(1)
 	}
@@ -54,13 +68,29 @@ Connect with, for example:
   nbdinfo nbd://localhost          qemu-img info nbd://localhost
   nbdinfo nbd://localhost/NAME     nbdinfo 'nbd+unix:///?socket=/path'
 
+Under systemd (or libnbd: nbdinfo -- [ nbdring FILE ]), the sockets passed
+by socket activation (LISTEN_FDS) replace -listen, and readiness is reported
+to NOTIFY_SOCKET (Type=notify).
+
 flags:
 `)
 	flag.PrintDefaults()
 }
 
 func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
-	args []string) error {
+	svc serviceFlags, args []string) error {
+	log.Printf("nbdring %s", buildVersion(readBuildInfo()))
+	ntf, err := newNotifier(os.Getenv)
+	if err != nil {
+		return err
+	}
+	// Inherited sockets are checked first, so malformed activation fails
+	// before any export is opened; -listen is bound only once shards run.
+	lns, err := activationListeners(activationFDFirst)
+	if err != nil {
+		return err
+	}
+	defer func() { closeListeners(lns) }() // the server closes them too; twice is harmless
 	var exports []*engine.Export
 	defer func() {
 		for _, e := range exports {
@@ -84,34 +114,38 @@ func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
 	if err != nil {
 		return err
 	}
-	ln, err := engine.Listen(listen)
-	if err != nil {
+	if lns == nil {
+		if lns, err = listenOn(listen); err != nil {
+			exports = nil // Stop closes them; a second close could hit a reused fd
+			srv.Stop()
+			return err
+		}
+	}
+	if pprofAddr != "" {
+		servePprof(pprofAddr, srv)
+	}
+	if err := dropPrivileges(svc.user, svc.group); err != nil {
+		exports = nil
 		srv.Stop()
 		return err
 	}
-	if pprofAddr != "" {
-		http.HandleFunc("/counters", func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			srv.WriteCounters(w)
-		})
-		go func() {
-			log.Printf("pprof and counters on http://%s/debug/pprof/ and /counters", pprofAddr)
-			if err := http.ListenAndServe(pprofAddr, nil); err != nil {
-				log.Printf("-pprof %s: %v", pprofAddr, err)
-			}
-		}()
-	}
+	var names []string
 	for _, e := range exports {
 		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v",
 			e.Name, e.Path, e.Size(), e.Align(), readOnly)
+		names = append(names, e.Name)
 	}
-	log.Printf("listening on %s; try: nbdinfo %s", listen, uriFor(listen))
+	announce(lns, uriExport(names), svc.printURI)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	errc := make(chan error, len(lns))
+	for _, l := range lns {
+		go func() { errc <- srv.Serve(l.ln) }()
+	}
+	ntf.ready(fmt.Sprintf("serving %d exports on %d listeners", len(exports), len(lns)))
 	select {
 	case s := <-sig:
+		ntf.stopping()
 		log.Printf("%v: finishing requests in flight, then exiting (send it again to "+
 			"exit at once)", s)
 	case err := <-errc:
@@ -130,9 +164,40 @@ func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
 	}
 }
 
-func uriFor(listen string) string {
-	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
-		return "'nbd+unix:///?socket=" + path + "'"
+// servePprof serves net/http/pprof and srv's counters on addr. It binds
+// before returning, so a privileged port is bound before -user applies.
+func servePprof(addr string, srv *engine.Server) {
+	http.HandleFunc("/counters", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		srv.WriteCounters(w)
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Printf("-pprof %s: %v", addr, err)
+		return
 	}
-	return "nbd://" + listen
+	log.Printf("pprof and counters on http://%s/debug/pprof/ and /counters", ln.Addr())
+	go func() {
+		if err := http.Serve(ln, nil); err != nil {
+			log.Printf("-pprof %s: %v", addr, err)
+		}
+	}()
+}
+
+// announce logs each listener with the URI to try, and with -print-uri
+// prints the URIs on stdout, for scripts.
+func announce(lns []listener, export string, printURI bool) {
+	for _, l := range lns {
+		uri := clientURI(l.listen, l.ln.Addr(), export)
+		log.Printf("listening on %s; try: nbdinfo %s", l.label, shellQuote(uri))
+		if printURI {
+			fmt.Println(uri)
+		}
+	}
+}
+
+// serviceFlags are the flags for running under a service manager.
+type serviceFlags struct {
+	user, group string
+	printURI    bool
 }
