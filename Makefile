@@ -24,9 +24,19 @@ ROUNDS    ?= 3
 # compare target owns DURATION; `make soak DURATION=1h` works too, since a
 # DURATION given on the command line is taken for the soak.
 SOAK_DURATION ?= $(if $(filter command line,$(origin DURATION)),$(DURATION),60s)
-# Debian packages the end-to-end tests drive (real clients nobody here wrote).
-TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio
-TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio
+# make install: where the binaries and the systemd units go. DESTDIR is
+# prepended to every path (staged installs, packages); the units name
+# $(BINDIR)/nbdring without it.
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+BINDIR    ?= $(PREFIX)/bin
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
+DOCDIR    ?= $(PREFIX)/share/doc/nbdring
+# Debian packages the end-to-end tests drive (real clients nobody here wrote);
+# systemd brings systemd-socket-activate and systemd-analyze.
+TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio systemd
+TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio \
+             systemd-socket-activate systemd-analyze
 
 .DEFAULT_GOAL := help
 
@@ -36,6 +46,23 @@ help: ## list targets
 build: ## build bin/nbdring and bin/nbdbench
 	$(GO) build $(LINKFLAGS) -o $(BIN)/nbdring ./cmd/nbdring
 	$(GO) build $(LINKFLAGS) -o $(BIN)/nbdbench ./cmd/nbdbench
+
+install: build ## install nbdring, nbdbench and the systemd units under $(DESTDIR)$(PREFIX)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(BIN)/nbdring $(BIN)/nbdbench $(DESTDIR)$(BINDIR)/
+	sed 's|/usr/local/bin/nbdring|$(BINDIR)/nbdring|' service/nbdring.service \
+	    > $(DESTDIR)$(UNITDIR)/nbdring.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/nbdring.service
+	install -m 0644 service/nbdring.socket $(DESTDIR)$(UNITDIR)/
+	install -m 0644 service/nbdring.env $(DESTDIR)$(DOCDIR)/
+	@echo "installed; configure /etc/default/nbdring (example: $(DOCDIR)/nbdring.env)," \
+	      "then: systemctl daemon-reload && systemctl enable --now nbdring.socket"
+
+uninstall: ## remove what install put under $(DESTDIR)$(PREFIX)
+	rm -f $(DESTDIR)$(BINDIR)/nbdring $(DESTDIR)$(BINDIR)/nbdbench \
+	      $(DESTDIR)$(UNITDIR)/nbdring.service $(DESTDIR)$(UNITDIR)/nbdring.socket \
+	      $(DESTDIR)$(DOCDIR)/nbdring.env
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 $(IMAGE):
 	mkdir -p $(dir $(IMAGE))
@@ -116,4 +143,4 @@ lint: ## gofmt and go vet
 clean: ## remove binaries (not the default image)
 	rm -rf $(BIN)
 
-.PHONY: help build run deps test soak race fuzz bench compare profile lint clean
+.PHONY: help build install uninstall run deps test soak race fuzz bench compare profile lint clean
