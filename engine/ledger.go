@@ -78,6 +78,40 @@ func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 	return sqe
 }
 
+// issueInline is issue for an operation the shard performs itself, with a
+// plain system call, on an export whose I/O the kernel cannot start
+// without blocking (see Export.inline): counted the same way, and its
+// result queued as a CQE of the shard's own, which the loop hands to
+// complete like any other. So an inline operation is held, completed and
+// checked exactly as a ring operation is.
+func (s *shard) issueInline(idx int32, res int32) {
+	sl := &s.slots[idx]
+	sl.ops++
+	s.ioOps++
+	s.stats.OpsInflight.Add(1)
+	s.local = append(s.local, ring.CQE{UserData: ring.UserData(opIO, sl.gen, uint32(idx)),
+		Res: res})
+	s.stats.InlineOps.Add(1)
+}
+
+// inline reports whether slot sl's next device operation is done by the
+// shard itself: on an inline export, while the shard has few requests in
+// flight. At depth, the ring's io-wq threads run the I/O in parallel on
+// other CPUs, which beats one shard doing it in turn.
+func (s *shard) inline(sl *slot) bool {
+	return sl.exp.inline && s.stats.Inflight.Load() <= inlineSlotsMax
+}
+
+// completeLocal hands the inline operations' completions to complete; those
+// they start meanwhile are completed on the loop's next turn.
+func (s *shard) completeLocal() {
+	batch := s.local
+	s.local, s.localSpare = s.localSpare[:0], batch
+	for i := range batch {
+		s.complete(&batch[i])
+	}
+}
+
 // complete is the one completion entry: it settles the ledger, then
 // hands the result to the owner's handler.
 func (s *shard) complete(cqe *ring.CQE) {

@@ -26,6 +26,9 @@ func main() {
 		"number of shards (pinned goroutines, one io_uring each); 0: one per usable CPU")
 	arenaMiB := flag.Int("arena-mib", 128,
 		"buffer arena per shard in MiB (a power of two, at least 64)")
+	inlineIO := flag.String("inline-io", "auto",
+		"auto: the shard does an export's I/O itself where the kernel would hand it to an "+
+			"io-wq thread (no RWF_NOWAIT) and it answers in microseconds; on; off")
 	zeroCopy := flag.Bool("zero-copy", true,
 		"send READ replies of 64 KiB or more with SENDMSG_ZC where the socket takes it")
 	pprofAddr := flag.String("pprof", "",
@@ -52,7 +55,18 @@ func main() {
 		os.Exit(2)
 	}
 	cfg := engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20, NoZeroCopy: !*zeroCopy}
-	if err := run(*listen, *readOnly, cfg, *pprofAddr, svc, flag.Args()); err != nil {
+	tmpl := engine.ExportConfig{ReadOnly: *readOnly}
+	switch *inlineIO {
+	case "auto":
+	case "on":
+		tmpl.Inline = engine.InlineOn
+	case "off":
+		tmpl.Inline = engine.InlineOff
+	default:
+		log.Printf("-inline-io %q: want auto, on or off", *inlineIO)
+		os.Exit(2)
+	}
+	if err := run(*listen, tmpl, cfg, *pprofAddr, svc, flag.Args()); err != nil {
 		log.Print(err)
 		os.Exit(1)
 	}
@@ -77,7 +91,7 @@ flags:
 	flag.PrintDefaults()
 }
 
-func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
+func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, pprofAddr string,
 	svc serviceFlags, args []string) error {
 	log.Printf("nbdring %s", buildVersion(readBuildInfo()))
 	ntf, err := newNotifier(os.Getenv)
@@ -98,7 +112,8 @@ func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
 		}
 	}()
 	for _, a := range args {
-		ec := engine.ExportConfig{Path: a, ReadOnly: readOnly}
+		ec := tmpl
+		ec.Path = a
 		if _, err := os.Stat(a); err != nil {
 			if name, path, ok := strings.Cut(a, "="); ok {
 				ec.Name, ec.Path = name, path
@@ -131,8 +146,12 @@ func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
 	}
 	var names []string
 	for _, e := range exports {
-		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v",
-			e.Name, e.Path, e.Size(), e.Align(), readOnly)
+		io := "on the ring"
+		if e.Inline() {
+			io = "inline (no RWF_NOWAIT here, and reads answer in microseconds)"
+		}
+		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v, "+
+			"I/O %s", e.Name, e.Path, e.Size(), e.Align(), tmpl.ReadOnly, io)
 		names = append(names, e.Name)
 	}
 	announce(lns, uriExport(names), svc.printURI)
