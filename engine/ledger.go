@@ -46,9 +46,28 @@ const (
 
 // issue returns a zeroed SQE for operation op of owner idx (a connection
 // for opRecv, a batch's first slot for opSend, a slot for opIO, nothing
-// for the shard's own),
-// counted in flight and stamped; the caller fills in the rest.
+// for the shard's own), counted in flight and stamped; the caller fills
+// in the rest.
 func (s *shard) issue(op uint8, idx int32) *ring.SQE {
+	ud := s.stamp(op, idx)
+	sqe := s.ring.SQE()
+	sqe.UserData = ud
+	return sqe
+}
+
+// issueInline is issue for a device operation the shard has just done
+// itself with a plain system call (see Export.inline): counted the same
+// way, and its result queued as a CQE of the shard's own, which the loop
+// hands to complete like any other. So an inline operation is held,
+// completed and checked exactly as a ring operation is.
+func (s *shard) issueInline(idx int32, res int32) {
+	s.local = append(s.local, ring.CQE{UserData: s.stamp(opIO, idx), Res: res})
+	s.stats.InlineOps.Add(1)
+}
+
+// stamp counts operation op of owner idx in flight and returns its
+// user_data.
+func (s *shard) stamp(op uint8, idx int32) uint64 {
 	var gen uint32
 	switch op {
 	case opRecv:
@@ -73,25 +92,7 @@ func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 		idx = 0
 	}
 	s.stats.OpsInflight.Add(1)
-	sqe := s.ring.SQE()
-	sqe.UserData = ring.UserData(op, gen, uint32(idx))
-	return sqe
-}
-
-// issueInline is issue for an operation the shard performs itself, with a
-// plain system call, on an export whose I/O the kernel cannot start
-// without blocking (see Export.inline): counted the same way, and its
-// result queued as a CQE of the shard's own, which the loop hands to
-// complete like any other. So an inline operation is held, completed and
-// checked exactly as a ring operation is.
-func (s *shard) issueInline(idx int32, res int32) {
-	sl := &s.slots[idx]
-	sl.ops++
-	s.ioOps++
-	s.stats.OpsInflight.Add(1)
-	s.local = append(s.local, ring.CQE{UserData: ring.UserData(opIO, sl.gen, uint32(idx)),
-		Res: res})
-	s.stats.InlineOps.Add(1)
+	return ring.UserData(op, gen, uint32(idx))
 }
 
 // inline reports whether slot sl's next device operation is done by the
