@@ -21,10 +21,15 @@ const (
 	// arenaBlockSize is the arena's smallest buffer: a page, so every
 	// buffer is aligned for O_DIRECT and for registration.
 	arenaBlockSize = 4096
-	// arenaSizeDefault per shard: one 32 MiB request expanded to 64 MiB by
-	// unaligned read-modify-write, plus as much again for everything else in
-	// flight. Large enough for 4k QD32 on hundreds of connections.
-	arenaSizeDefault = 128 << 20
+	// arenaSizeDefault per shard: the minimum, which is enough for 4k QD32
+	// on hundreds of connections.
+	arenaSizeDefault = arenaSizeMin
+	// arenaSizeMin: one unaligned 32 MiB WRITE needs its span (32 MiB and a
+	// block, which the buddy allocator rounds to 64 MiB) and its payload
+	// (32 MiB) at once: 96 MiB, so the smallest power of two that holds it.
+	// A smaller arena could never serve it, and the request would wait
+	// forever (FuzzShard found that with 64 MiB).
+	arenaSizeMin = 128 << 20
 	// recvBufSize is each connection's receive staging buffer: many request
 	// headers and small WRITE payloads per recv; larger payloads are
 	// received straight into their data buffer.
@@ -134,7 +139,7 @@ const (
 // Compile-time checks of relations the code relies on.
 var (
 	_ [ringEntries*2 - (slotsPerShardMax + 2*connsPerShardMax + 2)]struct{}
-	_ [arenaSizeDefault - 2*blockSizeMax]struct{}
+	_ [arenaSizeMin - (2*blockSizeMax + blockSizeMax)]struct{}
 	_ [recvBufSize - recvDirectMin]struct{}
 	_ [replyHeaderSize - wire.ReplyHeaderMax]struct{}
 	_ [replyHeaderSize - readSegmentsMax*(wire.ExtReplySize+12)]struct{}

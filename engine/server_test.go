@@ -45,7 +45,7 @@ func testServerIO(t testing.TB, size int64, shards int, mode InlineMode) (srv *S
 	if err != nil {
 		t.Skipf("cannot serve a file here: %v", err)
 	}
-	srv, err = New(Config{Shards: shards, ArenaSize: 64 << 20}, []*Export{exp})
+	srv, err = New(Config{Shards: shards, ArenaSize: 128 << 20}, []*Export{exp})
 	if err != nil {
 		t.Skipf("engine unavailable here: %v", err)
 	}

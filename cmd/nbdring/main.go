@@ -25,7 +25,7 @@ func main() {
 	shards := flag.Int("shards", 0,
 		"number of shards (pinned goroutines, one io_uring each); 0: one per usable CPU")
 	arenaMiB := flag.Int("arena-mib", 128,
-		"buffer arena per shard in MiB (a power of two, at least 64)")
+		"buffer arena per shard in MiB (a power of two, at least 128)")
 	inlineIO := flag.String("inline-io", "auto",
 		"auto: the shard does an export's I/O itself where the kernel would hand it to an "+
 			"io-wq thread (no RWF_NOWAIT) and it answers in microseconds; on; off")
