@@ -10,16 +10,33 @@ IMAGE     ?= var/default.img
 IMAGE_SIZE?= 1G
 LISTEN    ?= localhost:10809
 FUZZTIME  ?= 30s
-# make compare: the side-by-side table (README "Performance").
+# make compare: the side-by-side table (README "Performance"). BENCH_FILE is
+# any file or block device (e.g. /dev/zram0); one that exists is used as it
+# is, a missing file is made and filled with BENCH_SIZE of random data.
 BENCH_FILE?= var/bench.img
 BENCH_SIZE?= 1G
+CLIENT    ?= nbdbench
 SERVERS   ?= nbdring,qemu-nbd,nbdkit,nbd-server
 WORKLOADS ?= randread:4k:32:1,randread:4k:32:2,randwrite:4k:32:1,randwrite:4k:32:2,read:1M:8:1,write:1M:8:1
 DURATION  ?= 5s
 ROUNDS    ?= 3
-# Debian packages the end-to-end tests drive (real clients nobody here wrote).
-TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio
-TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio
+# make soak: verified load against a real nbdring for SOAK_DURATION. The
+# compare target owns DURATION; `make soak DURATION=1h` works too, since a
+# DURATION given on the command line is taken for the soak.
+SOAK_DURATION ?= $(if $(filter command line,$(origin DURATION)),$(DURATION),60s)
+# make install: where the binaries and the systemd units go. DESTDIR is
+# prepended to every path (staged installs, packages); the units name
+# $(BINDIR)/nbdring without it.
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+BINDIR    ?= $(PREFIX)/bin
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
+DOCDIR    ?= $(PREFIX)/share/doc/nbdring
+# Debian packages the end-to-end tests drive (real clients nobody here wrote);
+# systemd brings systemd-socket-activate and systemd-analyze.
+TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio systemd
+TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio \
+             systemd-socket-activate systemd-analyze
 
 .DEFAULT_GOAL := help
 
@@ -29,6 +46,23 @@ help: ## list targets
 build: ## build bin/nbdring and bin/nbdbench
 	$(GO) build $(LINKFLAGS) -o $(BIN)/nbdring ./cmd/nbdring
 	$(GO) build $(LINKFLAGS) -o $(BIN)/nbdbench ./cmd/nbdbench
+
+install: build ## install nbdring, nbdbench and the systemd units under $(DESTDIR)$(PREFIX)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(BIN)/nbdring $(BIN)/nbdbench $(DESTDIR)$(BINDIR)/
+	sed 's|/usr/local/bin/nbdring|$(BINDIR)/nbdring|' service/nbdring.service \
+	    > $(DESTDIR)$(UNITDIR)/nbdring.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/nbdring.service
+	install -m 0644 service/nbdring.socket $(DESTDIR)$(UNITDIR)/
+	install -m 0644 service/nbdring.env $(DESTDIR)$(DOCDIR)/
+	@echo "installed; configure /etc/default/nbdring (example: $(DOCDIR)/nbdring.env)," \
+	      "then: systemctl daemon-reload && systemctl enable --now nbdring.socket"
+
+uninstall: ## remove what install put under $(DESTDIR)$(PREFIX)
+	rm -f $(DESTDIR)$(BINDIR)/nbdring $(DESTDIR)$(BINDIR)/nbdbench \
+	      $(DESTDIR)$(UNITDIR)/nbdring.service $(DESTDIR)$(UNITDIR)/nbdring.socket \
+	      $(DESTDIR)$(DOCDIR)/nbdring.env
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 $(IMAGE):
 	mkdir -p $(dir $(IMAGE))
@@ -54,6 +88,12 @@ test: deps lint ## install test clients if needed, then run every test (invarian
 	NBDRING_BIN=$(CURDIR)/$(BIN)/nbdring-invariants \
 	  $(GO) test $(LINKFLAGS) -tags invariants -count=1 -timeout 20m ./...
 
+soak: deps ## verified mixed load for SOAK_DURATION (60s); fails on RSS, fd or goroutine growth
+	$(GO) build $(LINKFLAGS) -tags invariants -o $(BIN)/nbdring-invariants ./cmd/nbdring
+	NBDRING_SOAK=$(SOAK_DURATION) NBDRING_BIN=$(CURDIR)/$(BIN)/nbdring-invariants \
+	  $(GO) test $(LINKFLAGS) -tags invariants -count=1 -timeout 0 -v -run '^TestSoak$$' \
+	  ./cmd/nbdring/
+
 race: ## unit tests under the race detector
 	$(GO) test $(LINKFLAGS) -race -count=1 ./wire/ ./ring/ ./engine/
 
@@ -65,14 +105,19 @@ fuzz: ## run each fuzz target for $(FUZZTIME)
 bench: ## Go micro-benchmarks of wire and the request path, with allocations
 	$(GO) test $(LINKFLAGS) -run '^$$' -bench . -benchmem ./wire/ ./engine/
 
+# Only a missing BENCH_FILE gets here (make leaves an existing file or
+# device alone); a device node is never made: writing it would fill /dev.
 $(BENCH_FILE):
+	@case '$(BENCH_FILE)' in /dev/*) echo "$(BENCH_FILE) does not exist: set the device" \
+	  "up first (README, Performance: a zram device), or give a file"; exit 1;; esac
 	mkdir -p $(dir $(BENCH_FILE))
 	fio --name=fill --filename=$(BENCH_FILE) --size=$(BENCH_SIZE) --rw=write --bs=1M \
 	    --direct=1 --refill_buffers --output=/dev/null
 
-compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server side by side (table + var/compare.svg)
+compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server (table, var/compare.svg); BENCH_FILE, CLIENT=fio
+	mkdir -p var
 	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SERVERS) -workloads $(WORKLOADS) \
-	    -duration $(DURATION) -rounds $(ROUNDS) -svg var/compare.svg
+	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg
 
 # make profile: CPU profile of nbdring under load (tools/nbdprof). The load runs
 # 5 s longer than the capture so it covers the warm-up and the whole profile.
@@ -98,4 +143,4 @@ lint: ## gofmt and go vet
 clean: ## remove binaries (not the default image)
 	rm -rf $(BIN)
 
-.PHONY: help build run deps test race fuzz bench compare profile lint clean
+.PHONY: help build install uninstall run deps test soak race fuzz bench compare profile lint clean

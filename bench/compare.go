@@ -36,11 +36,23 @@ type CompareConfig struct {
 	Log        io.Writer // notes: skipped servers, progress
 }
 
-// Row is one server's median result for one workload.
+// Row is one server's median result for one workload. Each row carries
+// the whole setup, so rows from several runs can be pooled and filtered.
 type Row struct {
-	Server           string    `json:"server"`
-	Workload         string    `json:"workload"`
-	Client           string    `json:"client"`
+	Server      string `json:"server"`
+	Workload    string `json:"workload"` // rw:bs:qd:conns
+	RW          string `json:"rw"`
+	BlockSize   int    `json:"block_size"` // bytes
+	QueueDepth  int    `json:"queue_depth"`
+	Connections int    `json:"connections"`
+	BackingPath string `json:"backing_path"` // absolute
+	// BackingKind is "file", "block device" or "tmpfs file" (a file in
+	// the page cache: no disk under it).
+	BackingKind      string    `json:"backing_kind"`
+	Client           string    `json:"client"`    // nbdbench or fio
+	Timestamp        string    `json:"timestamp"` // RFC 3339, UTC: when the compare started
+	Rounds           int       `json:"rounds"`
+	DurationSeconds  float64   `json:"duration_s"` // of each round
 	IOPS             float64   `json:"iops"`
 	BytesPerSec      float64   `json:"bytes_per_sec"`
 	ServerCPUUsPerOp float64   `json:"server_cpu_us_per_op"`
@@ -75,13 +87,10 @@ func ParseWorkloads(s string, d time.Duration) ([]Config, error) {
 // Compare runs every workload against every server, round after round,
 // and returns the median of each (server, workload) over the rounds.
 func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
-	if _, err := os.Stat(cc.File); err != nil {
-		return nil, fmt.Errorf("-file: %w", err)
-	}
-	// Daemons change directory (nbd-server to /), so they get an absolute path.
-	file, err := filepath.Abs(cc.File)
+	started := time.Now().UTC().Format(time.RFC3339)
+	file, kind, err := checkBacking(cc.File)
 	if err != nil {
-		return nil, fmt.Errorf("-file: %w", err)
+		return nil, err
 	}
 	for _, w := range cc.Workloads {
 		if err := w.check(); err != nil {
@@ -114,6 +123,9 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 			}
 			for wi, w := range cc.Workloads {
 				w.URI, w.ServerPID = srv.uri, srv.pid
+				if round == 1 && si == 0 && wi == 0 {
+					checkHoles(ctx, cc, srv)
+				}
 				fmt.Fprintf(cc.Log, "round %d/%d  %-10s %s\n", round, cc.Rounds, name,
 					w.Workload())
 				var res Result
@@ -140,14 +152,87 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 	var rows []Row
 	for wi, w := range cc.Workloads {
 		for si, name := range servers {
-			rows = append(rows, median(name, w.Workload(), cc.Client, runs[[2]int{si, wi}]))
+			r := Row{Server: name, Workload: w.Workload(), RW: w.RW, BlockSize: w.BS,
+				QueueDepth: w.QD, Connections: w.Conns, BackingPath: file,
+				BackingKind: kind, Client: cc.Client, Timestamp: started,
+				Rounds: cc.Rounds, DurationSeconds: w.Duration.Seconds()}
+			rows = append(rows, median(r, runs[[2]int{si, wi}]))
 		}
 	}
 	return rows, nil
 }
 
-func median(server, workload, client string, rs []Result) Row {
-	r := Row{Server: server, Workload: workload, Client: client}
+// checkHoles warns, once per compare, when a workload reads and the
+// backing is all holes (an image made with truncate and never written).
+func checkHoles(ctx context.Context, cc CompareConfig, srv *server) {
+	if !slices.ContainsFunc(cc.Workloads, func(w Config) bool { return w.reads() }) {
+		return
+	}
+	tgt, err := ParseURI(srv.uri)
+	if err != nil || cc.Log == nil {
+		return
+	}
+	if holes, known := allHoles(ctx, tgt, 0, uint64(srv.size)); known && holes {
+		fmt.Fprintf(cc.Log, "nbdbench: warning: %s is all holes (base:allocation), so "+
+			"reads return zeros without touching a disk and measure nothing; fill it "+
+			"first: fio --name=fill --filename=%s --rw=write --bs=1M --direct=1 "+
+			"--refill_buffers --size=%d\n", cc.File, cc.File, srv.size)
+	}
+}
+
+// checkBacking returns the absolute path of the backing (daemons change
+// directory: nbd-server to /) and its kind, and refuses an empty one.
+func checkBacking(path string) (file, kind string, err error) {
+	if file, err = filepath.Abs(path); err != nil {
+		return "", "", fmt.Errorf("-file: %w", err)
+	}
+	if kind, err = BackingKind(file); err != nil {
+		return "", "", fmt.Errorf("-file: %w", err)
+	}
+	if size, err := backingSize(file); err != nil {
+		return "", "", fmt.Errorf("-file: %w", err)
+	} else if size == 0 {
+		return "", "", fmt.Errorf("-file %s is empty: give it data first (a zram device "+
+			"needs its disksize set: README, Performance)", file)
+	}
+	return file, kind, nil
+}
+
+// BackingKind says what path is: "block device", "tmpfs file" or "file".
+func BackingKind(path string) (string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("%w (give an existing file or block device)", err)
+	}
+	switch m := st.Mode(); {
+	case m&os.ModeDevice != 0 && m&os.ModeCharDevice == 0:
+		return "block device", nil
+	case !m.IsRegular():
+		return "", fmt.Errorf("%s is neither a regular file nor a block device", path)
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(path, &fs); err == nil && fs.Type == tmpfsMagic {
+		return "tmpfs file", nil
+	}
+	return "file", nil
+}
+
+// tmpfsMagic is TMPFS_MAGIC from linux/magic.h, statfs(2)'s f_type for tmpfs.
+const tmpfsMagic = 0x01021994
+
+// backingSize is the size of a file or block device (stat gives 0 for a
+// device; seeking to its end gives its size).
+func backingSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.Seek(0, io.SeekEnd)
+}
+
+// median fills r's figures with the medians of rs.
+func median(r Row, rs []Result) Row {
 	pick := func(f func(Result) float64) float64 {
 		v := make([]float64, len(rs))
 		for i, x := range rs {
@@ -261,14 +346,18 @@ func startServer(name, file, nbdring string) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, _ := os.Stat(file)
+	size, err := backingSize(file)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("size of %s: %w", file, err)
+	}
 	sock := filepath.Join(dir, "sock")
 	if len(sock) >= maxSockPath {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("socket path %s is longer than a Unix socket allows (%d "+
 			"bytes): set TMPDIR to a shorter directory", sock, maxSockPath-1)
 	}
-	s := &server{name: name, dir: dir, uri: "nbd+unix:///?socket=" + sock, size: st.Size()}
+	s := &server{name: name, dir: dir, uri: "nbd+unix:///?socket=" + sock, size: size}
 	var args []string
 	switch name {
 	case "nbdring":

@@ -43,6 +43,9 @@ type Config struct {
 	Verify             bool
 	ServerPID          int       // read the server's CPU time from /proc
 	Progress           io.Writer // a live line every second, or nil
+	// Log gets one-line notes before the load starts, such as a read
+	// workload's range being all holes; nil: no notes, and no check.
+	Log io.Writer
 }
 
 // Latency percentiles in microseconds.
@@ -101,6 +104,8 @@ func (c *Config) check() error {
 
 func (c *Config) writes() bool { return c.RW != "read" && c.RW != "randread" }
 
+func (c *Config) reads() bool { return c.RW != "write" && c.RW != "randwrite" }
+
 // Run drives the server at cfg.URI and reports what it measured. Errors
 // are for runs that could not happen (no server, bad flags, no MULTI_CONN);
 // request errors and verify failures are counted in the Result.
@@ -136,6 +141,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err := layout(ws, &cfg, ex.Size); err != nil {
 		return Result{}, err
 	}
+	if cfg.Log != nil && cfg.reads() {
+		lo, n, _ := span(&cfg, ex.Size)
+		if holes, known := allHoles(ctx, tgt, lo, n); known && holes {
+			warnHoles(cfg.Log, &cfg, lo, n)
+		}
+	}
 	var stop atomic.Bool
 	cpu0 := cpuTicks(cfg.ServerPID)
 	start := time.Now()
@@ -146,7 +157,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	go func() { <-ctx.Done(); stop.Store(true) }()
 	done := make(chan struct{})
 	if cfg.Progress != nil {
-		go progress(cfg.Progress, ws, start, done)
+		go progress(cfg.Progress, ws, &cfg, start, done)
 	}
 	var wg sync.WaitGroup
 	for _, w := range ws {
@@ -164,12 +175,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 // random workloads without verify, else disjoint slices (sequential streams
 // and verify's bookkeeping must not overlap).
 func layout(ws []*worker, cfg *Config, size uint64) error {
-	lo, n := cfg.RangeOff, cfg.RangeLen
-	if n == 0 && lo < size {
-		n = size - lo
-	}
-	if lo > size || n > size-lo {
-		return fmt.Errorf("-range %d+%d is beyond the export's %d bytes", lo, n, size)
+	lo, n, err := span(cfg, size)
+	if err != nil {
+		return err
 	}
 	bs := uint64(cfg.BS)
 	split := cfg.Verify || !strings.HasPrefix(cfg.RW, "rand")
@@ -202,6 +210,18 @@ func layout(ws []*worker, cfg *Config, size uint64) error {
 		}
 	}
 	return nil
+}
+
+// span is the part of an export of size bytes that cfg uses.
+func span(cfg *Config, size uint64) (lo, n uint64, err error) {
+	lo, n = cfg.RangeOff, cfg.RangeLen
+	if n == 0 && lo < size {
+		n = size - lo
+	}
+	if lo > size || n > size-lo {
+		return 0, 0, fmt.Errorf("-range %d+%d is beyond the export's %d bytes", lo, n, size)
+	}
+	return lo, n, nil
 }
 
 func summarize(ws []*worker, cfg *Config, secs float64, cpu0 int64) Result {
@@ -300,25 +320,48 @@ func childPIDs(pid int) []int {
 	return out
 }
 
-func progress(w io.Writer, ws []*worker, start time.Time, done <-chan struct{}) {
-	t := time.NewTicker(time.Second)
+// progressEvery is the progress line's period.
+const progressEvery = time.Second
+
+func progress(w io.Writer, ws []*worker, cfg *Config, start time.Time, done <-chan struct{}) {
+	t := time.NewTicker(progressEvery)
 	defer t.Stop()
 	var last uint64
+	lastAt := start
 	for {
 		select {
 		case <-done:
 			fmt.Fprint(w, "\r\033[K")
 			return
-		case <-t.C:
+		case now := <-t.C:
 			var n uint64
 			for _, wk := range ws {
 				n += wk.count.Load()
 			}
-			fmt.Fprintf(w, "\r\033[K%6.1fs  %10.0f IOPS (last second)  %12d ops",
-				time.Since(start).Seconds(), float64(n-last), n)
-			last = n
+			io.WriteString(w, progressLine(cfg, now.Sub(start), n, n-last, now.Sub(lastAt)))
+			last, lastAt = n, now
 		}
 	}
+}
+
+// progressLine is the live line: elapsed and total time (or operations,
+// for a run of -ops), and the rate over the last interval of dt, in which
+// delta operations completed, of n so far.
+func progressLine(cfg *Config, elapsed time.Duration, n, delta uint64,
+	dt time.Duration) string {
+	var iops float64
+	if dt > 0 {
+		iops = float64(delta) / dt.Seconds()
+	}
+	mbps := iops * float64(cfg.BS) / 1e6
+	head := fmt.Sprintf("%6.1fs / %.1fs", elapsed.Seconds(), cfg.Duration.Seconds())
+	ops := fmt.Sprintf("%d ops", n)
+	if cfg.Ops > 0 {
+		head = fmt.Sprintf("%6.1fs", elapsed.Seconds())
+		ops = fmt.Sprintf("%d / %d ops", n, cfg.Ops)
+	}
+	return fmt.Sprintf("\r\033[K%s  %10.0f IOPS  %9.1f MB/s  (last %.1fs)  %s", head, iops,
+		mbps, dt.Seconds(), ops)
 }
 
 // FormatSize writes 4096 as 4k and 1048576 as 1M.

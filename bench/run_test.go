@@ -19,6 +19,20 @@ import (
 // fresh file and returns its URI, file path and pid.
 func startTestServer(t *testing.T, size int64) (uri, path string, pid int) {
 	t.Helper()
+	path = filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	uri, pid = startServerOn(t, path)
+	return uri, path, pid
+}
+
+// startServerOn runs bin/nbdring on path and returns its URI and pid.
+func startServerOn(t *testing.T, path string) (uri string, pid int) {
+	t.Helper()
 	bin := os.Getenv("NBDRING_BIN")
 	if bin == "" {
 		bin = "../bin/nbdring"
@@ -26,16 +40,8 @@ func startTestServer(t *testing.T, size int64) (uri, path string, pid int) {
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("nbdring binary %s missing: run 'make build' or set NBDRING_BIN", bin)
 	}
-	dir := t.TempDir()
-	path = filepath.Join(dir, "img")
-	if err := os.WriteFile(path, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(path, size); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "sock")
-	cmd := exec.Command(bin, "-listen", "unix:"+sock, "-arena-mib", "64", path)
+	sock := filepath.Join(t.TempDir(), "sock")
+	cmd := exec.Command(bin, "-listen", "unix:"+sock, "-arena-mib", "128", path)
 	var log strings.Builder
 	cmd.Stderr = &log
 	if err := cmd.Start(); err != nil {
@@ -58,7 +64,7 @@ func startTestServer(t *testing.T, size int64) (uri, path string, pid int) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return "nbd+unix:///?socket=" + sock, path, cmd.Process.Pid
+	return "nbd+unix:///?socket=" + sock, cmd.Process.Pid
 }
 
 // TestVerifyCatchesCorruption writes the whole range with -verify, changes
@@ -248,5 +254,29 @@ func TestCPUTicksCountsChildren(t *testing.T) {
 	if alive < 5 || after < alive {
 		t.Fatalf("ticks while the grandchild spins %d, after it exits %d; want >= 5 and "+
 			"not falling", alive, after)
+	}
+}
+
+// TestProgressLine checks the live line: elapsed and total time (or
+// operations for -ops), IOPS and MB/s over the last interval.
+func TestProgressLine(t *testing.T) {
+	cfg := &Config{BS: 4096, Duration: 10 * time.Second}
+	got := progressLine(cfg, 3*time.Second, 123456, 25000, 500*time.Millisecond)
+	for _, want := range []string{"   3.0s / 10.0s ", " 50000 IOPS ", " 204.8 MB/s ",
+		"123456 ops"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("progress line %q lacks %q", got, want)
+		}
+	}
+	cfg = &Config{BS: 1 << 20, Ops: 200000}
+	got = progressLine(cfg, 1500*time.Millisecond, 1200, 1000, time.Second)
+	for _, want := range []string{"   1.5s ", " 1000 IOPS ", " 1048.6 MB/s ",
+		"1200 / 200000 ops"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("progress line %q lacks %q", got, want)
+		}
+	}
+	if strings.Contains(got, "/ 0.0s") {
+		t.Errorf("an -ops run has no total time: %q", got)
 	}
 }

@@ -41,7 +41,9 @@ type conn struct {
 	qHead, qTail int32 // replies ready to send, linked through slot.next
 	sendHead     int32 // first slot of the sendmsg in flight
 	sending      bool
-	iovAt, iovN  int // the in-flight vector is mem.iov[iovAt:iovN]
+	zc           bool // zero-copy sends allowed: a TCP socket, a kernel that has them
+	sendZC       bool // the send in flight is zero-copy
+	iovAt, iovN  int  // the in-flight vector is mem.iov[iovAt:iovN]
 
 	waiting  bool // on the shard's waiting list
 	dirty    bool // on the shard's dirty list

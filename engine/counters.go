@@ -19,6 +19,10 @@ func (s *Server) WriteCounters(w io.Writer) {
 		fmt.Fprintf(w, "  arena_bytes_in_use    %d\n", st.ArenaBytes.Load())
 		fmt.Fprintf(w, "  kernel_ops_in_flight  %d\n", st.OpsInflight.Load())
 		fmt.Fprintf(w, "  stale_completions     %d\n", st.Stale.Load())
+		fmt.Fprintf(w, "  sends_zerocopy        %d\n", st.SendsZC.Load())
+		fmt.Fprintf(w, "  zerocopy_copied       %d\n", st.ZCCopied.Load())
+		fmt.Fprintf(w, "  zerocopy_refused      %d\n", st.ZCRefused.Load())
+		fmt.Fprintf(w, "  inline_ops            %d\n", st.InlineOps.Load())
 		for c := wire.Cmd(0); c < wire.CmdCount; c++ {
 			if n := st.Requests[c].Load(); n > 0 {
 				fmt.Fprintf(w, "  requests_%-12s %d\n", c.String()[len("NBD_CMD_"):], n)

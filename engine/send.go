@@ -18,7 +18,7 @@ func (s *shard) replyOK(si int32) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
 	n := wire.EncodeDone(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset)
-	sl.nout = 0
+	sl.nout, sl.outLen = 0, 0
 	sl.put(sl.hdr[:n])
 	s.enqueue(si)
 }
@@ -30,7 +30,7 @@ func (s *shard) replyErr(si int32, errno wire.Errno, msg string) {
 	c := &s.conns[sl.conn]
 	s.stats.Errors.Add(1)
 	n := wire.EncodeError(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset, errno, msg)
-	sl.nout = 0
+	sl.nout, sl.outLen = 0, 0
 	sl.put(sl.hdr[:n])
 	s.enqueue(si)
 }
@@ -41,7 +41,7 @@ func (s *shard) replyRead(si int32) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
 	r := &sl.req
-	sl.nout = 0
+	sl.nout, sl.outLen = 0, 0
 	at := 0
 	for i := 0; i < sl.nsegs; i++ {
 		seg := &sl.segs[i]
@@ -68,7 +68,7 @@ func (s *shard) replyBlockStatus(si int32, count, descLen int) {
 	c := &s.conns[sl.conn]
 	n := wire.EncodeBlockStatus(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset,
 		wire.MetaIDBaseAllocation, count)
-	sl.nout = 0
+	sl.nout, sl.outLen = 0, 0
 	sl.put(sl.hdr[:n])
 	sl.put(sl.data[:descLen])
 	s.enqueue(si)
@@ -77,6 +77,7 @@ func (s *shard) replyBlockStatus(si int32, count, descLen int) {
 func (sl *slot) put(b []byte) {
 	sl.out[sl.nout] = unix.Iovec{Base: unsafe.SliceData(b), Len: uint64(len(b))}
 	sl.nout++
+	sl.outLen += uint64(len(b))
 }
 
 func (s *shard) enqueue(si int32) {
@@ -118,10 +119,12 @@ func (s *shard) sendQueued(ci int32) {
 		return
 	}
 	n, last := 0, int32(-1)
+	var bytes uint64
 	si := c.qHead
 	for si >= 0 && n+s.slots[si].nout <= iovecsPerSendMax {
 		sl := &s.slots[si]
 		n += copy(c.mem.iov[n:], sl.out[:sl.nout])
+		bytes += sl.outLen
 		last, si = si, sl.next
 	}
 	s.slots[last].next = -1
@@ -130,22 +133,48 @@ func (s *shard) sendQueued(ci int32) {
 		c.qTail = -1
 	}
 	c.iovAt, c.iovN = 0, n
+	c.sendZC = c.zc && bytes >= sendZCMin
 	s.submitSend(ci)
 }
 
+// submitSend sends mem.iov[iovAt:iovN]: zero-copy for a large batch on a
+// connection that allows it (the ledger holds the batch's slots until the
+// notification), else copied into the socket.
 func (s *shard) submitSend(ci int32) {
 	c := &s.conns[ci]
 	m := c.mem
 	m.msg.Iov = &m.iov[c.iovAt]
 	m.msg.Iovlen = uint64(c.iovN - c.iovAt)
 	c.sending = true
+	if c.sendZC {
+		s.stats.SendsZC.Add(1)
+		ring.PrepSendmsgZC(s.issue(opSend, c.sendHead), c.fd, &m.msg)
+		return
+	}
 	ring.PrepSendmsg(s.issue(opSend, c.sendHead), c.fd, &m.msg)
+}
+
+// onSendNotif: a zero-copy send's buffers are free again (the ledger has
+// dropped its holds); count whether the kernel copied after all.
+func (s *shard) onSendNotif(ci int32, res int32) {
+	if uint32(res)&ring.NotifCopied != 0 {
+		s.stats.ZCCopied.Add(1)
+	}
+	s.maybeRelease(ci)
 }
 
 // onSend: the ledger has already dropped the send's holds on its batch.
 func (s *shard) onSend(ci int32, res int32) {
 	c := &s.conns[ci]
 	c.sending = false
+	if res == -int32(unix.EOPNOTSUPP) && c.sendZC && !c.closing {
+		// This socket refuses zero-copy: send the same batch copied, and
+		// every later one on this connection.
+		s.stats.ZCRefused.Add(1)
+		c.zc, c.sendZC = false, false
+		s.submitSend(ci)
+		return
+	}
 	if c.closing || res < 0 {
 		if res < 0 && !c.closing && res != -int32(unix.EPIPE) &&
 			res != -int32(unix.ECONNRESET) {

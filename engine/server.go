@@ -37,8 +37,9 @@ import (
 
 // Config is the server's configuration.
 type Config struct {
-	Shards    int // 0: one per CPU this process may run on
-	ArenaSize int // bytes of buffer arena per shard; 0: the default
+	Shards     int  // 0: one per CPU this process may run on
+	ArenaSize  int  // bytes of buffer arena per shard; 0: the default
+	NoZeroCopy bool // never send zero-copy (SENDMSG_ZC), even where the kernel can
 	// TLSMode is the TLS policy; TLS (from LoadTLS) is needed unless it
 	// is wire.TLSOff. Exports with ExportConfig.TLSOnly need TLSOn.
 	TLSMode wire.TLSMode
@@ -60,8 +61,9 @@ type Server struct {
 	refusals rateLog // refused connections, logged at most once a second
 	done     sync.WaitGroup
 	mu       sync.Mutex
-	ln       net.Listener
+	lns      []net.Listener        // every listener Serve was given; Shutdown closes them
 	hs       map[net.Conn]struct{} // connections in their handshake
+	noZC     bool
 	err      error
 }
 
@@ -80,15 +82,17 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	if arenaSize == 0 {
 		arenaSize = arenaSizeDefault
 	}
-	if arenaSize < 2*blockSizeMax {
-		return nil, fmt.Errorf("arena of %d MiB per shard is below the %d MiB one "+
-			"unaligned 32 MiB write needs", arenaSize>>20, 2*blockSizeMax>>20)
+	if arenaSize < arenaSizeMin {
+		return nil, fmt.Errorf("-arena-mib %d: the buffer arena per shard must be at "+
+			"least %d MiB, what one unaligned 32 MiB write needs", arenaSize>>20,
+			arenaSizeMin>>20)
 	}
 	if err := checkSecurity(cfg, exports); err != nil {
 		return nil, err
 	}
 	s := &Server{exports: exports, tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
-		gate: gate{byAddr: map[netip.Addr]int{}}, hs: map[net.Conn]struct{}{}}
+		gate: gate{byAddr: map[netip.Addr]int{}}, hs: map[net.Conn]struct{}{},
+		noZC: cfg.NoZeroCopy}
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if seen[e.Name] {
@@ -195,9 +199,16 @@ func Listen(addr string) (net.Listener, error) {
 }
 
 // Serve accepts connections on ln until Stop. It returns nil after Stop.
+// Several listeners (socket activation passes one per ListenStream=) are
+// served by one Serve call each, concurrently; Shutdown closes them all.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
-	s.ln = ln
+	if s.stopping.Load() { // Shutdown ran before this listener was registered
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
 	for {
 		nc, err := ln.Accept()
@@ -242,8 +253,8 @@ func (s *Server) Stop() error { return s.Shutdown(stopGrace) }
 func (s *Server) Shutdown(grace time.Duration) error {
 	s.stopping.Store(true)
 	s.mu.Lock()
-	if s.ln != nil {
-		s.ln.Close()
+	for _, ln := range s.lns {
+		ln.Close()
 	}
 	for nc := range s.hs {
 		nc.Close()
@@ -449,8 +460,10 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated, t *tlsState) bool {
 	unix.CloseOnExec(fd)
 	sh := s.leastLoaded()
 	sh.assigned.Add(1)
+	_, tcp := nc.(*net.TCPConn)
 	select {
-	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg, peer: peer, tls: t}:
+	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg, peer: peer,
+		tcp: tcp, tls: t}:
 		sh.wake()
 	default:
 		sh.assigned.Add(-1)

@@ -34,9 +34,10 @@ type slot struct {
 	segs  [readSegmentsMax]segment
 	nsegs int
 
-	hdr  []byte // reply headers (shard metadata memory)
-	out  [replyIovecsMax]unix.Iovec
-	nout int // out[:nout] is the reply, ready to send
+	hdr    []byte // reply headers (shard metadata memory)
+	out    [replyIovecsMax]unix.Iovec
+	nout   int    // out[:nout] is the reply, ready to send
+	outLen uint64 // its bytes
 }
 
 // Slot states. A released slot belongs to no request any more but is

@@ -89,8 +89,8 @@ func testTLSServer(t testing.TB, size int64, m wire.TLSMode) (*Server, string, *
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, sock, _ := testServerConfig(t, size, Config{Shards: 1, ArenaSize: 64 << 20,
-		TLSMode: m, TLS: cfg})
+	srv, sock, _ := testServerConfig(t, size, InlineOff, Config{Shards: 1,
+		ArenaSize: 128 << 20, TLSMode: m, TLS: cfg})
 	return srv, sock, client
 }
 

@@ -39,6 +39,9 @@ type Ring struct {
 	r     *giouring.Ring
 	batch []*CQE
 	Stats Stats
+	// SendZC: the kernel has IORING_OP_SENDMSG_ZC (Linux 6.1), probed at
+	// start; callers fall back to SENDMSG without it.
+	SendZC bool
 }
 
 // required lists the opcodes every shard uses; the probe checks them once
@@ -101,6 +104,7 @@ func (rg *Ring) probe() error {
 				op.name)
 		}
 	}
+	rg.SendZC = p.IsSupported(giouring.OpSendMsgZC)
 	return nil
 }
 
@@ -205,6 +209,20 @@ func PrepSendmsg(e *SQE, fd int, msg *unix.Msghdr) {
 	e.OpCode, e.Fd, e.Addr, e.Len = giouring.OpSendmsg, int32(fd), uint64(uintptr(unsafe.Pointer(msg))), 1
 	e.OpcodeFlags = unix.MSG_NOSIGNAL
 }
+
+// PrepSendmsgZC is PrepSendmsg without the copy into the socket: the
+// kernel sends from msg's buffers and posts two CQEs, the result (with
+// CQEMore) and, once the buffers may be reused, a notification (CQENotif)
+// whose result has NotifCopied set when it copied after all (loopback
+// always does). The buffers must stay untouched until the notification.
+func PrepSendmsgZC(e *SQE, fd int, msg *unix.Msghdr) {
+	PrepSendmsg(e, fd, msg)
+	e.OpCode = giouring.OpSendMsgZC
+	e.IoPrio = giouring.SendZCReportUsage
+}
+
+// NotifCopied in a zero-copy notification's result: the data was copied.
+const NotifCopied = giouring.NotifUsageZCCopied
 
 // PrepRead reads n bytes at off of fd into p.
 func PrepRead(e *SQE, fd int, p unsafe.Pointer, n uint32, off uint64) {

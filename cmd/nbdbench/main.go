@@ -78,7 +78,8 @@ func runCmd(args []string) error {
 		return fmt.Errorf("-bs: %w", err)
 	}
 	cfg := bench.Config{URI: *uri, RW: *rw, Mix: *mix, BS: size, QD: *qd, Batch: *batch,
-		Conns: *conns, Duration: *dur, Ops: *ops, Verify: *verify, ServerPID: *pid}
+		Conns: *conns, Duration: *dur, Ops: *ops, Verify: *verify, ServerPID: *pid,
+		Log: os.Stderr}
 	if *rng != "" {
 		if cfg.RangeOff, cfg.RangeLen, err = parseRange(*rng); err != nil {
 			return err
@@ -169,7 +170,8 @@ func compareCmd(args []string) error {
 	drop := fs.Bool("drop-caches", true,
 		"drop the page cache before each server (needs root; skipped otherwise)")
 	asJSON := fs.Bool("json", false, "print the rows as a JSON list")
-	svg := fs.String("svg", "", "also write an SVG chart of the table to this file")
+	svg := fs.String("svg", "", "also write an SVG to this file: one panel per "+
+		"workload, throughput and server CPU per operation for each server")
 	_ = fs.Parse(args)
 	if *file == "" {
 		return fmt.Errorf("compare needs -file: the image or device every server serves")
@@ -209,8 +211,7 @@ func compareCmd(args []string) error {
 		if err != nil {
 			return err
 		}
-		bench.WriteSVG(f, rows, fmt.Sprintf("%s, %d rounds x %v, client %s", machine,
-			*rounds, *dur, *client))
+		bench.WriteSVG(f, rows, "machine: "+machine)
 		if err := f.Close(); err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	_ "net/http/pprof" // the -pprof page
 	"os"
@@ -27,9 +28,23 @@ func main() {
 	shards := flag.Int("shards", 0,
 		"number of shards (pinned goroutines, one io_uring each); 0: one per usable CPU")
 	arenaMiB := flag.Int("arena-mib", 128,
-		"buffer arena per shard in MiB (a power of two, at least 64)")
+		"buffer arena per shard in MiB (a power of two, at least 128)")
+	inlineIO := flag.String("inline-io", "auto",
+		"auto: the shard does an export's I/O itself where the kernel would hand it to an "+
+			"io-wq thread (no RWF_NOWAIT) and it answers in microseconds; on; off")
+	zeroCopy := flag.Bool("zero-copy", true,
+		"send READ replies of 64 KiB or more with SENDMSG_ZC where the socket takes it")
 	pprofAddr := flag.String("pprof", "",
 		"serve net/http/pprof and per-shard counters (/counters) on this host:port")
+	var svc serviceFlags
+	flag.StringVar(&svc.user, "user", "",
+		"after opening exports and sockets, switch to this user (name or uid; needs root)")
+	flag.StringVar(&svc.group, "group", "",
+		"after opening exports and sockets, switch to this group (default: -user's group)")
+	flag.BoolVar(&svc.printURI, "print-uri", false,
+		"print the URI clients should use on stdout, one line per listener, once serving")
+	version := flag.Bool("version", false,
+		"print nbdring's version, its Go version and its dependencies, and exit")
 	var sec security
 	flag.StringVar(&sec.tls, "tls", "off",
 		"TLS: off, on (clients choose; -tls-exports need it) or require (every client)")
@@ -44,17 +59,32 @@ func main() {
 		"comma-separated rules: CIDR or address (TCP clients from elsewhere are closed "+
 			"unanswered), subject:CN=NAME[+O=ORG] (needs -tls require -tls-verify-peer)")
 	flag.StringVar(&sec.socketMode, "socket-mode", "0600",
-		"file mode of a unix: socket, which decides who may connect to it")
+		"file mode of a unix: socket (-listen), which decides who may connect to it")
 	flag.Usage = usage
 	flag.Parse()
+	if *version {
+		fmt.Print(versionText(readBuildInfo()))
+		os.Exit(0)
+	}
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("nbdring: ")
 	if flag.NArg() == 0 {
 		usage()
 		os.Exit(2)
 	}
-	if err := run(*listen, *readOnly, *shards, *arenaMiB, *pprofAddr, sec,
-		flag.Args()); err != nil {
+	cfg := engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20, NoZeroCopy: !*zeroCopy}
+	tmpl := engine.ExportConfig{ReadOnly: *readOnly}
+	switch *inlineIO {
+	case "auto":
+	case "on":
+		tmpl.Inline = engine.InlineOn
+	case "off":
+		tmpl.Inline = engine.InlineOff
+	default:
+		log.Printf("-inline-io %q: want auto, on or off", *inlineIO)
+		os.Exit(2)
+	}
+	if err := run(*listen, tmpl, cfg, *pprofAddr, svc, sec, flag.Args()); err != nil {
 		log.Print(err)
 		os.Exit(1)
 	}
@@ -70,9 +100,168 @@ Connect with, for example:
   nbdinfo nbd://localhost          qemu-img info nbd://localhost
   nbdinfo nbd://localhost/NAME     nbdinfo 'nbd+unix:///?socket=/path'
 
+Under systemd (or libnbd: nbdinfo -- [ nbdring FILE ]), the sockets passed
+by socket activation (LISTEN_FDS) replace -listen, and readiness is reported
+to NOTIFY_SOCKET (Type=notify).
+
 flags:
 `)
 	flag.PrintDefaults()
+}
+
+func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, pprofAddr string,
+	svc serviceFlags, sec security, args []string) error {
+	log.Printf("nbdring %s", buildVersion(readBuildInfo()))
+	tlsOnly, err := sec.config(&cfg)
+	if err != nil {
+		return err
+	}
+	mode, err := strconv.ParseUint(sec.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return fmt.Errorf("-socket-mode %q: want an octal file mode such as 0660", sec.socketMode)
+	}
+	ntf, err := newNotifier(os.Getenv)
+	if err != nil {
+		return err
+	}
+	// Inherited sockets are checked first, so malformed activation fails
+	// before any export is opened; -listen is bound only once shards run.
+	lns, err := activationListeners(activationFDFirst)
+	if err != nil {
+		return err
+	}
+	defer func() { closeListeners(lns) }() // the server closes them too; twice is harmless
+	var exports []*engine.Export
+	defer func() {
+		for _, e := range exports {
+			e.Close()
+		}
+	}()
+	for _, a := range args {
+		ec := tmpl
+		ec.Path = a
+		if _, err := os.Stat(a); err != nil {
+			if name, path, ok := strings.Cut(a, "="); ok {
+				ec.Name, ec.Path = name, path
+			}
+		}
+		ec.TLSOnly = tlsOnly[ec.Name]
+		delete(tlsOnly, ec.Name)
+		e, err := engine.OpenExport(ec)
+		if err != nil {
+			return err
+		}
+		exports = append(exports, e)
+	}
+	for n := range tlsOnly {
+		return fmt.Errorf("-tls-exports names %q, which is not an export", n)
+	}
+	srv, err := engine.New(cfg, exports)
+	if err != nil {
+		return err
+	}
+	if lns == nil {
+		if lns, err = listenOn(listen); err != nil {
+			exports = nil // Stop closes them; a second close could hit a reused fd
+			srv.Stop()
+			return err
+		}
+		if path, ok := strings.CutPrefix(listen, "unix:"); ok {
+			if err := os.Chmod(path, os.FileMode(mode)); err != nil {
+				exports = nil
+				srv.Stop()
+				return fmt.Errorf("-socket-mode: chmod %s: %w", path, err)
+			}
+		}
+	}
+	if pprofAddr != "" {
+		servePprof(pprofAddr, srv)
+	}
+	if err := dropPrivileges(svc.user, svc.group); err != nil {
+		exports = nil
+		srv.Stop()
+		return err
+	}
+	var names []string
+	for _, e := range exports {
+		io := "on the ring"
+		if e.Inline() {
+			io = "inline (no RWF_NOWAIT here, and reads answer in microseconds)"
+		}
+		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v, "+
+			"I/O %s%s", e.Name, e.Path, e.Size(), e.Align(), tmpl.ReadOnly, io,
+			tlsNote(cfg.TLSMode, e.TLSOnly()))
+		names = append(names, e.Name)
+	}
+	announce(lns, uriExport(names), svc.printURI, cfg.TLSMode == wire.TLSRequire)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	errc := make(chan error, len(lns))
+	for _, l := range lns {
+		go func() { errc <- srv.Serve(l.ln) }()
+	}
+	ntf.ready(fmt.Sprintf("serving %d exports on %d listeners", len(exports), len(lns)))
+	select {
+	case s := <-sig:
+		ntf.stopping()
+		log.Printf("%v: finishing requests in flight, then exiting (send it again to "+
+			"exit at once)", s)
+	case err := <-errc:
+		srv.Stop()
+		return err
+	}
+	exports = nil // the server closes them
+	stopped := make(chan error, 1)
+	go func() { stopped <- srv.Stop() }()
+	select {
+	case err := <-stopped:
+		return err
+	case s := <-sig:
+		return fmt.Errorf("%v again: exiting at once, without waiting for connections "+
+			"or a final fdatasync", s)
+	}
+}
+
+// servePprof serves net/http/pprof and srv's counters on addr. It binds
+// before returning, so a privileged port is bound before -user applies.
+func servePprof(addr string, srv *engine.Server) {
+	http.HandleFunc("/counters", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		srv.WriteCounters(w)
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Printf("-pprof %s: %v", addr, err)
+		return
+	}
+	log.Printf("pprof and counters on http://%s/debug/pprof/ and /counters", ln.Addr())
+	go func() {
+		if err := http.Serve(ln, nil); err != nil {
+			log.Printf("-pprof %s: %v", addr, err)
+		}
+	}()
+}
+
+// announce logs each listener with the URI to try, and with -print-uri
+// prints the URIs on stdout, for scripts; nbds:// when TLS is required
+// (the client adds its tls-certificates=).
+func announce(lns []listener, export string, printURI, tlsRequired bool) {
+	for _, l := range lns {
+		uri := clientURI(l.listen, l.ln.Addr(), export)
+		if tlsRequired {
+			uri = "nbds" + strings.TrimPrefix(uri, "nbd")
+		}
+		log.Printf("listening on %s; try: nbdinfo %s", l.label, shellQuote(uri))
+		if printURI {
+			fmt.Println(uri)
+		}
+	}
+}
+
+// serviceFlags are the flags for running under a service manager.
+type serviceFlags struct {
+	user, group string
+	printURI    bool
 }
 
 // security is the TLS and access flags.
@@ -123,97 +312,6 @@ func (f security) config(cfg *engine.Config) (map[string]bool, error) {
 	return only, nil
 }
 
-func run(listen string, readOnly bool, shards, arenaMiB int, pprofAddr string, sec security,
-	args []string) error {
-	cfg := engine.Config{Shards: shards, ArenaSize: arenaMiB << 20}
-	tlsOnly, err := sec.config(&cfg)
-	if err != nil {
-		return err
-	}
-	mode, err := strconv.ParseUint(sec.socketMode, 8, 32)
-	if err != nil || mode > 0o777 {
-		return fmt.Errorf("-socket-mode %q: want an octal file mode such as 0660", sec.socketMode)
-	}
-	var exports []*engine.Export
-	defer func() {
-		for _, e := range exports {
-			e.Close()
-		}
-	}()
-	for _, a := range args {
-		ecfg := engine.ExportConfig{Path: a, ReadOnly: readOnly}
-		if _, err := os.Stat(a); err != nil {
-			if name, path, ok := strings.Cut(a, "="); ok {
-				ecfg.Name, ecfg.Path = name, path
-			}
-		}
-		ecfg.TLSOnly = tlsOnly[ecfg.Name]
-		delete(tlsOnly, ecfg.Name)
-		e, err := engine.OpenExport(ecfg)
-		if err != nil {
-			return err
-		}
-		exports = append(exports, e)
-	}
-	for n := range tlsOnly {
-		return fmt.Errorf("-tls-exports names %q, which is not an export", n)
-	}
-	srv, err := engine.New(cfg, exports)
-	if err != nil {
-		return err
-	}
-	ln, err := engine.Listen(listen)
-	if err != nil {
-		srv.Stop()
-		return err
-	}
-	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
-		if err := os.Chmod(path, os.FileMode(mode)); err != nil {
-			srv.Stop()
-			return fmt.Errorf("-socket-mode: chmod %s: %w", path, err)
-		}
-	}
-	if pprofAddr != "" {
-		http.HandleFunc("/counters", func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			srv.WriteCounters(w)
-		})
-		go func() {
-			log.Printf("pprof and counters on http://%s/debug/pprof/ and /counters", pprofAddr)
-			if err := http.ListenAndServe(pprofAddr, nil); err != nil {
-				log.Printf("-pprof %s: %v", pprofAddr, err)
-			}
-		}()
-	}
-	for _, e := range exports {
-		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v%s",
-			e.Name, e.Path, e.Size(), e.Align(), readOnly, tlsNote(cfg.TLSMode, e.TLSOnly()))
-	}
-	log.Printf("listening on %s; try: nbdinfo %s", listen, uriFor(listen))
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case s := <-sig:
-		log.Printf("%v: finishing requests in flight, then exiting (send it again to "+
-			"exit at once)", s)
-	case err := <-errc:
-		srv.Stop()
-		return err
-	}
-	exports = nil // the server closes them
-	stopped := make(chan error, 1)
-	go func() { stopped <- srv.Stop() }()
-	select {
-	case err := <-stopped:
-		return err
-	case s := <-sig:
-		return fmt.Errorf("%v again: exiting at once, without waiting for connections "+
-			"or a final fdatasync", s)
-	}
-}
-
 func tlsNote(m wire.TLSMode, only bool) string {
 	switch {
 	case m == wire.TLSRequire || only:
@@ -222,11 +320,4 @@ func tlsNote(m wire.TLSMode, only bool) string {
 		return ", TLS optional"
 	}
 	return ""
-}
-
-func uriFor(listen string) string {
-	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
-		return "'nbd+unix:///?socket=" + path + "'"
-	}
-	return "nbd://" + listen
 }
