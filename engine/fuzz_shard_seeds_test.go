@@ -114,6 +114,8 @@ var shardSeeds = map[string][]byte{
 		op(fuzzOpSync),
 	"read-32mib-unaligned-structured": prog(fuzzHSStructured).
 		raw(uint16(wire.CmdRead), 0, 1, wire.PayloadMax, false).op(fuzzOpSync),
+	"write-32mib-unaligned-min-arena": prog(0).
+		raw(uint16(wire.CmdWrite), 0, 1, wire.PayloadMax, false).op(fuzzOpSync),
 	"write-32mib-aligned": prog(0).raw(uint16(wire.CmdWrite), 0, 0, wire.PayloadMax, false).
 		op(fuzzOpSync),
 }
