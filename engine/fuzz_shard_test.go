@@ -129,7 +129,7 @@ func newShardFuzz(f *testing.F) *shardFuzz {
 // it held is released.
 func (h *shardFuzz) run(t testing.TB, in []byte) {
 	h.logs.Reset()
-	fds := openFDs(t)
+	before := h.held(t)
 	cli, srvEnd := socketPair(t)
 	hsDone := make(chan struct{})
 	h.srv.sem <- struct{}{} // handshake gives the token back
@@ -153,29 +153,39 @@ func (h *shardFuzz) run(t testing.TB, in []byte) {
 	case <-time.After(fuzzReplyWait):
 		t.Errorf("handshake still running %v after the client closed", fuzzReplyWait)
 	}
-	h.checkReleased(t, fds)
+	h.checkReleased(t, before)
 	if t.Failed() {
 		t.Logf("input %q\nserver log:\n%s", in, h.logs.String())
 	}
 }
 
+// shardHeld is what the shard and the process hold: after an input, all
+// of it must be back to what it was before (nothing, unless an earlier
+// input leaked; then later inputs are still judged on their own).
+type shardHeld struct{ conns, slots, arena, fds int64 }
+
+func (h *shardFuzz) held(t testing.TB) shardHeld {
+	st := &h.srv.shards[0].stats
+	return shardHeld{st.Conns.Load(), st.Inflight.Load(), st.ArenaBytes.Load(),
+		int64(openFDs(t))}
+}
+
 // checkReleased waits for the shard to drop the connection, its slots and
-// its buffers, and for the process to be back to fds open descriptors.
+// its buffers, and for the process's descriptors to be back to before.
 // The bound counts polls, not wall time, so that a stalled machine (the
 // whole VM descheduled between two reads) does not look like a leak.
-func (h *shardFuzz) checkReleased(t testing.TB, fds int) {
-	st := &h.srv.shards[0].stats
+func (h *shardFuzz) checkReleased(t testing.TB, before shardHeld) {
 	polls := int(fuzzReleaseWait / fuzzReleasePoll)
 	for i := 0; ; i++ {
-		conns, slots, arena := st.Conns.Load(), st.Inflight.Load(), st.ArenaBytes.Load()
-		n := openFDs(t)
-		if conns == 0 && slots == 0 && arena == 0 && n == fds {
+		now := h.held(t)
+		if now == before {
 			return
 		}
 		if i == polls {
-			t.Errorf("%v after the client closed the shard still holds %d connections, "+
-				"%d slots, %d arena bytes; %d descriptors open, %d before",
-				fuzzReleaseWait, conns, slots, arena, n, fds)
+			t.Errorf("%v after the client closed, the shard holds %d connections, %d slots, "+
+				"%d arena bytes and %d descriptors are open; before the input: %d, %d, %d, %d",
+				fuzzReleaseWait, now.conns, now.slots, now.arena, now.fds, before.conns,
+				before.slots, before.arena, before.fds)
 			return
 		}
 		time.Sleep(fuzzReleasePoll)
