@@ -86,8 +86,8 @@ func (s *fuzzSession) onSimple(rep *wire.Reply, r *fuzzReq) (string, error) {
 		return fmt.Sprintf("simple reply to %v with error %v", r, rep.Errno), nil
 	}
 	if rep.Errno == wire.EOK && r.typ == wire.CmdRead {
-		if err := s.discard(r.length); err != nil {
-			return "", err
+		if v, err := s.readData(r, r.off, r.length); v != "" || err != nil {
+			return v, err
 		}
 	}
 	r.errno = rep.Errno
@@ -156,8 +156,6 @@ func (s *fuzzSession) onReadChunk(rep *wire.Reply, r *fuzzReq) (string, error) {
 	at, n := binary.BigEndian.Uint64(p), rep.Length-8
 	if hole {
 		n = uint64(binary.BigEndian.Uint32(p[8:]))
-	} else if err := s.discard(n); err != nil {
-		return "", err
 	}
 	if n == 0 || at < r.off || at-r.off > r.length || n > r.length-(at-r.off) {
 		return fmt.Sprintf("%v chunk %d+%d outside %v", rep.Type, at, n, r), nil
@@ -170,6 +168,15 @@ func (s *fuzzSession) onReadChunk(rep *wire.Reply, r *fuzzReq) (string, error) {
 	}
 	r.covered = append(r.covered, [2]uint64{at, at + n})
 	r.total += n
+	if !hole {
+		return s.readData(r, at, n)
+	}
+	s.mu.Lock()
+	checked := !r.conflict
+	s.mu.Unlock()
+	if d := s.h.model.checkZero(at, n); checked && d != "" {
+		return fmt.Sprintf("%v: hole %d+%d where data was written: %s", r, at, n, d), nil
+	}
 	return "", nil
 }
 
@@ -273,6 +280,7 @@ func (s *fuzzSession) finish(cookie uint64, r *fuzzReq) string {
 			[...]string{"any", "success", "success or ENOTSUP", "EINVAL"}[r.want])
 	}
 	s.mu.Lock()
+	s.applyToModel(r) // before the cookie is retired: later reads must see it
 	delete(s.pending, cookie)
 	s.mu.Unlock()
 	select {
@@ -289,18 +297,6 @@ func (s *fuzzSession) readPayload(n, keep uint64) ([]byte, error) {
 	p := s.h.scratch[:keep]
 	_, err := io.ReadFull(s.c, p)
 	return p, err
-}
-
-// discard reads and drops n bytes of data.
-func (s *fuzzSession) discard(n uint64) error {
-	for n > 0 {
-		k := min(n, uint64(len(s.h.scratch)))
-		if _, err := io.ReadFull(s.c, s.h.scratch[:k]); err != nil {
-			return err
-		}
-		n -= k
-	}
-	return nil
 }
 
 func knownErrno(e wire.Errno) bool {

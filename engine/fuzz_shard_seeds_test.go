@@ -43,6 +43,18 @@ var shardSeeds = map[string][]byte{
 		burst(20, wire.CmdWrite, fuzzFlUnaligned, 5, 1, 3).
 		burst(20, wire.CmdRead, fuzzFlUnaligned, 5, 1, 3).
 		valid(wire.CmdWriteZeroes, fuzzFlUnaligned, 5, 1, 100).op(fuzzOpSync),
+	"loose-unaligned-writes-share-a-block": prog(fuzzHSStructured).
+		valid(wire.CmdWriteZeroes, 0, 200, 5, 0).op(fuzzOpSync). // known before
+		valid(wire.CmdWrite, fuzzFlUnaligned, 200, 1, 0).
+		valid(wire.CmdWrite, fuzzFlUnaligned, 201, 1, 0).
+		valid(wire.CmdWrite, fuzzFlUnaligned, 202, 1, 0).
+		valid(wire.CmdWrite, fuzzFlUnaligned, 203, 1, 0).op(fuzzOpSync).
+		valid(wire.CmdRead, 0, 200, 5, 0).op(fuzzOpSync),
+	"write-then-read-back-large": prog(fuzzHSExtended).
+		valid(wire.CmdWriteZeroes, 0, 399, 66, 0).op(fuzzOpSync).
+		valid(wire.CmdWrite, 0, 300, 64, 0).valid(wire.CmdWrite, fuzzFlUnaligned, 400, 64, 7).
+		op(fuzzOpSync).valid(wire.CmdRead, 0, 300, 64, 0).
+		valid(wire.CmdRead, fuzzFlUnaligned, 399, 64, 1).op(fuzzOpSync),
 	"write-zeroes-flags": prog(fuzzHSStructured|fuzzHSExtended).
 		valid(wire.CmdWriteZeroes, fuzzFlExtra, 50, 2, 0).
 		valid(wire.CmdWriteZeroes, fuzzFlFastZero, 52, 2, 0).

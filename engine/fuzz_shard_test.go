@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,10 +26,11 @@ import (
 // a short WRITE payload or a close with requests in flight. It checks the
 // protocol from the client's side (every reply answers a request sent and
 // not yet answered, once; chunks are well-formed and a READ's cover its
-// range exactly; valid requests succeed) and, after the client is gone,
-// that the shard holds no connection, slot or arena byte and that no file
-// descriptor is left open. With the invariants tag (make test, make fuzz)
-// the engine's own assertions panic too.
+// range exactly; valid requests succeed; a READ returns what was written,
+// see fuzzModel) and, after the client is gone, that the shard holds no
+// connection, slot or arena byte and that no file descriptor is left open.
+// With the invariants tag (make test, make fuzz) the engine's own
+// assertions panic too.
 //
 // Input layout (fuzzIn reads zero past the end):
 //
@@ -90,22 +92,19 @@ type shardFuzz struct {
 	logs    lockedBuffer
 	pattern []byte // WRITE payload source
 	scratch []byte // the reader's
+	model   *fuzzModel
+	path    string // the export's file
 }
 
 func newShardFuzz(f *testing.F) *shardFuzz {
-	path := filepath.Join(f.TempDir(), "img")
-	if err := os.WriteFile(path, nil, 0o644); err != nil {
+	h := &shardFuzz{path: filepath.Join(f.TempDir(), "img"), pattern: make([]byte, 1<<20),
+		scratch: make([]byte, fuzzScratchSize), model: newFuzzModel(fuzzExportSize)}
+	if err := os.WriteFile(h.path, nil, 0o644); err != nil {
 		f.Fatal(err)
 	}
-	if err := os.Truncate(path, fuzzExportSize); err != nil {
+	if err := os.Truncate(h.path, fuzzExportSize); err != nil {
 		f.Fatal(err)
 	}
-	exp, err := OpenExport(ExportConfig{Path: path})
-	if err != nil {
-		f.Skipf("cannot serve a file here: %v", err)
-	}
-	h := &shardFuzz{exp: exp, pattern: make([]byte, 1<<20),
-		scratch: make([]byte, fuzzScratchSize)}
 	for i := range h.pattern {
 		h.pattern[i] = byte(i*7 + i>>12)
 	}
@@ -113,8 +112,7 @@ func newShardFuzz(f *testing.F) *shardFuzz {
 	prev := log.Writer()
 	log.SetOutput(&h.logs)
 	f.Cleanup(func() { log.SetOutput(prev) })
-	h.srv, err = New(Config{Shards: 1, ArenaSize: fuzzArenaSize}, []*Export{exp})
-	if err != nil {
+	if err := h.start(); err != nil {
 		f.Skipf("engine unavailable here: %v", err)
 	}
 	f.Cleanup(func() {
@@ -125,11 +123,42 @@ func newShardFuzz(f *testing.F) *shardFuzz {
 	return h
 }
 
+// start opens the export and starts a server with one shard on it.
+func (h *shardFuzz) start() error {
+	exp, err := OpenExport(ExportConfig{Path: h.path})
+	if err != nil {
+		return err
+	}
+	if exp.Size() != fuzzExportSize {
+		return fmt.Errorf("export of %d bytes; the model has %d", exp.Size(), fuzzExportSize)
+	}
+	h.exp = exp
+	h.srv, err = New(Config{Shards: 1, ArenaSize: fuzzArenaSize}, []*Export{exp})
+	return err
+}
+
+// restart replaces a server that kept something of an input: later inputs
+// (the fuzzer's minimization of this one among them) then start clean.
+func (h *shardFuzz) restart(t testing.TB) {
+	if err := h.srv.Stop(); err != nil {
+		t.Logf("restart: stop: %v", err)
+	}
+	if err := h.start(); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+}
+
 // run plays one input on a fresh connection and checks that everything
 // it held is released.
 func (h *shardFuzz) run(t testing.TB, in []byte) {
 	h.logs.Reset()
 	before := h.held(t)
+	if before.conns != 0 || before.slots != 0 || before.arena != 0 {
+		t.Errorf("before the input the shard holds %d connections, %d slots, %d arena "+
+			"bytes", before.conns, before.slots, before.arena)
+		h.restart(t)
+		before = h.held(t)
+	}
 	cli, srvEnd := socketPair(t)
 	hsDone := make(chan struct{})
 	h.srv.sem <- struct{}{} // handshake gives the token back
@@ -145,6 +174,7 @@ func (h *shardFuzz) run(t testing.TB, in []byte) {
 	if s.reading {
 		<-s.readerDone // the close ends its read at once
 	}
+	s.forgetUnanswered()
 	if s.failure != "" {
 		t.Errorf("client saw: %s", s.failure)
 	}
@@ -153,51 +183,84 @@ func (h *shardFuzz) run(t testing.TB, in []byte) {
 	case <-time.After(fuzzReplyWait):
 		t.Errorf("handshake still running %v after the client closed", fuzzReplyWait)
 	}
-	h.checkReleased(t, before)
+	if !h.checkReleased(t, before) {
+		h.restart(t)
+	}
 	if t.Failed() {
 		t.Logf("input %q\nserver log:\n%s", in, h.logs.String())
 	}
 }
 
-// shardHeld is what the shard and the process hold: after an input, all
-// of it must be back to what it was before (nothing, unless an earlier
-// input leaked; then later inputs are still judged on their own).
-type shardHeld struct{ conns, slots, arena, fds int64 }
+// shardHeld is what the shard and the process hold: fds lists the open
+// descriptors with what each refers to, so a descriptor closed and another
+// opened do not cancel out.
+type shardHeld struct {
+	conns, slots, arena int64
+	fds                 string
+}
 
 func (h *shardFuzz) held(t testing.TB) shardHeld {
 	st := &h.srv.shards[0].stats
-	return shardHeld{st.Conns.Load(), st.Inflight.Load(), st.ArenaBytes.Load(),
-		int64(openFDs(t))}
+	return shardHeld{st.Conns.Load(), st.Inflight.Load(), st.ArenaBytes.Load(), openFDs(t)}
 }
 
 // checkReleased waits for the shard to drop the connection, its slots and
 // its buffers, and for the process's descriptors to be back to before.
 // The bound counts polls, not wall time, so that a stalled machine (the
 // whole VM descheduled between two reads) does not look like a leak.
-func (h *shardFuzz) checkReleased(t testing.TB, before shardHeld) {
+func (h *shardFuzz) checkReleased(t testing.TB, before shardHeld) bool {
 	polls := int(fuzzReleaseWait / fuzzReleasePoll)
 	for i := 0; ; i++ {
 		now := h.held(t)
 		if now == before {
-			return
+			return true
 		}
 		if i == polls {
 			t.Errorf("%v after the client closed, the shard holds %d connections, %d slots, "+
-				"%d arena bytes and %d descriptors are open; before the input: %d, %d, %d, %d",
-				fuzzReleaseWait, now.conns, now.slots, now.arena, now.fds, before.conns,
-				before.slots, before.arena, before.fds)
-			return
+				"%d arena bytes (before the input: %d, %d, %d); descriptors %s",
+				fuzzReleaseWait, now.conns, now.slots, now.arena, before.conns,
+				before.slots, before.arena, fdsDiff(before.fds, now.fds))
+			return false
 		}
 		time.Sleep(fuzzReleasePoll)
 	}
 }
 
-func openFDs(t testing.TB) int {
+// openFDs lists the process's descriptors, "fd>target" a line.
+func openFDs(t testing.TB) string {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
-		t.Fatalf("count open descriptors: %v", err)
+		t.Fatalf("list open descriptors: %v", err)
 	}
-	return len(ents)
+	var b strings.Builder
+	for _, e := range ents {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue // the directory's own descriptor, closed by now
+		}
+		fmt.Fprintf(&b, "%s>%s\n", e.Name(), target)
+	}
+	return b.String()
+}
+
+// fdsDiff names the descriptors opened and closed between two openFDs.
+func fdsDiff(before, now string) string {
+	was := map[string]bool{}
+	for _, l := range strings.Fields(before) {
+		was[l] = true
+	}
+	var opened, closed []string
+	for _, l := range strings.Fields(now) {
+		if !was[l] {
+			opened = append(opened, l)
+		}
+		delete(was, l)
+	}
+	for l := range was {
+		closed = append(closed, l)
+	}
+	sort.Strings(closed)
+	return fmt.Sprintf("opened %v, closed %v", opened, closed)
 }
 
 // socketPair returns both ends of a Unix stream pair as net.Conns.
@@ -274,13 +337,16 @@ const (
 )
 
 // fuzzReq is a request awaiting its reply. The reader goroutine alone
-// touches the fields after want.
+// touches the fields after conflict.
 type fuzzReq struct {
 	seq         uint64
 	typ         wire.Cmd
 	flags       wire.CmdFlags
 	off, length uint64
 	want        fuzzWant
+
+	start    uint64 // WRITE: its payload is pattern[start:], wrapping
+	conflict bool   // s.mu: overlapped a request in flight (see markConflicts)
 
 	chunks  int
 	errno   wire.Errno
@@ -543,12 +609,16 @@ func (s *fuzzSession) send(r wire.Request, want fuzzWant, payload uint64) uint64
 	s.seq++
 	// Odd multiplier: distinct per request, spread over all 64 bits.
 	r.Cookie = s.seq * 0x9e3779b97f4a7c15
+	// Each WRITE's bytes differ from the last one's at the same place.
+	start := s.seq * 4099 % uint64(len(s.h.pattern))
+	q := &fuzzReq{seq: s.seq, typ: r.Type, flags: r.Flags, off: r.Offset, length: r.Length,
+		want: want, start: start}
 	s.mu.Lock()
-	s.pending[r.Cookie] = &fuzzReq{seq: s.seq, typ: r.Type, flags: r.Flags, off: r.Offset,
-		length: r.Length, want: want}
+	s.markConflicts(q)
+	s.pending[r.Cookie] = q
 	s.mu.Unlock()
 	s.header(&r)
-	s.appendPayload(payload)
+	s.appendPayload(payload, start)
 	return r.Cookie
 }
 
@@ -570,11 +640,13 @@ func (s *fuzzSession) encode(r *wire.Request) []byte {
 	return s.hdr[:wire.RequestSize]
 }
 
-func (s *fuzzSession) appendPayload(n uint64) {
+// appendPayload queues n payload bytes: the pattern from start, wrapping.
+func (s *fuzzSession) appendPayload(n, start uint64) {
 	for n > 0 && !s.broken {
-		k := min(n, uint64(len(s.h.pattern)))
-		s.out = append(s.out, s.h.pattern[:k]...)
-		n -= k
+		at := start % uint64(len(s.h.pattern))
+		k := min(n, uint64(len(s.h.pattern))-at)
+		s.out = append(s.out, s.h.pattern[at:at+k]...)
+		n, start = n-k, start+k
 		if len(s.out) >= fuzzOutMax {
 			s.flush()
 		}
@@ -676,7 +748,7 @@ func (s *fuzzSession) shortWrite() {
 		r.Flags = wire.CmdFlagPayloadLen
 	}
 	s.header(&r)
-	s.appendPayload(cut)
+	s.appendPayload(cut, 0)
 	s.flush()
 }
 
