@@ -199,9 +199,21 @@ type shardHeld struct {
 	fds                 string
 }
 
+// held takes a snapshot that the shard did not change while the
+// descriptors were listed: a connection attached and closed meanwhile
+// would otherwise read as counted before its attach and listed after its
+// close, a state that never was.
 func (h *shardFuzz) held(t testing.TB) shardHeld {
 	st := &h.srv.shards[0].stats
-	return shardHeld{st.Conns.Load(), st.Inflight.Load(), st.ArenaBytes.Load(), openFDs(t)}
+	for {
+		c := shardHeld{conns: st.Conns.Load(), slots: st.Inflight.Load(),
+			arena: st.ArenaBytes.Load()}
+		c.fds = openFDs(t)
+		if c.conns == st.Conns.Load() && c.slots == st.Inflight.Load() &&
+			c.arena == st.ArenaBytes.Load() {
+			return c
+		}
+	}
 }
 
 // checkReleased waits for the shard to drop the connection, its slots and
