@@ -18,6 +18,10 @@ FUZZ_PKGS ?= ./wire/ ./engine/
 BENCH_FILE?= var/bench.img
 BENCH_SIZE?= 1G
 CLIENT    ?= nbdbench
+# TLS_CERTS=DIR: every server requires TLS with that certificate directory
+# (ca-cert.pem, server-cert.pem, server-key.pem; client-cert.pem and
+# client-key.pem for the client) and the client connects with nbds+unix://.
+TLS_CERTS ?=
 SERVERS   ?= nbdring,qemu-nbd,nbdkit,nbd-server
 WORKLOADS ?= randread:4k:32:1,randread:4k:32:2,randwrite:4k:32:1,randwrite:4k:32:2,read:1M:8:1,write:1M:8:1
 DURATION  ?= 5s
@@ -119,10 +123,11 @@ $(BENCH_FILE):
 	fio --name=fill --filename=$(BENCH_FILE) --size=$(BENCH_SIZE) --rw=write --bs=1M \
 	    --direct=1 --refill_buffers --output=/dev/null
 
-compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server (table, var/compare.svg); BENCH_FILE, CLIENT=fio
+compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server (table, var/compare.svg); BENCH_FILE, CLIENT=fio, TLS_CERTS=DIR
 	mkdir -p var
 	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SERVERS) -workloads $(WORKLOADS) \
-	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg
+	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg \
+	    $(if $(TLS_CERTS),-tls-certificates $(TLS_CERTS))
 
 # make profile: CPU profile of nbdring under load (tools/nbdprof). The load runs
 # 5 s longer than the capture so it covers the warm-up and the whole profile.

@@ -168,6 +168,9 @@ func panelTitle(r Row) string {
 // panelSubtitle says what served it and what drove it.
 func panelSubtitle(r Row) string {
 	s := fmt.Sprintf("backing %s (%s), client %s", r.BackingPath, r.BackingKind, r.Client)
+	if r.TLS {
+		s += " over TLS"
+	}
 	switch {
 	case r.Rounds == 1:
 		s += fmt.Sprintf(", 1 round of %gs", r.DurationSeconds)

@@ -33,7 +33,11 @@ type CompareConfig struct {
 	// DropCaches empties the page cache before each server starts, so a
 	// server that reads through it does not inherit another's warm cache.
 	DropCaches bool
-	Log        io.Writer // notes: skipped servers, progress
+	// TLSCerts, when set, is a certificate directory in qemu's and
+	// nbdkit's layout (see checkTLSDir): every server requires TLS with
+	// it, and the client connects with nbds+unix:// and its client files.
+	TLSCerts string
+	Log      io.Writer // notes: skipped servers, progress
 }
 
 // Row is one server's median result for one workload. Each row carries
@@ -50,6 +54,7 @@ type Row struct {
 	// the page cache: no disk under it).
 	BackingKind      string    `json:"backing_kind"`
 	Client           string    `json:"client"`    // nbdbench or fio
+	TLS              bool      `json:"tls"`       // every connection over TLS
 	Timestamp        string    `json:"timestamp"` // RFC 3339, UTC: when the compare started
 	Rounds           int       `json:"rounds"`
 	DurationSeconds  float64   `json:"duration_s"` // of each round
@@ -92,6 +97,11 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cc.TLSCerts != "" {
+		if cc.TLSCerts, err = checkTLSDir(cc.TLSCerts); err != nil {
+			return nil, err
+		}
+	}
 	for _, w := range cc.Workloads {
 		if err := w.check(); err != nil {
 			return nil, fmt.Errorf("workload %s: %w", w.Workload(), err)
@@ -117,7 +127,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 			if cc.DropCaches {
 				dropCaches()
 			}
-			srv, err := startServer(name, file, cc.NbdRing)
+			srv, err := startServer(name, file, cc.NbdRing, cc.TLSCerts)
 			if err != nil {
 				return nil, err
 			}
@@ -154,7 +164,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 		for si, name := range servers {
 			r := Row{Server: name, Workload: w.Workload(), RW: w.RW, BlockSize: w.BS,
 				QueueDepth: w.QD, Connections: w.Conns, BackingPath: file,
-				BackingKind: kind, Client: cc.Client, Timestamp: started,
+				BackingKind: kind, Client: cc.Client, TLS: cc.TLSCerts != "", Timestamp: started,
 				Rounds: cc.Rounds, DurationSeconds: w.Duration.Seconds()}
 			rows = append(rows, median(r, runs[[2]int{si, wi}]))
 		}
@@ -262,9 +272,14 @@ type server struct {
 	log  *tail     // the end of its stderr (nil for nbd-server: syslog)
 	cmd  *exec.Cmd // nil for a server that daemonizes (nbd-server)
 	pid  int       // the process whose CPU is counted, with its children
-	uri  string
-	dir  string
-	size int64
+	uri  string    // for nbdbench: nbds+unix with tls-certificates= under TLS
+	// fioURI is the URI without tls-certificates= (libnbd refuses local
+	// file names from fio's URIs; runFio puts the certificates where
+	// libnbd looks by default).
+	fioURI string
+	tlsDir string // "" for plaintext
+	dir    string
+	size   int64
 }
 
 // stopWait bounds how long a server may take to exit on SIGTERM before it
@@ -340,8 +355,9 @@ const readyWait = 10 * time.Second
 // startServer starts name on file, on a Unix socket. Each is run as its
 // users run it for speed: qemu-nbd with O_DIRECT and io_uring; nbdkit's
 // file plugin and nbd-server as they are (both read through the page
-// cache: neither has an O_DIRECT switch).
-func startServer(name, file, nbdring string) (*server, error) {
+// cache: neither has an O_DIRECT switch). With a TLS directory (checked
+// by checkTLSDir) each requires TLS with its certificates.
+func startServer(name, file, nbdring, tlsDir string) (*server, error) {
 	dir, err := os.MkdirTemp("", "nbdbench-")
 	if err != nil {
 		return nil, err
@@ -357,16 +373,32 @@ func startServer(name, file, nbdring string) (*server, error) {
 		return nil, fmt.Errorf("socket path %s is longer than a Unix socket allows (%d "+
 			"bytes): set TMPDIR to a shorter directory", sock, maxSockPath-1)
 	}
-	s := &server{name: name, dir: dir, uri: "nbd+unix:///?socket=" + sock, size: size}
+	s := &server{name: name, dir: dir, tlsDir: tlsDir, size: size}
+	s.setURI(sock, "")
 	var args []string
 	switch name {
 	case "nbdring":
-		args = []string{nbdring, "-listen", "unix:" + sock, file}
+		args = []string{nbdring, "-listen", "unix:" + sock}
+		if tlsDir != "" {
+			args = append(args, "-tls", "require", "-tls-certificates", tlsDir)
+		}
+		args = append(args, file)
 	case "qemu-nbd":
 		args = []string{"qemu-nbd", "-f", "raw", "-k", sock, "--cache=none", "--aio=io_uring",
-			"-e", "64", "-t", file}
+			"-e", "64", "-t"}
+		if tlsDir != "" {
+			// verify-peer is on by default: the client's certificate is
+			// checked when the directory has one (checkTLSDir).
+			args = append(args, "--object", "tls-creds-x509,id=tls0,endpoint=server,dir="+
+				tlsDir+",verify-peer="+yesNo(hasClientCert(tlsDir)), "--tls-creds", "tls0")
+		}
+		args = append(args, file)
 	case "nbdkit":
-		args = []string{"nbdkit", "-f", "-U", sock, "file", "file=" + file}
+		args = []string{"nbdkit", "-f", "-U", sock}
+		if tlsDir != "" {
+			args = append(args, "--tls=require", "--tls-certificates="+tlsDir)
+		}
+		args = append(args, "file", "file="+file)
 	case "nbd-server":
 		if err := startNBDServer(s, sock, file); err != nil {
 			os.RemoveAll(dir)
@@ -400,12 +432,20 @@ func startServer(name, file, nbdring string) (*server, error) {
 func startNBDServer(s *server, sock, file string) error {
 	conf := filepath.Join(s.dir, "conf")
 	pidfile := filepath.Join(s.dir, "pid")
-	text := fmt.Sprintf("[generic]\nunixsock=%s\nallowlist=true\n"+
-		"[disk]\nexportname=%s\nflush=true\nfua=true\n", sock, file)
+	text := fmt.Sprintf("[generic]\nunixsock=%s\nallowlist=true\n", sock)
+	if d := s.tlsDir; d != "" {
+		// FORCEDTLS; cacertfile makes it check client certificates.
+		text += fmt.Sprintf("force_tls=true\ncertfile=%s\nkeyfile=%s\n",
+			filepath.Join(d, "server-cert.pem"), filepath.Join(d, "server-key.pem"))
+		if hasClientCert(d) {
+			text += "cacertfile=" + filepath.Join(d, "ca-cert.pem") + "\n"
+		}
+	}
+	text += fmt.Sprintf("[disk]\nexportname=%s\nflush=true\nfua=true\n", file)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return err
 	}
-	s.uri = "nbd+unix:///disk?socket=" + sock
+	s.setURI(sock, "disk")
 	s.how = "nbd-server -C " + conf + ", config: " + strings.ReplaceAll(text, "\n", " ") +
 		"(it logs to syslog)"
 	out, err := exec.Command("nbd-server", "-C", conf, "-p", pidfile).CombinedOutput()
@@ -424,6 +464,21 @@ func startNBDServer(s *server, sock, file string) error {
 				readyWait, out)
 		}
 	}
+}
+
+// setURI sets the server's URIs for export name on sock: nbd+unix, or
+// nbds+unix under TLS, with tls-certificates= for nbdbench.
+func (s *server) setURI(sock, export string) {
+	// Unescaped, as libnbd and ParseURI both take it: temporary socket
+	// paths hold no '&', and a certificate directory with one is refused
+	// by checkTLSDir.
+	if s.tlsDir == "" {
+		s.uri = "nbd+unix:///" + export + "?socket=" + sock
+		s.fioURI = s.uri
+		return
+	}
+	s.fioURI = "nbds+unix:///" + export + "?socket=" + sock
+	s.uri = s.fioURI + "&tls-certificates=" + s.tlsDir
 }
 
 // said is the tail of the server's stderr, for an error message.
@@ -505,18 +560,26 @@ func dropCaches() {
 // job its own connection) so figures can be checked with a client nobody
 // here wrote.
 func runFio(ctx context.Context, w Config, s *server) (Result, error) {
-	out := filepath.Join(s.dir, "fio.json")
-	args := []string{"--name=w", "--ioengine=nbd", "--uri=" + s.uri, "--rw=" + w.RW,
+	args := []string{"--name=w", "--ioengine=nbd", "--uri=" + s.fioURI, "--rw=" + w.RW,
 		"--bs=" + strconv.Itoa(w.BS), "--iodepth=" + strconv.Itoa(w.QD),
 		"--numjobs=" + strconv.Itoa(w.Conns), "--group_reporting", "--time_based",
 		"--runtime=" + strconv.FormatInt(w.Duration.Milliseconds(), 10) + "ms",
-		"--size=" + strconv.FormatInt(s.size, 10), "--output-format=json", "--output=" + out}
+		"--size=" + strconv.FormatInt(s.size, 10), "--output-format=json"}
 	if w.RW == "randrw" {
 		args = append(args, "--rwmixread="+strconv.Itoa(w.Mix))
 	}
+	cmd := exec.CommandContext(ctx, "fio")
+	outDir := s.dir
+	if s.tlsDir != "" {
+		var err error
+		if outDir, err = fioTLS(cmd, s); err != nil {
+			return Result{}, fmt.Errorf("fio over TLS: %w", err)
+		}
+	}
+	out := filepath.Join(outDir, "fio.json")
+	cmd.Args = append(cmd.Args, append(args, "--output="+out)...)
 	cpu0 := cpuTicks(w.ServerPID)
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "fio", args...)
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return Result{}, fmt.Errorf("fio: %v: %s", err, msg)
 	}

@@ -47,7 +47,9 @@ func allHoles(ctx context.Context, tgt Target, off, n uint64) (holes, known bool
 	defer c.Close()
 	dl, _ := ctx.Deadline()
 	_ = c.SetDeadline(dl)
-	ex, err := wire.ClientHandshake(c, wire.ClientOptions{Name: tgt.Export,
+	// Through TLS for an nbds target: a server that requires it refuses
+	// every plaintext option.
+	c, ex, err := tgt.Handshake(c, wire.ClientOptions{Name: tgt.Export,
 		Structured: true, BaseAllocation: true})
 	if err != nil || !ex.Structured || ex.MetaID == 0 {
 		return false, false

@@ -169,6 +169,9 @@ func compareCmd(args []string) error {
 	nbdring := fs.String("nbdring", "", "nbdring binary (default: beside nbdbench)")
 	drop := fs.Bool("drop-caches", true,
 		"drop the page cache before each server (needs root; skipped otherwise)")
+	tlsDir := fs.String("tls-certificates", "", "run every server with TLS required on "+
+		"this directory (ca-cert.pem, server-cert.pem, server-key.pem, and client-cert.pem "+
+		"with client-key.pem for the client) and connect with nbds+unix://")
 	asJSON := fs.Bool("json", false, "print the rows as a JSON list")
 	svg := fs.String("svg", "", "also write an SVG to this file: one panel per "+
 		"workload, throughput and server CPU per operation for each server")
@@ -197,7 +200,7 @@ func compareCmd(args []string) error {
 	defer cancel()
 	cc := bench.CompareConfig{File: *file, Servers: strings.Split(*servers, ","),
 		Workloads: wls, Rounds: *rounds, Client: *client, NbdRing: *nbdring,
-		DropCaches: *drop && os.Geteuid() == 0, Log: os.Stderr}
+		DropCaches: *drop && os.Geteuid() == 0, TLSCerts: *tlsDir, Log: os.Stderr}
 	rows, err := bench.Compare(ctx, cc)
 	if err != nil {
 		return err
@@ -222,7 +225,11 @@ func compareCmd(args []string) error {
 		return enc.Encode(rows)
 	}
 	bench.WriteTable(os.Stdout, rows)
-	fmt.Printf("machine: %s\nmedians of %d rounds of %v each, client %s; cpu/op is the "+
-		"server's CPU time per operation\n", machine, *rounds, *dur, *client)
+	over := "plaintext"
+	if *tlsDir != "" {
+		over = "TLS"
+	}
+	fmt.Printf("machine: %s\nmedians of %d rounds of %v each, client %s over %s; cpu/op is "+
+		"the server's CPU time per operation\n", machine, *rounds, *dur, *client, over)
 	return nil
 }
