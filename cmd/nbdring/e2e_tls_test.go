@@ -499,56 +499,6 @@ func TestE2EHandshakeStallCut(t *testing.T) {
 	}
 }
 
-// TestE2EHalfOpenFlood: 100 connections from 127.0.0.1 that never speak
-// get 8 handshakes (handshakesPerAddrMax) and the rest are closed at
-// once, logged a few times rather than 92; 127.0.0.2 still gets in.
-func TestE2EHalfOpenFlood(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	export := e2eMakeFile(t, dir, "export.img", 1<<20, 0)
-	s, addr := e2eStartTCP(t, export)
-	const flood, perAddr = 100, 8
-	conns := make([]net.Conn, flood)
-	for i := range conns {
-		conns[i] = e2eDialFrom(t, "127.0.0.1", addr)
-	}
-	admitted := 0
-	for _, c := range conns {
-		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		if n, _ := io.ReadFull(c, make([]byte, 18)); n == 18 {
-			admitted++
-		}
-	}
-	// One fewer if the start-up probe's handshake had not yet ended.
-	if admitted != perAddr && admitted != perAddr-1 {
-		t.Fatalf("%d of %d half-open connections from one address got a greeting; want %d",
-			admitted, flood, perAddr)
-	}
-	c := e2eDialFrom(t, "127.0.0.2", addr)
-	if _, err := io.ReadFull(c, make([]byte, 18)); err != nil {
-		t.Fatalf("127.0.0.2 kept out by 127.0.0.1's half-open connections: %v", err)
-	}
-	e2eWaitLog(t, s, "refusing 127.0.0.1:")
-	if n := strings.Count(s.stderr.String(), "refusing 127.0.0.1:"); n > 5 {
-		t.Fatalf("%d refusal lines for one flood; want them rate limited", n)
-	}
-	for _, c := range conns {
-		c.Close()
-	}
-	// Once they are gone, 127.0.0.1 is served again.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		_, _, err := e2eRunErr("nbdinfo", "--size", "nbd://"+addr)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("127.0.0.1 not served after its flood closed: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // TestE2ETLSNbdbench: nbdbench's client (bench.Run) over nbds+unix with a
 // client certificate, verifying what it wrote; and refused by a server
 // without TLS, as nbds requires.
