@@ -161,12 +161,17 @@ func (s *shard) startSync(si int32, phase uint8) {
 // startTrim punches a hole in a file and discards on a block device
 // (BLOCK_URING_CMD_DISCARD, else PUNCH_HOLE, which the kernel turns into
 // an unmapping zero-out). TRIM is advisory, so on a device (which takes
-// only whole sectors) the unaligned edges are simply left alone.
+// only whole sectors) the unaligned edges are simply left alone, and an
+// export configured with trim = "ignore" leaves all of it alone.
 func (s *shard) startTrim(si int32) {
 	sl := &s.slots[si]
 	off, end := s.trimRange(sl)
 	sl.phase, sl.step = phTrim, 0
-	sl.exp.sparse.Store(true)
+	if sl.exp.trimIgnore {
+		end = off // succeeds as a TRIM of nothing: FUA still flushes
+	} else {
+		sl.exp.sparse.Store(true)
+	}
 	if end <= off {
 		s.afterFallocate(si)
 		return

@@ -3,7 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"os"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -12,26 +12,35 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ExportConfig names one export on the command line.
+// ExportConfig describes one export (from the command line or -config).
 type ExportConfig struct {
-	Name     string // "" is the default export
-	Path     string // regular file or block device
-	ReadOnly bool
+	Name        string // "" is the default export
+	Path        string // regular file or block device
+	Description string // NBD_INFO_DESCRIPTION; "" advertises Path
+	ReadOnly    bool
+	// TrimIgnore answers TRIM with success and leaves the data in place,
+	// as qemu-nbd --discard=ignore does: TRIM stays advertised (it is
+	// only a hint, and clients such as qemu-img then still send it), but
+	// nothing is punched or discarded.
+	TrimIgnore bool
 }
 
 // Export is an open export shared by all shards: one O_DIRECT descriptor
 // (so a FLUSH on any shard covers writes completed on every shard: that is
 // what makes MULTI_CONN true), its size and its direct-I/O alignment.
 type Export struct {
-	Name     string
-	Path     string
-	fd       int
-	size     uint64
-	align    uint32 // O_DIRECT offset and length alignment
-	isDevice bool
-	readOnly bool
-	flags    wire.TxFlags
-	locks    rangeLocks
+	Name        string
+	Path        string
+	Description string
+	fd          int
+	size        uint64
+	align       uint32 // O_DIRECT offset and length alignment
+	isDevice    bool
+	readOnly    bool
+	// trimIgnore: TRIM succeeds without touching the data (ExportConfig).
+	trimIgnore bool
+	flags      wire.TxFlags
+	locks      rangeLocks
 	// sparse: the file may have holes (it had some when opened, or a TRIM
 	// or WRITE_ZEROES punched one since); only then are holes looked for.
 	sparse atomic.Bool
@@ -62,18 +71,27 @@ func OpenExport(c ExportConfig) (*Export, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open export %q: %w", c.Path, err)
 	}
-	e := &Export{Name: c.Name, Path: c.Path, fd: fd, readOnly: c.ReadOnly}
+	e := &Export{Name: c.Name, Path: c.Path, Description: c.Description, fd: fd,
+		readOnly: c.ReadOnly, trimIgnore: c.TrimIgnore}
 	if err := e.probe(); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
-	e.flags = wire.TxHasFlags | wire.TxSendFlush | wire.TxSendFUA | wire.TxSendTrim |
-		wire.TxSendWriteZeros | wire.TxCanMultiConn | wire.TxSendDF | wire.TxSendCache |
-		wire.TxSendFastZero
-	if c.ReadOnly {
-		e.flags |= wire.TxReadOnly
-	}
+	e.flags = exportFlags(c.ReadOnly)
 	return e, nil
+}
+
+// exportFlags are the transmission flags an export advertises. A
+// read-only export advertises neither TRIM nor WRITE_ZEROES (nor
+// FAST_ZERO, which qualifies WRITE_ZEROES), as nbdkit and qemu-nbd -r do:
+// a client is not invited to send what can only fail with EPERM.
+func exportFlags(readOnly bool) wire.TxFlags {
+	f := wire.TxHasFlags | wire.TxSendFlush | wire.TxSendFUA | wire.TxCanMultiConn |
+		wire.TxSendDF | wire.TxSendCache
+	if readOnly {
+		return f | wire.TxReadOnly
+	}
+	return f | wire.TxSendTrim | wire.TxSendWriteZeros | wire.TxSendFastZero
 }
 
 func (e *Export) probe() error {
@@ -110,13 +128,32 @@ func (e *Export) probe() error {
 		return fmt.Errorf("%s: direct-I/O alignment %d is not a power of two up to %d",
 			e.Path, e.align, directIOAlignMax)
 	}
-	if rem := e.size % uint64(e.align); rem != 0 {
-		fmt.Fprintf(os.Stderr, "nbdring: %s: size %d is not a multiple of its %d-byte "+
-			"block; serving the first %d bytes (the last %d are not reachable)\n",
-			e.Path, e.size, e.align, e.size-rem, rem)
-		e.size -= rem
-	}
+	e.warnSize()
 	return nil
+}
+
+// warnSize serves a file whose size is not a multiple of its block as
+// far as the last whole block, and an empty one as an empty export (as
+// qemu-nbd and nbdkit serve it: a client sees size 0, not a refusal), and
+// says so with the command that fixes it. qemu-nbd pads the tail instead;
+// O_DIRECT cannot write a partial block, so nbdring hides it.
+func (e *Export) warnSize() {
+	if e.size == 0 {
+		slog.Warn("export is empty (0 bytes): clients can connect but read or write "+
+			"nothing; give it a size with truncate -s SIZE "+e.Path,
+			"export", e.Name, "path", e.Path)
+		return
+	}
+	rem := e.size % uint64(e.align)
+	if rem == 0 {
+		return
+	}
+	slog.Warn(fmt.Sprintf("export size %d is not a multiple of its %d-byte block: "+
+		"serving the first %d bytes, the last %d are hidden; to reach them, grow the "+
+		"file with truncate -s %d %s", e.size, e.align, e.size-rem, rem,
+		e.size-rem+uint64(e.align), e.Path),
+		"export", e.Name, "path", e.Path, "hidden_bytes", rem)
+	e.size -= rem
 }
 
 // fileDirectIOAlign asks statx for the file's O_DIRECT alignment
@@ -159,10 +196,22 @@ func (e *Export) Align() uint32 { return e.align }
 // Wire describes the export for the handshake.
 func (e *Export) Wire() wire.Export {
 	return wire.Export{
-		Name: e.Name, Description: e.Path, Size: e.size, Flags: e.flags,
+		Name: e.Name, Description: e.description(), Size: e.size, Flags: e.flags,
 		BlockMin: e.align, BlockPreferred: blockSizePreferred, BlockMax: blockSizeMax,
 	}
 }
+
+// description is what NBD_INFO_DESCRIPTION says: the configured text, or
+// the path.
+func (e *Export) description() string {
+	if e.Description != "" {
+		return e.Description
+	}
+	return e.Path
+}
+
+// ReadOnly reports whether the export refuses writes.
+func (e *Export) ReadOnly() bool { return e.readOnly }
 
 // rangeLocks serialises read-modify-write of the same aligned blocks across
 // all shards, so two unaligned writes to disjoint bytes of one block both
