@@ -1,7 +1,7 @@
 package engine
 
 import (
-	"log"
+	"log/slog"
 	"unsafe"
 
 	"github.com/nbdring/nbdring/ring"
@@ -172,15 +172,17 @@ func (s *shard) onSend(ci int32, res int32) {
 		return
 	}
 	if c.closing || res < 0 {
+		why := closeClient
 		if res < 0 && !c.closing && res != -int32(unix.EPIPE) &&
 			res != -int32(unix.ECONNRESET) {
-			log.Printf("shard %d: %s: send: %v", s.id, c.peer, unix.Errno(-res))
+			slog.Warn("send: "+unix.Errno(-res).Error(), "client", c.peer, "shard", s.id)
+			why = closeSendErr
 		}
 		s.freeBatch(ci)
 		if c.closing {
 			s.maybeRelease(ci)
 		} else {
-			s.beginClose(ci)
+			s.beginClose(ci, why)
 		}
 		return
 	}

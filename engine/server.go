@@ -19,7 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -101,13 +101,13 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		}
 		s.shards = append(s.shards, sh)
 	}
-	log.Printf("machine: %v", topo)
+	slog.Info(fmt.Sprintf("machine: %v", topo))
 	meta := shardMemSize(slotsPerShardMax, connsPerShardMax) + zeroWriteMax
-	log.Printf("%d shards on CPUs %v; per shard: %d MiB arena + %d KiB metadata "+
+	slog.Info(fmt.Sprintf("%d shards on CPUs %v; per shard: %d MiB arena + %d KiB metadata "+
 		"(%d slots x %d B headers + %d conns x (%d KiB recv + send vector) + %d KiB "+
 		"zeros); %d MiB in all", n, cpus, arenaSize>>20, meta>>10, slotsPerShardMax,
 		replyHeaderSize, connsPerShardMax, recvBufSize>>10, zeroWriteMax>>10,
-		n*(arenaSize+meta)>>20)
+		n*(arenaSize+meta)>>20), "shards", n)
 	return s, nil
 }
 
@@ -184,7 +184,8 @@ func (s *Server) Serve(ln net.Listener) error {
 				continue
 			}
 			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				log.Printf("accept: %v: raise the open-files limit (ulimit -n)", err)
+				slog.Error(fmt.Sprintf("accept: %v: raise the open-files limit (ulimit -n)",
+					err))
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}
@@ -194,8 +195,8 @@ func (s *Server) Serve(ln net.Listener) error {
 		case s.sem <- struct{}{}:
 			go s.handshake(nc)
 		default:
-			log.Printf("refusing %v: %d handshakes already under way", nc.RemoteAddr(),
-				handshakesMax)
+			slog.Warn(fmt.Sprintf("refusing %v: %d handshakes already under way",
+				nc.RemoteAddr(), handshakesMax), "client", peerName(nc))
 			nc.Close()
 		}
 	}
@@ -265,7 +266,7 @@ func (s *Server) ioInflight() int64 {
 
 func (s *Server) shardDone(sh *shard, err error) {
 	if err != nil {
-		log.Printf("shard %d stopped: %v", sh.id, err)
+		slog.Error(fmt.Sprintf("shard %d stopped: %v", sh.id, err), "shard", sh.id)
 		s.mu.Lock()
 		s.err = errors.Join(s.err, err)
 		s.mu.Unlock()
@@ -298,7 +299,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	if err := h.ClientFlags(b[:4]); err != nil {
-		log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
+		slog.Warn(fmt.Sprintf("handshake: %v; closing", err), "client", peerName(nc))
 		return
 	}
 	for {
@@ -307,7 +308,7 @@ func (s *Server) handshake(nc net.Conn) {
 		}
 		opt, n, err := h.OptionHeader(b[:])
 		if err != nil {
-			log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
+			slog.Warn(fmt.Sprintf("handshake: %v; closing", err), "client", peerName(nc))
 			return
 		}
 		data := make([]byte, n)
@@ -323,7 +324,7 @@ func (s *Server) handshake(nc net.Conn) {
 		switch step {
 		case wire.StepClose:
 			if r := h.CloseReason(); r != "" && opt != wire.OptAbort {
-				log.Printf("%v: %s; closing", nc.RemoteAddr(), r)
+				slog.Warn(fmt.Sprintf("handshake: %s; closing", r), "client", peerName(nc))
 			}
 			return
 		case wire.StepServe:
@@ -359,14 +360,11 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 	if err != nil {
 		return false
 	}
-	peer := nc.RemoteAddr().String()
-	if peer == "" || peer == "@" {
-		peer = "a Unix socket client"
-	}
+	peer := peerName(nc)
 	fd := -1
 	_ = rc.Control(func(f uintptr) { fd, err = unix.Dup(int(f)) })
 	if err != nil {
-		log.Printf("%v: dup socket: %v", nc.RemoteAddr(), err)
+		slog.Error("dup socket: "+err.Error(), "client", peer)
 		return false
 	}
 	nc.Close()
@@ -383,10 +381,21 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 		sh.wake()
 	default:
 		sh.assigned.Add(-1)
-		log.Printf("shard %d: inbox full; refusing connection from %s", sh.id, peer)
+		slog.Warn(fmt.Sprintf("shard %d: inbox full; refusing connection from %s", sh.id,
+			peer), "client", peer, "shard", sh.id)
 		unix.Close(fd)
 	}
 	return true
+}
+
+// peerName is the client's address for logs; a Unix socket client has
+// none, so it is named by the socket it came in on.
+func peerName(nc net.Conn) string {
+	peer := nc.RemoteAddr().String()
+	if peer == "" || peer == "@" {
+		peer = "a Unix socket client"
+	}
+	return peer
 }
 
 // leastLoaded is the shard a new connection goes to: the one with the

@@ -2,7 +2,7 @@ package engine
 
 import (
 	"fmt"
-	"log"
+	"log/slog"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -159,8 +159,9 @@ func (s *shard) run(ready chan<- error) {
 	// pages per request. Without it (RLIMIT_MEMLOCK too low for a non-root
 	// user) the plain opcodes work the same, only slower.
 	if err := r.RegisterBuffers(s.arena.mem); err != nil {
-		log.Printf("shard %d: %v; using unregistered buffers (raise ulimit -l "+
-			"to %d MiB or more for faster I/O)", s.id, err, len(s.arena.mem)>>20)
+		slog.Warn(fmt.Sprintf("shard %d: %v; using unregistered buffers (raise ulimit -l "+
+			"to %d MiB or more for faster I/O)", s.id, err, len(s.arena.mem)>>20),
+			"shard", s.id)
 	} else {
 		s.fixedBufs = true
 	}
@@ -233,11 +234,12 @@ func (s *shard) onWake() {
 func (s *shard) attach(h handoff) {
 	if s.stopping || len(s.connFree) == 0 {
 		if s.stopping {
-			log.Printf("shard %d: closing connection from %s: the server is shutting down",
-				s.id, h.peer)
+			slog.Info("closing connection: the server is shutting down",
+				"client", h.peer, "shard", s.id)
 		} else {
-			log.Printf("shard %d: refusing connection from %s: %d connections already "+
-				"(the most a shard takes); add -shards", s.id, h.peer, connsPerShardMax)
+			slog.Warn(fmt.Sprintf("refusing connection: %d connections already "+
+				"(the most a shard takes); add -shards", connsPerShardMax),
+				"client", h.peer, "shard", s.id)
 		}
 		unix.Close(h.fd)
 		s.assigned.Add(-1)
@@ -249,6 +251,7 @@ func (s *shard) attach(h handoff) {
 	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
 	s.live++
 	s.stats.Conns.Add(1)
+	s.logConnect(ci)
 	s.armRecv(ci)
 }
 
