@@ -118,6 +118,11 @@ const (
 	rangeLockRetry = 100 * time.Microsecond
 )
 
+// ArenaSizeMin is the smallest arena per shard New accepts: one 32 MiB
+// request expanded by an unaligned read-modify-write. cmd checks
+// -arena-mib against it before any shard starts.
+const ArenaSizeMin = 2 * blockSizeMax
+
 // Compile-time checks of relations the code relies on.
 var (
 	_ [ringEntries*2 - (slotsPerShardMax + 2*connsPerShardMax + 2)]struct{}

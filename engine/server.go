@@ -70,7 +70,7 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	if arenaSize == 0 {
 		arenaSize = arenaSizeDefault
 	}
-	if arenaSize < 2*blockSizeMax {
+	if arenaSize < ArenaSizeMin {
 		return nil, fmt.Errorf("arena of %d MiB per shard is below the %d MiB one "+
 			"unaligned 32 MiB write needs", arenaSize>>20, 2*blockSizeMax>>20)
 	}
@@ -155,10 +155,29 @@ func Listen(addr string) (net.Listener, error) {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w (is another NBD server on that port? "+
-			"choose another with -listen)", addr, err)
+		return nil, fmt.Errorf("listen %s: %w%s", addr, err, listenHint(err))
 	}
 	return ln, nil
+}
+
+// listenHint is what to do about a failed TCP bind, by its cause.
+func listenHint(err error) string {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return " (is another NBD server on that port? choose another with -listen)"
+	case errors.Is(err, syscall.EACCES):
+		return " (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port " +
+			"above 1023, such as the NBD port 10809)"
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return " (no interface of this machine has that address; use localhost, " +
+			"0.0.0.0 or [::] for every interface, or one of this machine's addresses)"
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return " (the host name does not resolve; give an IP address or a name in " +
+			"/etc/hosts)"
+	}
+	return ""
 }
 
 // Serve accepts connections on ln until Stop. It returns nil after Stop.
@@ -388,13 +407,29 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 	return true
 }
 
-// peerName is the client's address for logs; a Unix socket client has
-// none, so it is named by the socket it came in on.
+// peerName is the client's address for logs. A Unix socket client has
+// none, so it is named by its process and user (SO_PEERCRED): that tells
+// two local clients apart, and says whose they are.
 func peerName(nc net.Conn) string {
 	peer := nc.RemoteAddr().String()
-	if peer == "" || peer == "@" {
-		peer = "a Unix socket client"
+	if peer != "" && peer != "@" {
+		return peer
 	}
+	peer = "a Unix socket client"
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return peer
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return peer
+	}
+	_ = rc.Control(func(fd uintptr) {
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err == nil {
+			peer = fmt.Sprintf("unix:pid=%d,uid=%d", cred.Pid, cred.Uid)
+		}
+	})
 	return peer
 }
 

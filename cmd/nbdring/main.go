@@ -3,14 +3,16 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
-	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	_ "net/http/pprof" // the -pprof page
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -21,15 +23,24 @@ func main() {
 	listen := flag.String("listen", "localhost:10809",
 		"address to serve on: host:port for TCP, or unix:/path for a Unix socket")
 	readOnly := flag.Bool("readonly", false,
-		"serve every export read-only (writes, trims and zeroing get EPERM)")
+		"serve every export read-only (no TRIM or WRITE_ZEROES advertised; writes get EPERM)")
 	shards := flag.Int("shards", 0,
-		"number of shards (pinned goroutines, one io_uring each); 0: one per usable CPU")
+		"number of shards (pinned goroutines, one io_uring each), at most one per usable "+
+			"CPU; 0: one per core")
 	arenaMiB := flag.Int("arena-mib", 128,
 		"buffer arena per shard in MiB (a power of two, at least 64)")
 	zeroCopy := flag.Bool("zero-copy", true,
 		"send READ replies of 64 KiB or more with SENDMSG_ZC where the socket takes it")
 	pprofAddr := flag.String("pprof", "",
 		"serve net/http/pprof and per-shard counters (/counters) on this host:port")
+	configFile := flag.String("config", "",
+		"read listen addresses and exports from this TOML file (instead of EXPORT arguments)")
+	runCmd := flag.String("run", "",
+		"captive mode: run this shell command with $uri (also $nbd, $port, $unixsocket, "+
+			"$exportname) set, stop when it exits, and exit with its status")
+	logFormat := flag.String("log-format", "text", "log format: text or json (one object a line)")
+	logLevel := flag.String("log-level", "info", "least severe level logged: debug, info, "+
+		"warn or error")
 	var svc serviceFlags
 	flag.StringVar(&svc.user, "user", "",
 		"after opening exports and sockets, switch to this user (name or uid; needs root)")
@@ -45,24 +56,52 @@ func main() {
 		fmt.Print(versionText(readBuildInfo()))
 		os.Exit(0)
 	}
-	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
-	log.SetPrefix("nbdring: ")
-	if flag.NArg() == 0 {
+	logger, err := newLogger(os.Stderr, *logFormat, *logLevel)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nbdring: %v\n", err)
+		os.Exit(2)
+	}
+	setLogger(logger)
+	if flag.NArg() == 0 && *configFile == "" {
 		usage()
 		os.Exit(2)
 	}
-	cfg := engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20, NoZeroCopy: !*zeroCopy}
-	if err := run(*listen, *readOnly, cfg, *pprofAddr, svc, flag.Args()); err != nil {
-		log.Print(err)
+	o := options{readOnly: *readOnly, pprof: *pprofAddr, svc: svc, run: *runCmd,
+		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
+			NoZeroCopy: !*zeroCopy}}
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name == "listen" {
+			o.listen = []string{*listen}
+		}
+	})
+	if err := o.resolve(*configFile, flag.Args(), *shards, *arenaMiB); err != nil {
+		slog.Error(err.Error())
+		os.Exit(1)
+	}
+	if len(o.listen) == 0 && o.run == "" {
+		o.listen = []string{*listen} // the default
+	}
+	err = run(o)
+	var ce *captiveExit
+	switch {
+	case errors.As(err, &ce):
+		os.Exit(ce.status)
+	case err != nil:
+		slog.Error(err.Error())
 		os.Exit(1)
 	}
 }
 
 func usage() {
 	fmt.Fprintf(os.Stderr, `usage: nbdring [flags] EXPORT...
+       nbdring [flags] -config FILE
 
 Serves each EXPORT over NBD. EXPORT is PATH (the default export, name "")
 or NAME=PATH; PATH is a regular file or a block device, opened with O_DIRECT.
+-config FILE describes listen addresses and exports in TOML instead
+(example: service/nbdring.toml). With -run CMD, nbdring serves (on a private
+Unix socket unless -listen is given) while CMD runs, as nbdkit --run:
+  nbdring -run 'qemu-img info "$uri"' disk.img
 
 Connect with, for example:
   nbdinfo nbd://localhost          qemu-img info nbd://localhost
@@ -77,9 +116,84 @@ flags:
 	flag.PrintDefaults()
 }
 
-func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
-	svc serviceFlags, args []string) error {
-	log.Printf("nbdring %s", buildVersion(readBuildInfo()))
+// options are the flags and the -config file, resolved.
+type options struct {
+	listen   []string // -listen if given, else the config's; empty: default or private
+	readOnly bool
+	cfg      engine.Config
+	pprof    string
+	svc      serviceFlags
+	run      string
+	exports  []engine.ExportConfig
+}
+
+// resolve reads the exports from -config or the arguments and checks
+// the flags, before anything is opened.
+func (o *options) resolve(configFile string, args []string, shards, arenaMiB int) error {
+	usable, err := engine.UsableCPUs()
+	if err != nil {
+		return err
+	}
+	if err := checkShards(shards, usable); err != nil {
+		return err
+	}
+	if err := checkArenaMiB(arenaMiB); err != nil {
+		return err
+	}
+	if configFile != "" {
+		if len(args) > 0 {
+			return fmt.Errorf("-config %s names the exports, so EXPORT arguments (%s) "+
+				"are not taken as well: put them in the file, or drop -config",
+				configFile, strings.Join(args, " "))
+		}
+		sc, err := loadConfig(configFile)
+		if err != nil {
+			return err
+		}
+		if len(o.listen) > 0 && len(sc.listen) > 0 {
+			return fmt.Errorf("-listen %s and %s's listen both say where to serve: "+
+				"keep one", o.listen[0], configFile)
+		}
+		if len(sc.listen) > 0 {
+			o.listen = sc.listen
+		}
+		o.exports = sc.exports
+	} else {
+		o.exports = exportArgs(args)
+	}
+	for i := range o.exports {
+		o.exports[i].ReadOnly = o.exports[i].ReadOnly || o.readOnly
+	}
+	for _, l := range o.listen {
+		if err := checkListen(l); err != nil {
+			return fmt.Errorf("-listen %w", err)
+		}
+	}
+	if o.run != "" && len(o.listen) == 0 && (o.svc.user != "" || o.svc.group != "") {
+		return errors.New("-run with -user or -group needs -listen: the private " +
+			"socket's directory belongs to the user nbdring starts as")
+	}
+	return nil
+}
+
+// exportArgs reads EXPORT arguments: PATH, or NAME=PATH when no file is
+// named like the whole argument.
+func exportArgs(args []string) []engine.ExportConfig {
+	var ecs []engine.ExportConfig
+	for _, a := range args {
+		ec := engine.ExportConfig{Path: a}
+		if _, err := os.Stat(a); err != nil {
+			if name, path, ok := strings.Cut(a, "="); ok {
+				ec.Name, ec.Path = name, path
+			}
+		}
+		ecs = append(ecs, ec)
+	}
+	return ecs
+}
+
+func run(o options) error {
+	slog.Info(fmt.Sprintf("nbdring %s", buildVersion(readBuildInfo())))
 	ntf, err := newNotifier(os.Getenv)
 	if err != nil {
 		return err
@@ -91,26 +205,29 @@ func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
 		return err
 	}
 	defer func() { closeListeners(lns) }() // the server closes them too; twice is harmless
+	listen := o.listen
+	if lns == nil && len(listen) == 0 { // captive mode's private socket
+		dir, err := os.MkdirTemp("", "nbdring-run-")
+		if err != nil {
+			return fmt.Errorf("-run: private socket directory: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		listen = []string{"unix:" + filepath.Join(dir, "nbd.sock")}
+	}
 	var exports []*engine.Export
 	defer func() {
 		for _, e := range exports {
 			e.Close()
 		}
 	}()
-	for _, a := range args {
-		ec := engine.ExportConfig{Path: a, ReadOnly: readOnly}
-		if _, err := os.Stat(a); err != nil {
-			if name, path, ok := strings.Cut(a, "="); ok {
-				ec.Name, ec.Path = name, path
-			}
-		}
+	for _, ec := range o.exports {
 		e, err := engine.OpenExport(ec)
 		if err != nil {
 			return err
 		}
 		exports = append(exports, e)
 	}
-	srv, err := engine.New(cfg, exports)
+	srv, err := engine.New(o.cfg, exports)
 	if err != nil {
 		return err
 	}
@@ -121,21 +238,22 @@ func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
 			return err
 		}
 	}
-	if pprofAddr != "" {
-		servePprof(pprofAddr, srv)
+	if o.pprof != "" {
+		servePprof(o.pprof, srv)
 	}
-	if err := dropPrivileges(svc.user, svc.group); err != nil {
+	if err := dropPrivileges(o.svc.user, o.svc.group); err != nil {
 		exports = nil
 		srv.Stop()
 		return err
 	}
 	var names []string
 	for _, e := range exports {
-		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v",
-			e.Name, e.Path, e.Size(), e.Align(), readOnly)
+		slog.Info(fmt.Sprintf("export %q: %s, %d bytes, block size %d (direct I/O), "+
+			"read-only %v", e.Name, e.Path, e.Size(), e.Align(), e.ReadOnly()),
+			"export", e.Name)
 		names = append(names, e.Name)
 	}
-	announce(lns, uriExport(names), svc.printURI)
+	announce(lns, uriExport(names), o.svc.printURI)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	errc := make(chan error, len(lns))
@@ -143,16 +261,24 @@ func run(listen string, readOnly bool, cfg engine.Config, pprofAddr string,
 		go func() { errc <- srv.Serve(l.ln) }()
 	}
 	ntf.ready(fmt.Sprintf("serving %d exports on %d listeners", len(exports), len(lns)))
+	exports = nil // from here on the server closes them
+	if o.run != "" {
+		return runCaptive(o.run, lns[0], uriExport(names), srv, sig, errc, ntf)
+	}
 	select {
 	case s := <-sig:
 		ntf.stopping()
-		log.Printf("%v: finishing requests in flight, then exiting (send it again to "+
-			"exit at once)", s)
+		slog.Info(fmt.Sprintf("%v: finishing requests in flight, then exiting (send it "+
+			"again to exit at once)", s))
 	case err := <-errc:
 		srv.Stop()
 		return err
 	}
-	exports = nil // the server closes them
+	return stop(srv, sig)
+}
+
+// stop shuts the server down gracefully; a signal meanwhile cuts it short.
+func stop(srv *engine.Server, sig <-chan os.Signal) error {
 	stopped := make(chan error, 1)
 	go func() { stopped <- srv.Stop() }()
 	select {
@@ -173,13 +299,14 @@ func servePprof(addr string, srv *engine.Server) {
 	})
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		log.Printf("-pprof %s: %v", addr, err)
+		slog.Error(fmt.Sprintf("-pprof %s: %v", addr, err))
 		return
 	}
-	log.Printf("pprof and counters on http://%s/debug/pprof/ and /counters", ln.Addr())
+	slog.Info(fmt.Sprintf("pprof and counters on http://%s/debug/pprof/ and /counters",
+		ln.Addr()))
 	go func() {
 		if err := http.Serve(ln, nil); err != nil {
-			log.Printf("-pprof %s: %v", addr, err)
+			slog.Error(fmt.Sprintf("-pprof %s: %v", addr, err))
 		}
 	}()
 }
@@ -189,7 +316,7 @@ func servePprof(addr string, srv *engine.Server) {
 func announce(lns []listener, export string, printURI bool) {
 	for _, l := range lns {
 		uri := clientURI(l.listen, l.ln.Addr(), export)
-		log.Printf("listening on %s; try: nbdinfo %s", l.label, shellQuote(uri))
+		slog.Info(fmt.Sprintf("listening on %s; try: nbdinfo %s", l.label, shellQuote(uri)))
 		if printURI {
 			fmt.Println(uri)
 		}
