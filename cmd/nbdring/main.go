@@ -78,9 +78,7 @@ func main() {
 		slog.Error(err.Error())
 		os.Exit(1)
 	}
-	if len(o.listen) == 0 && o.run == "" {
-		o.listen = []string{*listen} // the default
-	}
+	o.listenDefault = *listen
 	err = run(o)
 	var ce *captiveExit
 	switch {
@@ -118,13 +116,16 @@ flags:
 
 // options are the flags and the -config file, resolved.
 type options struct {
-	listen   []string // -listen if given, else the config's; empty: default or private
-	readOnly bool
-	cfg      engine.Config
-	pprof    string
-	svc      serviceFlags
-	run      string
-	exports  []engine.ExportConfig
+	listen []string // -listen if given, else the config's; empty: default or private
+	// listenDefault is -listen's default, used when neither names an
+	// address and the server is not captive (which uses a private socket).
+	listenDefault string
+	readOnly      bool
+	cfg           engine.Config
+	pprof         string
+	svc           serviceFlags
+	run           string
+	exports       []engine.ExportConfig
 }
 
 // resolve reads the exports from -config or the arguments and checks
@@ -164,11 +165,6 @@ func (o *options) resolve(configFile string, args []string, shards, arenaMiB int
 	for i := range o.exports {
 		o.exports[i].ReadOnly = o.exports[i].ReadOnly || o.readOnly
 	}
-	for _, l := range o.listen {
-		if err := checkListen(l); err != nil {
-			return fmt.Errorf("-listen %w", err)
-		}
-	}
 	if o.run != "" && len(o.listen) == 0 && (o.svc.user != "" || o.svc.group != "") {
 		return errors.New("-run with -user or -group needs -listen: the private " +
 			"socket's directory belongs to the user nbdring starts as")
@@ -206,13 +202,28 @@ func run(o options) error {
 	}
 	defer func() { closeListeners(lns) }() // the server closes them too; twice is harmless
 	listen := o.listen
-	if lns == nil && len(listen) == 0 { // captive mode's private socket
+	if lns != nil && len(o.listen) > 0 {
+		slog.Warn(fmt.Sprintf("socket-activated: serving the %d inherited sockets; the "+
+			"listen addresses %q are not used", len(lns), o.listen))
+	}
+	if lns == nil { // -listen is used: check it before opening anything
+		for _, l := range listen {
+			if err := checkListen(l); err != nil {
+				return fmt.Errorf("-listen %w", err)
+			}
+		}
+	}
+	switch {
+	case lns != nil || len(listen) > 0:
+	case o.run != "": // captive mode's private socket
 		dir, err := os.MkdirTemp("", "nbdring-run-")
 		if err != nil {
 			return fmt.Errorf("-run: private socket directory: %w", err)
 		}
 		defer os.RemoveAll(dir)
 		listen = []string{"unix:" + filepath.Join(dir, "nbd.sock")}
+	default:
+		listen = []string{o.listenDefault}
 	}
 	var exports []*engine.Export
 	defer func() {
