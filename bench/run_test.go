@@ -41,7 +41,7 @@ func startServerOn(t *testing.T, path string) (uri string, pid int) {
 		t.Fatalf("nbdring binary %s missing: run 'make build' or set NBDRING_BIN", bin)
 	}
 	sock := filepath.Join(t.TempDir(), "sock")
-	cmd := exec.Command(bin, "-listen", "unix:"+sock, "-arena-mib", "64", path)
+	cmd := exec.Command(bin, "-listen", "unix:"+sock, "-arena-mib", "128", path)
 	var log strings.Builder
 	cmd.Stderr = &log
 	if err := cmd.Start(); err != nil {

@@ -22,6 +22,7 @@ func (s *Server) WriteCounters(w io.Writer) {
 		fmt.Fprintf(w, "  sends_zerocopy        %d\n", st.SendsZC.Load())
 		fmt.Fprintf(w, "  zerocopy_copied       %d\n", st.ZCCopied.Load())
 		fmt.Fprintf(w, "  zerocopy_refused      %d\n", st.ZCRefused.Load())
+		fmt.Fprintf(w, "  inline_ops            %d\n", st.InlineOps.Load())
 		for c := wire.Cmd(0); c < wire.CmdCount; c++ {
 			if n := st.Requests[c].Load(); n > 0 {
 				fmt.Fprintf(w, "  requests_%-12s %d\n", c.String()[len("NBD_CMD_"):], n)

@@ -43,7 +43,7 @@ func serveFile(t *testing.T, path string, shards int) *defectServer {
 	if err != nil {
 		t.Skipf("cannot serve %s here: %v", path, err)
 	}
-	srv, err := New(Config{Shards: shards, ArenaSize: 64 << 20}, []*Export{exp})
+	srv, err := New(Config{Shards: shards, ArenaSize: 128 << 20}, []*Export{exp})
 	if err != nil {
 		exp.Close()
 		t.Skipf("engine unavailable here: %v", err)

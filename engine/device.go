@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+	"unsafe"
 
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
@@ -48,6 +49,11 @@ func (s *shard) submitRead(si int32) {
 	sl := &s.slots[si]
 	p, n := bytesAt(sl.data[sl.done:]), sl.spanLen-uint32(sl.done)
 	off := sl.spanOff + sl.done
+	if s.inline(sl) {
+		s.issueInline(si, sysResult(unix.Pread(sl.exp.fd, sl.data[sl.done:sl.spanLen],
+			int64(off))))
+		return
+	}
 	if s.fixedBufs {
 		ring.PrepReadFixed(s.issue(opIO, si), sl.exp.fd, p, n, off, 0)
 		return
@@ -63,6 +69,11 @@ func (s *shard) submitWrite(si int32) {
 	}
 	p, n := bytesAt(sl.data[sl.done:]), sl.spanLen-uint32(sl.done)
 	off := sl.spanOff + sl.done
+	if s.inline(sl) {
+		s.issueInline(si, sysResult(pwritev2(sl.exp.fd, sl.data[sl.done:sl.spanLen],
+			int64(off), int(rwf))))
+		return
+	}
 	if s.fixedBufs {
 		ring.PrepWriteFixed(s.issue(opIO, si), sl.exp.fd, p, n, off, rwf, 0)
 		return
@@ -81,6 +92,30 @@ func (s *shard) submitZeroWrite(si int32) {
 	n := min(sl.req.Length-sl.done, uint64(len(s.zeros)))
 	ring.PrepWrite(s.issue(opIO, si), sl.exp.fd, bytesAt(s.zeros), uint32(n),
 		sl.req.Offset+sl.done, 0)
+}
+
+// sysResult turns a system call's outcome into a CQE result: bytes done,
+// or the negated errno.
+func sysResult(n int, err error) int32 {
+	if err != nil {
+		if errno, ok := err.(unix.Errno); ok {
+			return -int32(errno)
+		}
+		return -int32(unix.EIO)
+	}
+	return int32(n)
+}
+
+// pwritev2 writes b at off with RWF_* flags (RWF_DSYNC for FUA), without
+// allocating.
+func pwritev2(fd int, b []byte, off int64, flags int) (int, error) {
+	iov := unix.Iovec{Base: unsafe.SliceData(b), Len: uint64(len(b))}
+	n, _, e := unix.Syscall6(unix.SYS_PWRITEV2, uintptr(fd), uintptr(unsafe.Pointer(&iov)),
+		1, uintptr(off), uintptr(off>>32), uintptr(flags))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }
 
 // onIO completes a slot's device operation and moves it to its next phase.

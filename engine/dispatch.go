@@ -3,6 +3,7 @@ package engine
 import (
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
+	"golang.org/x/sys/unix"
 )
 
 // dispatch starts the held request; false means it must wait for a slot
@@ -155,6 +156,10 @@ func (s *shard) startSync(si int32, phase uint8) {
 		return
 	}
 	sl.phase = phase
+	if s.inline(sl) {
+		s.issueInline(si, sysResult(0, unix.Fdatasync(sl.exp.fd)))
+		return
+	}
 	ring.PrepFdatasync(s.issue(opIO, si), sl.exp.fd)
 }
 

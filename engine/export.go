@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/nbdring/nbdring/wire"
@@ -23,7 +25,18 @@ type ExportConfig struct {
 	// only a hint, and clients such as qemu-img then still send it), but
 	// nothing is punched or discarded.
 	TrimIgnore bool
+	Inline     InlineMode
 }
+
+// InlineMode says whether the shards do an export's reads, writes and
+// syncs with plain system calls instead of on the ring (see Export.inline).
+type InlineMode uint8
+
+const (
+	InlineAuto InlineMode = iota // where the kernel cannot start I/O without blocking and the export answers fast
+	InlineOff                    // always on the ring
+	InlineOn                     // always inline (tests; RAM-backed exports)
+)
 
 // Export is an open export shared by all shards: one O_DIRECT descriptor
 // (so a FLUSH on any shard covers writes completed on every shard: that is
@@ -41,6 +54,13 @@ type Export struct {
 	trimIgnore bool
 	flags      wire.TxFlags
 	locks      rangeLocks
+	// inline: the shards read, write and sync this export with plain system
+	// calls. On an export without RWF_NOWAIT support (zram, tmpfs) the
+	// kernel hands every ring operation to an io-wq thread, a thread switch
+	// per request that costs more than the I/O itself when that is a copy
+	// from RAM; so where a read answers in microseconds (inlineLatencyMax)
+	// the shard does it itself.
+	inline bool
 	// sparse: the file may have holes (it had some when opened, or a TRIM
 	// or WRITE_ZEROES punched one since); only then are holes looked for.
 	sparse atomic.Bool
@@ -74,6 +94,10 @@ func OpenExport(c ExportConfig) (*Export, error) {
 	e := &Export{Name: c.Name, Path: c.Path, Description: c.Description, fd: fd,
 		readOnly: c.ReadOnly, trimIgnore: c.TrimIgnore}
 	if err := e.probe(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if e.inline, err = e.probeInline(c.Inline); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -156,6 +180,46 @@ func (e *Export) warnSize() {
 	e.size -= rem
 }
 
+// probeInline decides Export.inline: a read with RWF_NOWAIT that the
+// kernel refuses (EOPNOTSUPP) means every ring operation on the export
+// would go to an io-wq thread; then, if the median of a few plain reads
+// is within inlineLatencyMax, the shards do the I/O themselves.
+func (e *Export) probeInline(mode InlineMode) (bool, error) {
+	switch mode {
+	case InlineOn:
+		return true, nil
+	case InlineOff:
+		return false, nil
+	}
+	n := min(uint64(directIOAlignMax), e.size) &^ uint64(e.align-1)
+	if n == 0 {
+		return false, nil
+	}
+	buf, err := unix.Mmap(-1, 0, directIOAlignMax, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return false, fmt.Errorf("probe %s: %w", e.Path, err)
+	}
+	defer unix.Munmap(buf)
+	iov := []unix.Iovec{{Base: &buf[0], Len: n}}
+	_, _, errno := unix.Syscall6(unix.SYS_PREADV2, uintptr(e.fd), uintptr(unsafe.Pointer(&iov[0])),
+		1, 0, 0, unix.RWF_NOWAIT)
+	if errno != unix.EOPNOTSUPP {
+		return false, nil // the ring starts its I/O without a thread switch
+	}
+	var took [inlineProbeReads]time.Duration
+	step := alignDown(e.size/inlineProbeReads, uint64(e.align))
+	for i := range took {
+		t0 := time.Now()
+		if _, err := unix.Pread(e.fd, buf[:n], int64(uint64(i)*step)); err != nil {
+			return false, nil
+		}
+		took[i] = time.Since(t0)
+	}
+	slices.Sort(took[:])
+	return took[len(took)/2] <= inlineLatencyMax, nil
+}
+
 // fileDirectIOAlign asks statx for the file's O_DIRECT alignment
 // (STATX_DIOALIGN, Linux 6.1) and, where the filesystem does not say,
 // finds it by trying an aligned direct read at each size.
@@ -189,6 +253,10 @@ func (e *Export) Close() error { return unix.Close(e.fd) }
 
 // Size is the export's size in bytes as advertised.
 func (e *Export) Size() uint64 { return e.size }
+
+// Inline reports whether the shards do this export's I/O themselves
+// (see Export.inline) rather than on the ring.
+func (e *Export) Inline() bool { return e.inline }
 
 // Align is the advertised minimum block size: the O_DIRECT alignment.
 func (e *Export) Align() uint32 { return e.align }

@@ -46,9 +46,28 @@ const (
 
 // issue returns a zeroed SQE for operation op of owner idx (a connection
 // for opRecv, a batch's first slot for opSend, a slot for opIO, nothing
-// for the shard's own),
-// counted in flight and stamped; the caller fills in the rest.
+// for the shard's own), counted in flight and stamped; the caller fills
+// in the rest.
 func (s *shard) issue(op uint8, idx int32) *ring.SQE {
+	ud := s.stamp(op, idx)
+	sqe := s.ring.SQE()
+	sqe.UserData = ud
+	return sqe
+}
+
+// issueInline is issue for a device operation the shard has just done
+// itself with a plain system call (see Export.inline): counted the same
+// way, and its result queued as a CQE of the shard's own, which the loop
+// hands to complete like any other. So an inline operation is held,
+// completed and checked exactly as a ring operation is.
+func (s *shard) issueInline(idx int32, res int32) {
+	s.local = append(s.local, ring.CQE{UserData: s.stamp(opIO, idx), Res: res})
+	s.stats.InlineOps.Add(1)
+}
+
+// stamp counts operation op of owner idx in flight and returns its
+// user_data.
+func (s *shard) stamp(op uint8, idx int32) uint64 {
 	var gen uint32
 	switch op {
 	case opRecv:
@@ -73,9 +92,25 @@ func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 		idx = 0
 	}
 	s.stats.OpsInflight.Add(1)
-	sqe := s.ring.SQE()
-	sqe.UserData = ring.UserData(op, gen, uint32(idx))
-	return sqe
+	return ring.UserData(op, gen, uint32(idx))
+}
+
+// inline reports whether slot sl's next device operation is done by the
+// shard itself: on an inline export, while the shard has few requests in
+// flight. At depth, the ring's io-wq threads run the I/O in parallel on
+// other CPUs, which beats one shard doing it in turn.
+func (s *shard) inline(sl *slot) bool {
+	return sl.exp.inline && s.stats.Inflight.Load() <= inlineSlotsMax
+}
+
+// completeLocal hands the inline operations' completions to complete; those
+// they start meanwhile are completed on the loop's next turn.
+func (s *shard) completeLocal() {
+	batch := s.local
+	s.local, s.localSpare = s.localSpare[:0], batch
+	for i := range batch {
+		s.complete(&batch[i])
+	}
 }
 
 // complete is the one completion entry: it settles the ledger, then

@@ -13,7 +13,7 @@ import (
 // order of events the kernel could produce.
 func ledgerShard(t *testing.T) (*shard, int32) {
 	t.Helper()
-	s, err := newShard(&Server{}, 0, 0, 64<<20)
+	s, err := newShard(&Server{}, 0, 0, 128<<20)
 	if err != nil {
 		t.Skipf("cannot map shard memory here: %v", err)
 	}

@@ -70,9 +70,10 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	if arenaSize == 0 {
 		arenaSize = arenaSizeDefault
 	}
-	if arenaSize < ArenaSizeMin {
-		return nil, fmt.Errorf("arena of %d MiB per shard is below the %d MiB one "+
-			"unaligned 32 MiB write needs", arenaSize>>20, 2*blockSizeMax>>20)
+	if arenaSize < arenaSizeMin {
+		return nil, fmt.Errorf("-arena-mib %d: the buffer arena per shard must be at "+
+			"least %d MiB, what one unaligned 32 MiB write needs", arenaSize>>20,
+			arenaSizeMin>>20)
 	}
 	s := &Server{exports: exports, sem: make(chan struct{}, handshakesMax),
 		hs: map[net.Conn]struct{}{}, noZC: cfg.NoZeroCopy}

@@ -15,8 +15,23 @@ import (
 	"github.com/nbdring/nbdring/wire"
 )
 
-// testServer serves a fresh sparse file of size bytes on a Unix socket.
+// testServer serves a fresh sparse file of size bytes on a Unix socket,
+// with its I/O on the ring.
 func testServer(t testing.TB, size int64, shards int) (srv *Server, sock, path string) {
+	t.Helper()
+	return testServerIO(t, size, shards, InlineOff)
+}
+
+// inlineModes are the two ways a shard does device I/O; tests of the
+// request path run under both.
+var inlineModes = []struct {
+	name string
+	mode InlineMode
+}{{"ring", InlineOff}, {"inline", InlineOn}}
+
+// testServerIO is testServer with the export's I/O mode chosen.
+func testServerIO(t testing.TB, size int64, shards int, mode InlineMode) (srv *Server,
+	sock, path string) {
 	t.Helper()
 	dir := t.TempDir()
 	path = filepath.Join(dir, "img")
@@ -26,11 +41,11 @@ func testServer(t testing.TB, size int64, shards int) (srv *Server, sock, path s
 	if err := os.Truncate(path, size); err != nil {
 		t.Fatal(err)
 	}
-	exp, err := OpenExport(ExportConfig{Path: path})
+	exp, err := OpenExport(ExportConfig{Path: path, Inline: mode})
 	if err != nil {
 		t.Skipf("cannot serve a file here: %v", err)
 	}
-	srv, err = New(Config{Shards: shards, ArenaSize: 64 << 20}, []*Export{exp})
+	srv, err = New(Config{Shards: shards, ArenaSize: 128 << 20}, []*Export{exp})
 	if err != nil {
 		t.Skipf("engine unavailable here: %v", err)
 	}
@@ -120,7 +135,13 @@ func (tc *testClient) do(typ wire.Cmd, flags wire.CmdFlags, off uint64, n uint32
 // TestRequestPathAllocations proves the request path allocates nothing:
 // server and client share the process, so every malloc of either counts.
 func TestRequestPathAllocations(t *testing.T) {
-	_, sock, _ := testServer(t, 16<<20, 1)
+	for _, m := range inlineModes {
+		t.Run(m.name, func(t *testing.T) { testRequestPathAllocations(t, m.mode) })
+	}
+}
+
+func testRequestPathAllocations(t *testing.T, mode InlineMode) {
+	srv, sock, _ := testServerIO(t, 16<<20, 1, mode)
 	tc := dial(t, sock, wire.ClientOptions{BlockSize: true})
 	data := bytes.Repeat([]byte{0xa5}, 4096)
 	buf := make([]byte, 4096)
@@ -141,6 +162,9 @@ func TestRequestPathAllocations(t *testing.T) {
 	}
 	if !bytes.Equal(buf, data) {
 		t.Fatal("read back different data")
+	}
+	if n := srv.shards[0].stats.InlineOps.Load(); (n > 0) != (mode == InlineOn) {
+		t.Fatalf("%d device operations done inline in mode %d", n, mode)
 	}
 }
 
@@ -204,7 +228,13 @@ func TestBadInput(t *testing.T) {
 // write disjoint bytes of the same blocks at once, on connections spread
 // over two shards; every byte must survive (the range lock at work).
 func TestUnalignedConcurrentWrites(t *testing.T) {
-	_, sock, _ := testServer(t, 1<<20, 2)
+	for _, m := range inlineModes {
+		t.Run(m.name, func(t *testing.T) { testUnalignedConcurrentWrites(t, m.mode) })
+	}
+}
+
+func testUnalignedConcurrentWrites(t *testing.T, mode InlineMode) {
+	_, sock, _ := testServerIO(t, 1<<20, 2, mode)
 	const writers, rounds, batch, run = 4, 40, 8, 3
 	const size = 8192
 	models := make([][]byte, writers)
@@ -261,7 +291,13 @@ func TestUnalignedConcurrentWrites(t *testing.T) {
 // flight (or mid-payload) leave no connection, slot, buffer or fd behind,
 // and the server keeps serving.
 func TestVanishingClients(t *testing.T) {
-	srv, sock, _ := testServer(t, 64<<20, 2)
+	for _, m := range inlineModes {
+		t.Run(m.name, func(t *testing.T) { testVanishingClients(t, m.mode) })
+	}
+}
+
+func testVanishingClients(t *testing.T, mode InlineMode) {
+	srv, sock, _ := testServerIO(t, 64<<20, 2, mode)
 	fds := func() int {
 		ents, err := os.ReadDir("/proc/self/fd")
 		if err != nil {

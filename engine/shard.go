@@ -36,7 +36,11 @@ type shard struct {
 	waitingSpare []int32
 	rmwSpare     []int32
 	dirty        []int32 // connections with replies queued but not yet sent
-	timerOn      bool
+	// local holds the completions of inline operations (issueInline) until
+	// the loop hands them to complete; localSpare swaps with it meanwhile.
+	local      []ring.CQE
+	localSpare []ring.CQE
+	timerOn    bool
 	// fixedBufs: the arena is registered as fixed buffer 0.
 	fixedBufs bool
 	efd       int
@@ -68,6 +72,7 @@ type ShardStats struct {
 	SendsZC      atomic.Uint64 // zero-copy sends issued
 	ZCCopied     atomic.Uint64 // their notifications that said the kernel copied
 	ZCRefused    atomic.Uint64 // connections whose socket refused zero-copy
+	InlineOps    atomic.Uint64 // device operations the shard did itself (Export.inline)
 }
 
 type handoff struct {
@@ -119,6 +124,8 @@ func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
 	s.rmwWait = make([]int32, 0, slotsPerShardMax)
 	s.rmwSpare = make([]int32, 0, slotsPerShardMax)
 	s.dirty = make([]int32, 0, connsPerShardMax)
+	s.local = make([]ring.CQE, 0, slotsPerShardMax)
+	s.localSpare = make([]ring.CQE, 0, slotsPerShardMax)
 	return s, nil
 }
 
@@ -184,7 +191,11 @@ func (s *shard) loop() error {
 			ring.PrepTimeout(s.issue(opTimer, 0), &s.mem.words.timeout)
 			s.timerOn = true
 		}
-		if err := s.ring.SubmitAndWait(1); err != nil {
+		wait := uint32(1)
+		if len(s.local) > 0 {
+			wait = 0 // inline completions are waiting already
+		}
+		if err := s.ring.SubmitAndWait(wait); err != nil {
 			return err
 		}
 		cqes := s.ring.Reap()
@@ -192,6 +203,7 @@ func (s *shard) loop() error {
 			s.complete(cqe)
 		}
 		s.ring.Advance(len(cqes))
+		s.completeLocal()
 	}
 	return nil
 }

@@ -28,7 +28,7 @@ func zcServer(t *testing.T, size int) (srv *Server, tcp, unixSock string, data [
 	if err != nil {
 		t.Skipf("cannot serve a file here: %v", err)
 	}
-	srv, err = New(Config{Shards: 1, ArenaSize: 64 << 20}, []*Export{exp})
+	srv, err = New(Config{Shards: 1, ArenaSize: 128 << 20}, []*Export{exp})
 	if err != nil {
 		t.Skipf("engine unavailable here: %v", err)
 	}

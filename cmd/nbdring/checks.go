@@ -48,8 +48,8 @@ func checkArenaMiB(n int) error {
 	min := engine.ArenaSizeMin >> 20
 	switch {
 	case n < min:
-		return fmt.Errorf("-arena-mib %d: below the minimum of %d MiB per shard (one "+
-			"unaligned 32 MiB write needs %d MiB); the default is 128", n, min, min)
+		return fmt.Errorf("-arena-mib %d: below the minimum of %d MiB per shard (what "+
+			"one unaligned 32 MiB write needs at once)", n, min)
 	case n > arenaMiBMax:
 		return fmt.Errorf("-arena-mib %d: above %d MiB per shard; the value is in MiB "+
 			"(128 is 128 MiB)", n, arenaMiBMax)

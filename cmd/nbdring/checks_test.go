@@ -32,7 +32,7 @@ func TestCheckShards(t *testing.T) {
 // TestCheckArenaMiB: the flag and the unit are named, and the nearest
 // valid values suggested.
 func TestCheckArenaMiB(t *testing.T) {
-	for _, n := range []int{64, 128, 1024} {
+	for _, n := range []int{128, 256, 1024} {
 		if err := checkArenaMiB(n); err != nil {
 			t.Errorf("-arena-mib %d: %v", n, err)
 		}
@@ -41,8 +41,8 @@ func TestCheckArenaMiB(t *testing.T) {
 		n    int
 		want []string
 	}{
-		{100, []string{"-arena-mib 100", "not a power of two", "64 or 128", "MiB"}},
-		{32, []string{"-arena-mib 32", "below the minimum of 64 MiB"}},
+		{200, []string{"-arena-mib 200", "not a power of two", "128 or 256", "MiB"}},
+		{64, []string{"-arena-mib 64", "below the minimum of 128 MiB"}},
 		{0, []string{"-arena-mib 0", "below the minimum"}},
 		{128 << 20, []string{"in MiB"}},
 	}

@@ -21,7 +21,7 @@ import (
 )
 
 // e2eLight keeps each server small: one shard, the smallest arena.
-var e2eLight = []string{"-shards", "1", "-arena-mib", "64"}
+var e2eLight = []string{"-shards", "1", "-arena-mib", "128"}
 
 // e2eNbdring runs nbdring to completion (within e2eToolTimeout) and
 // returns its combined output and exit status.
@@ -398,10 +398,10 @@ func TestE2EStartupChecks(t *testing.T) {
 	}{
 		{"too many shards", []string{"-shards", "4096", img}, "-shards 4096: this " +
 			"process may run on"},
-		{"arena not a power of two", []string{"-arena-mib", "100", img},
-			"-arena-mib 100: not a power of two"},
+		{"arena not a power of two", []string{"-arena-mib", "200", img},
+			"-arena-mib 200: not a power of two"},
 		{"arena too small", []string{"-arena-mib", "32", img},
-			"-arena-mib 32: below the minimum of 64 MiB"},
+			"-arena-mib 32: below the minimum of 128 MiB"},
 		{"listen without port", []string{"-listen", "localhost", img},
 			`-listen "localhost" has no port; add one: localhost:10809`},
 		{"listen a URI", []string{"-listen", "nbd://localhost", img}, "is a URI"},

@@ -29,7 +29,7 @@ import (
 
 // e2eSvcLight keeps each server small: these tests are about start-up and
 // wiring, not throughput.
-var e2eSvcLight = []string{"-shards", "1", "-arena-mib", "64"}
+var e2eSvcLight = []string{"-shards", "1", "-arena-mib", "128"}
 
 // e2eSvcProc is a process a test started with its own argv, environment
 // and descriptors, with stdout (the -print-uri lines) kept apart.
@@ -514,7 +514,7 @@ func TestE2EServiceDropPrivileges(t *testing.T) {
 	const size = 8 << 20
 	src := e2eMakeFile(t, dir, "src.img", size, 5)
 	export := e2eMakeFile(t, dir, "export.img", size, 0)
-	s := e2eStart(t, "-user", "nobody", "-shards", "2", "-arena-mib", "64", export)
+	s := e2eStart(t, "-user", "nobody", "-shards", "2", "-arena-mib", "128", export)
 	// The socket accepts before the switch; the try line comes after it.
 	for deadline := time.Now().Add(e2eStartTimeout); !strings.Contains(s.stderr.String(),
 		"try: nbdinfo"); time.Sleep(20 * time.Millisecond) {

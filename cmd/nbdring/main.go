@@ -28,7 +28,10 @@ func main() {
 		"number of shards (pinned goroutines, one io_uring each), at most one per usable "+
 			"CPU; 0: one per core")
 	arenaMiB := flag.Int("arena-mib", 128,
-		"buffer arena per shard in MiB (a power of two, at least 64)")
+		"buffer arena per shard in MiB (a power of two, at least 128)")
+	inlineIO := flag.String("inline-io", "auto",
+		"auto: the shard does an export's I/O itself where the kernel would hand it to an "+
+			"io-wq thread (no RWF_NOWAIT) and it answers in microseconds; on; off")
 	zeroCopy := flag.Bool("zero-copy", true,
 		"send READ replies of 64 KiB or more with SENDMSG_ZC where the socket takes it")
 	pprofAddr := flag.String("pprof", "",
@@ -69,6 +72,16 @@ func main() {
 	o := options{readOnly: *readOnly, pprof: *pprofAddr, svc: svc, run: *runCmd,
 		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
 			NoZeroCopy: !*zeroCopy}}
+	switch *inlineIO {
+	case "auto":
+	case "on":
+		o.inline = engine.InlineOn
+	case "off":
+		o.inline = engine.InlineOff
+	default:
+		slog.Error(fmt.Sprintf("-inline-io %q: want auto, on or off", *inlineIO))
+		os.Exit(2)
+	}
 	flag.Visit(func(f *flag.Flag) {
 		if f.Name == "listen" {
 			o.listen = []string{*listen}
@@ -121,6 +134,7 @@ type options struct {
 	// address and the server is not captive (which uses a private socket).
 	listenDefault string
 	readOnly      bool
+	inline        engine.InlineMode // -inline-io, for every export
 	cfg           engine.Config
 	pprof         string
 	svc           serviceFlags
@@ -164,6 +178,7 @@ func (o *options) resolve(configFile string, args []string, shards, arenaMiB int
 	}
 	for i := range o.exports {
 		o.exports[i].ReadOnly = o.exports[i].ReadOnly || o.readOnly
+		o.exports[i].Inline = o.inline
 	}
 	if o.run != "" && len(o.listen) == 0 && (o.svc.user != "" || o.svc.group != "") {
 		return errors.New("-run with -user or -group needs -listen: the private " +
@@ -259,8 +274,12 @@ func run(o options) error {
 	}
 	var names []string
 	for _, e := range exports {
+		io := "on the ring"
+		if e.Inline() {
+			io = "inline (no RWF_NOWAIT here, and reads answer in microseconds)"
+		}
 		slog.Info(fmt.Sprintf("export %q: %s, %d bytes, block size %d (direct I/O), "+
-			"read-only %v", e.Name, e.Path, e.Size(), e.Align(), e.ReadOnly()),
+			"read-only %v, I/O %s", e.Name, e.Path, e.Size(), e.Align(), e.ReadOnly(), io),
 			"export", e.Name)
 		names = append(names, e.Name)
 	}

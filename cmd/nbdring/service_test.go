@@ -451,7 +451,7 @@ func TestServeSeveralListeners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := engine.New(engine.Config{Shards: 1, ArenaSize: 64 << 20},
+	srv, err := engine.New(engine.Config{Shards: 1, ArenaSize: 128 << 20},
 		[]*engine.Export{exp})
 	if err != nil {
 		t.Fatal(err)
