@@ -295,8 +295,8 @@ func TestE2ERunSigterm(t *testing.T) {
 // TestE2ELogLines: -log-format json; every line is a JSON object; each
 // connection has one line at connect and one at close, with client,
 // export, shard, tls, requests, duration and the reason it closed (DISC,
-// client disconnect, protocol error, server shutdown); 200 requests add
-// no line.
+// client disconnect, protocol error, server shutdown, cut at shutdown);
+// 200 requests add no line.
 func TestE2ELogLines(t *testing.T) {
 	path := e2eMakeFile(t, t.TempDir(), "disk.img", 1<<20, 0)
 	s, addr := e2eStartTCP(t, append(e2eLight, "-log-format", "json", "-log-level",
@@ -337,9 +337,16 @@ func TestE2ELogLines(t *testing.T) {
 	bad.Write(make([]byte, wire.RequestSize)) // magic 0
 	io.Copy(io.Discard, bad)
 	idle := dial()
-	want := map[string]string{disc.LocalAddr().String(): "DISC",
-		gone.LocalAddr().String(): "client disconnect",
-		bad.LocalAddr().String():  "protocol error", idle.LocalAddr().String(): "server shutdown"}
+	// Half a WRITE payload, then nothing: shutdown's grace ends, it is cut.
+	stalled := dial()
+	stalled.Write(append(e2eRequest(wire.CmdWrite, 1, 0, 1<<20), make([]byte, 512<<10)...))
+	want := map[string]string{
+		disc.LocalAddr().String():    "DISC",
+		stalled.LocalAddr().String(): "cut at shutdown",
+		gone.LocalAddr().String():    "client disconnect",
+		bad.LocalAddr().String():     "protocol error",
+		idle.LocalAddr().String():    "server shutdown",
+	}
 	for deadline := time.Now().Add(e2eStartTimeout); strings.Count(s.stderr.String(),
 		`"msg":"connection"`) < len(want); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -347,7 +354,7 @@ func TestE2ELogLines(t *testing.T) {
 		}
 	}
 	sent := e2eSignal(t, s, syscall.SIGTERM)
-	if _, ok := e2eWaitExit(s, sent, e2eStopTimeout); !ok || s.err != nil {
+	if _, ok := e2eWaitExit(s, sent, e2eGraceWait); !ok || s.err != nil {
 		t.Fatalf("after SIGTERM: exited %v, %v", ok, s.err)
 	}
 	opened, closed := map[string]int{}, map[string]map[string]any{}
