@@ -54,14 +54,14 @@ install: build ## install nbdring, nbdbench and the systemd units under $(DESTDI
 	    > $(DESTDIR)$(UNITDIR)/nbdring.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/nbdring.service
 	install -m 0644 service/nbdring.socket $(DESTDIR)$(UNITDIR)/
-	install -m 0644 service/nbdring.env $(DESTDIR)$(DOCDIR)/
+	install -m 0644 service/nbdring.env service/nbdring.toml $(DESTDIR)$(DOCDIR)/
 	@echo "installed; configure /etc/default/nbdring (example: $(DOCDIR)/nbdring.env)," \
 	      "then: systemctl daemon-reload && systemctl enable --now nbdring.socket"
 
 uninstall: ## remove what install put under $(DESTDIR)$(PREFIX)
 	rm -f $(DESTDIR)$(BINDIR)/nbdring $(DESTDIR)$(BINDIR)/nbdbench \
 	      $(DESTDIR)$(UNITDIR)/nbdring.service $(DESTDIR)$(UNITDIR)/nbdring.socket \
-	      $(DESTDIR)$(DOCDIR)/nbdring.env
+	      $(DESTDIR)$(DOCDIR)/nbdring.env $(DESTDIR)$(DOCDIR)/nbdring.toml
 	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 $(IMAGE):

@@ -45,6 +45,10 @@ type exportTable struct {
 type serveConfig struct {
 	listen  []string // empty: -listen (or socket activation) decides
 	exports []engine.ExportConfig
+	// where names each export's path in the file ("FILE:LINE: key
+	// export.path (...)"), so an export that fails to open is found there;
+	// nil for EXPORT arguments.
+	where []string
 }
 
 // configError is one mistake in a configuration file.
@@ -95,8 +99,8 @@ func parseConfig(file string, data []byte) (serveConfig, error) {
 				"description, read-only, trim, allow, tls-required"}
 	}
 	if len(fc.Export) == 0 {
-		return serveConfig{}, &configError{file: file, msg: "no [[export]] table: " +
-			"describe at least one export (see service/nbdring.toml)"}
+		return serveConfig{}, &configError{file: file, key: "export", msg: "no [[export]] " +
+			"table: describe at least one export (see service/nbdring.toml)"}
 	}
 	var sc serveConfig
 	for i, l := range fc.Listen {
@@ -124,6 +128,7 @@ func parseConfig(file string, data []byte) (serveConfig, error) {
 		}
 		names[x.Name] = i
 		sc.exports = append(sc.exports, ec)
+		sc.where = append(sc.where, bad("path", "").Error())
 	}
 	return sc, nil
 }

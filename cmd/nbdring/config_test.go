@@ -92,7 +92,7 @@ func TestConfigMistakes(t *testing.T) {
 		{"unknown table", "[[export]]\npath = \"a\"\n[server]\nport = 1\n",
 			[]string{"f.toml:3: key server: unknown key"}},
 		{"no exports", "listen = [\"localhost:1\"]\n",
-			[]string{"f.toml: no [[export]]"}},
+			[]string{"f.toml: key export: no [[export]]"}},
 		{"missing path", "[[export]]\npath = \"a\"\n[[export]]\nname = \"b\"\n",
 			[]string{"f.toml:3: key export.path (export 2, name \"b\"): missing"}},
 		{"bad trim", "[[export]]\npath = \"a\"\ntrim = \"discard\"\n",

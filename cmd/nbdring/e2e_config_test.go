@@ -148,6 +148,8 @@ func TestE2EConfigMistakes(t *testing.T) {
 	good := fmt.Sprintf("listen = [\"unix:%s/s.sock\"]\n\n[[export]]\npath = %q\n", dir, img)
 	cfg := e2eWriteConfig(t, dir, good+"read_only = true\n")
 	cfgGood := e2eWriteConfig(t, t.TempDir(), good)
+	cfgMissing := e2eWriteConfig(t, t.TempDir(), good+"\n[[export]]\nname = \"m\"\n"+
+		"path = \"/nonexistent/m.img\"\n")
 	cases := []struct {
 		name string
 		args []string
@@ -155,6 +157,8 @@ func TestE2EConfigMistakes(t *testing.T) {
 	}{
 		{"unknown key", []string{"-config", cfg}, cfg + ":5: key export.read_only " +
 			"(export 1): unknown key"},
+		{"export missing", []string{"-config", cfgMissing}, cfgMissing + ":8: key " +
+			"export.path (export 2, name \"m\"): open export \"/nonexistent/m.img\": no such"},
 		{"exports as well", []string{"-config", cfgGood, img}, "-config " + cfgGood +
 			" names the exports, so EXPORT arguments (" + img + ") are not taken"},
 		{"listen twice", []string{"-listen", "localhost:0", "-config", cfgGood},

@@ -140,6 +140,7 @@ type options struct {
 	svc           serviceFlags
 	run           string
 	exports       []engine.ExportConfig
+	exportsWhere  []string // where -config wrote each export, for open errors
 }
 
 // resolve reads the exports from -config or the arguments and checks
@@ -172,7 +173,7 @@ func (o *options) resolve(configFile string, args []string, shards, arenaMiB int
 		if len(sc.listen) > 0 {
 			o.listen = sc.listen
 		}
-		o.exports = sc.exports
+		o.exports, o.exportsWhere = sc.exports, sc.where
 	} else {
 		o.exports = exportArgs(args)
 	}
@@ -246,9 +247,12 @@ func run(o options) error {
 			e.Close()
 		}
 	}()
-	for _, ec := range o.exports {
+	for i, ec := range o.exports {
 		e, err := engine.OpenExport(ec)
 		if err != nil {
+			if i < len(o.exportsWhere) {
+				return fmt.Errorf("%s%w", o.exportsWhere[i], err)
+			}
 			return err
 		}
 		exports = append(exports, e)
