@@ -19,12 +19,14 @@ const (
 	closeCut                         // still open when the shutdown grace ran out
 	closeRecvErr                     // recv failed with another error
 	closeSendErr                     // send failed with another error
+	closeTLSErr                      // a TLS record or alert error (for the TLS branch)
 )
 
 var closeReasonNames = [...]string{
 	closeUnknown: "unknown", closeClient: "client disconnect", closeDisc: "DISC",
 	closeProtocol: "protocol error", closeShutdown: "server shutdown",
 	closeCut: "cut at shutdown", closeRecvErr: "recv error", closeSendErr: "send error",
+	closeTLSErr: "TLS error",
 }
 
 func (r closeReason) String() string {
