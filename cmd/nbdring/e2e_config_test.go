@@ -417,6 +417,8 @@ func TestE2EStartupChecks(t *testing.T) {
 			`-listen "localhost" has no port; add one: localhost:10809`},
 		{"listen a URI", []string{"-listen", "nbd://localhost", img}, "is a URI"},
 		{"log format", []string{"-log-format", "xml", img}, `-log-format "xml"`},
+		{"run as another user", []string{"-run", "true", "-user", "nobody", img},
+			"-run with -user or -group needs -listen"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
