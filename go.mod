@@ -13,4 +13,4 @@ require (
 	github.com/klauspost/cpuid/v2 v2.4.2
 )
 
-require github.com/BurntSushi/toml v1.6.0 // indirect
+require github.com/BurntSushi/toml v1.6.0
