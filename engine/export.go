@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"log"
 	"os"
 	"slices"
 	"sync"
@@ -94,6 +95,15 @@ func OpenExport(c ExportConfig) (*Export, error) {
 	if err := e.probe(); err != nil {
 		unix.Close(fd)
 		return nil, err
+	}
+	if format, err := e.imageFormat(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	} else if format != "" {
+		log.Printf("warning: %s starts with a %s header: nbdring serves raw images, so "+
+			"clients will see the %s container, not the disk inside it; convert it "+
+			"first (qemu-img convert -O raw %s disk.raw) or serve it with qemu-nbd",
+			c.Path, format, format, c.Path)
 	}
 	if e.inline, err = e.probeInline(c.Inline); err != nil {
 		unix.Close(fd)

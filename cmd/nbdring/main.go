@@ -94,7 +94,10 @@ func usage() {
 	fmt.Fprintf(os.Stderr, `usage: nbdring [flags] EXPORT...
 
 Serves each EXPORT over NBD. EXPORT is PATH (the default export, name "")
-or NAME=PATH; PATH is a regular file or a block device, opened with O_DIRECT.
+or NAME=PATH; PATH is a regular file or a block device, opened with O_DIRECT
+and served raw: clients see its bytes as they are (an image in qcow2 or
+another container format gets a warning at start; convert it first with
+qemu-img convert -O raw).
 
 Connect with, for example:
   nbdinfo nbd://localhost          qemu-img info nbd://localhost
