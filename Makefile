@@ -10,6 +10,8 @@ IMAGE     ?= var/default.img
 IMAGE_SIZE?= 1G
 LISTEN    ?= localhost:10809
 FUZZTIME  ?= 30s
+# Packages with fuzz targets: wire's decoders and engine's FuzzShard.
+FUZZ_PKGS ?= ./wire/ ./engine/
 # make compare: the side-by-side table (README "Performance"). BENCH_FILE is
 # any file or block device (e.g. /dev/zram0); one that exists is used as it
 # is, a missing file is made and filled with BENCH_SIZE of random data.
@@ -97,9 +99,12 @@ soak: deps ## verified mixed load for SOAK_DURATION (60s); fails on RSS, fd or g
 race: ## unit tests under the race detector
 	$(GO) test $(LINKFLAGS) -race -count=1 ./wire/ ./ring/ ./engine/
 
-fuzz: ## run each fuzz target for $(FUZZTIME)
-	@for t in $$($(GO) test -list 'Fuzz.*' ./wire/ | grep ^Fuzz); do \
-	  $(GO) test $(LINKFLAGS) -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./wire/ || exit 1; \
+fuzz: ## run each fuzz target of $(FUZZ_PKGS) for $(FUZZTIME), invariants on
+	@for p in $(FUZZ_PKGS); do \
+	  for t in $$($(GO) test $(LINKFLAGS) -tags invariants -list 'Fuzz.*' $$p | grep ^Fuzz); do \
+	    $(GO) test $(LINKFLAGS) -tags invariants -run '^$$' -fuzz "^$$t$$" \
+	      -fuzztime $(FUZZTIME) $$p || exit 1; \
+	  done; \
 	done
 
 bench: ## Go micro-benchmarks of wire and the request path, with allocations

@@ -19,7 +19,7 @@ const (
 	closeCut                         // still open when the shutdown grace ran out
 	closeRecvErr                     // recv failed with another error
 	closeSendErr                     // send failed with another error
-	closeTLSErr                      // a TLS record or alert error (for the TLS branch)
+	closeTLSErr                      // a TLS record or alert error
 )
 
 var closeReasonNames = [...]string{
@@ -41,14 +41,14 @@ func (r closeReason) String() string {
 func (s *shard) logConnect(ci int32) {
 	c := &s.conns[ci]
 	slog.Info("connection", "client", c.peer, "export", c.exp.Name, "shard", s.id,
-		"tls", false)
+		"tls", c.tls != nil)
 }
 
 // logClose is a connection's last line: what it did and why it ended.
 func (s *shard) logClose(ci int32) {
 	c := &s.conns[ci]
 	slog.Info("connection closed", "client", c.peer, "export", c.exp.Name, "shard", s.id,
-		"tls", false, "requests", c.served,
+		"tls", c.tls != nil, "requests", c.served,
 		"duration", time.Since(c.started).Round(time.Millisecond).String(),
 		"reason", c.closeWhy.String())
 }

@@ -16,16 +16,20 @@ import (
 
 // ExportConfig describes one export (from the command line or -config).
 type ExportConfig struct {
-	Name        string // "" is the default export
-	Path        string // regular file or block device
-	Description string // NBD_INFO_DESCRIPTION; "" advertises Path
-	ReadOnly    bool
+	Name     string // "" is the default export
+	Path     string // regular file or block device
+	ReadOnly bool
+	Inline   InlineMode
+	// Description is sent as NBD_INFO_DESCRIPTION and in NBD_OPT_LIST;
+	// empty unless the operator sets one (never the path: it would tell
+	// any client the server's file layout).
+	Description string
+	TLSOnly     bool // served only over TLS (needs -tls on)
 	// TrimIgnore answers TRIM with success and leaves the data in place,
 	// as qemu-nbd --discard=ignore does: TRIM stays advertised (it is
 	// only a hint, and clients such as qemu-img then still send it), but
 	// nothing is punched or discarded.
 	TrimIgnore bool
-	Inline     InlineMode
 }
 
 // InlineMode says whether the shards do an export's reads, writes and
@@ -42,14 +46,15 @@ const (
 // (so a FLUSH on any shard covers writes completed on every shard: that is
 // what makes MULTI_CONN true), its size and its direct-I/O alignment.
 type Export struct {
-	Name        string
-	Path        string
-	Description string
-	fd          int
-	size        uint64
-	align       uint32 // O_DIRECT offset and length alignment
-	isDevice    bool
-	readOnly    bool
+	Name     string
+	Path     string
+	fd       int
+	size     uint64
+	align    uint32 // O_DIRECT offset and length alignment
+	isDevice bool
+	readOnly bool
+	desc     string
+	tlsOnly  bool
 	// trimIgnore: TRIM succeeds without touching the data (ExportConfig).
 	trimIgnore bool
 	flags      wire.TxFlags
@@ -91,11 +96,20 @@ func OpenExport(c ExportConfig) (*Export, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open export %q: %w", c.Path, err)
 	}
-	e := &Export{Name: c.Name, Path: c.Path, Description: c.Description, fd: fd,
-		readOnly: c.ReadOnly, trimIgnore: c.TrimIgnore}
+	e := &Export{Name: c.Name, Path: c.Path, fd: fd, readOnly: c.ReadOnly,
+		desc: c.Description, tlsOnly: c.TLSOnly, trimIgnore: c.TrimIgnore}
 	if err := e.probe(); err != nil {
 		unix.Close(fd)
 		return nil, err
+	}
+	if format, err := e.imageFormat(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	} else if format != "" {
+		slog.Warn(fmt.Sprintf("%s starts with a %s header: nbdring serves raw images, so "+
+			"clients will see the %s container, not the disk inside it; convert it "+
+			"first (qemu-img convert -O raw %s disk.raw) or serve it with qemu-nbd",
+			c.Path, format, format, c.Path), "export", c.Name, "path", c.Path)
 	}
 	if e.inline, err = e.probeInline(c.Inline); err != nil {
 		unix.Close(fd)
@@ -264,18 +278,9 @@ func (e *Export) Align() uint32 { return e.align }
 // Wire describes the export for the handshake.
 func (e *Export) Wire() wire.Export {
 	return wire.Export{
-		Name: e.Name, Description: e.description(), Size: e.size, Flags: e.flags,
+		Name: e.Name, Description: e.desc, Size: e.size, Flags: e.flags, TLSOnly: e.tlsOnly,
 		BlockMin: e.align, BlockPreferred: blockSizePreferred, BlockMax: blockSizeMax,
 	}
-}
-
-// description is what NBD_INFO_DESCRIPTION says: the configured text, or
-// the path.
-func (e *Export) description() string {
-	if e.Description != "" {
-		return e.Description
-	}
-	return e.Path
 }
 
 // ReadOnly reports whether the export refuses writes.
@@ -322,3 +327,6 @@ func (l *rangeLocks) unlock(i int) {
 	l.span[i].used = false
 	l.mu.Unlock()
 }
+
+// TLSOnly reports whether the export is served only over TLS.
+func (e *Export) TLSOnly() bool { return e.tlsOnly }

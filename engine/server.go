@@ -16,11 +16,14 @@
 package engine
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -37,6 +40,11 @@ type Config struct {
 	Shards     int  // 0: one per CPU this process may run on
 	ArenaSize  int  // bytes of buffer arena per shard; 0: the default
 	NoZeroCopy bool // never send zero-copy (SENDMSG_ZC), even where the kernel can
+	// TLSMode is the TLS policy; TLS (from LoadTLS) is needed unless it
+	// is wire.TLSOff. Exports with ExportConfig.TLSOnly need TLSOn.
+	TLSMode wire.TLSMode
+	TLS     *tls.Config
+	Allow   *Access // nil: every client may connect
 }
 
 // Server owns the exports, the shards and the listener.
@@ -46,7 +54,11 @@ type Server struct {
 	shards   []*shard
 	stopping atomic.Bool // draining: accept nothing, finish what was sent
 	cutting  atomic.Bool // grace over: close every connection now
-	sem      chan struct{}
+	tlsMode  wire.TLSMode
+	tlsCfg   *tls.Config
+	allow    *Access
+	gate     gate    // unfinished handshakes, in all and per address
+	refusals rateLog // refused connections, logged at most once a second
 	done     sync.WaitGroup
 	mu       sync.Mutex
 	lns      []net.Listener        // every listener Serve was given; Shutdown closes them
@@ -75,8 +87,12 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 			"least %d MiB, what one unaligned 32 MiB write needs", arenaSize>>20,
 			arenaSizeMin>>20)
 	}
-	s := &Server{exports: exports, sem: make(chan struct{}, handshakesMax),
-		hs: map[net.Conn]struct{}{}, noZC: cfg.NoZeroCopy}
+	if err := checkSecurity(cfg, exports); err != nil {
+		return nil, err
+	}
+	s := &Server{exports: exports, tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
+		gate: gate{byAddr: map[netip.Addr]int{}}, hs: map[net.Conn]struct{}{},
+		noZC: cfg.NoZeroCopy}
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if seen[e.Name] {
@@ -110,6 +126,26 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		replyHeaderSize, connsPerShardMax, recvBufSize>>10, zeroWriteMax>>10,
 		n*(arenaSize+meta)>>20), "shards", n)
 	return s, nil
+}
+
+// checkSecurity refuses TLS and access settings that cannot work together.
+func checkSecurity(cfg Config, exports []*Export) error {
+	if cfg.TLSMode != wire.TLSOff && cfg.TLS == nil {
+		return fmt.Errorf("-tls %v needs -tls-certificates DIR", cfg.TLSMode)
+	}
+	for _, e := range exports {
+		if e.tlsOnly && cfg.TLSMode == wire.TLSOff {
+			return fmt.Errorf("export %q requires TLS but TLS is off: add -tls on", e.Name)
+		}
+	}
+	if cfg.Allow != nil && len(cfg.Allow.Subjects) > 0 {
+		if cfg.TLSMode != wire.TLSRequire || cfg.TLS == nil ||
+			cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+			return errors.New("-allow subject:... needs -tls require and -tls-verify-peer " +
+				"(a plaintext client has no certificate to check)")
+		}
+	}
+	return nil
 }
 
 func (s *Server) abort() {
@@ -211,14 +247,18 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		select {
-		case s.sem <- struct{}{}:
-			go s.handshake(nc)
-		default:
-			slog.Warn(fmt.Sprintf("refusing %v: %d handshakes already under way",
-				nc.RemoteAddr(), handshakesMax), "client", peerName(nc))
+		if !s.allow.AllowAddr(nc.RemoteAddr()) {
+			s.refusals.printf("refusing %v: address not allowed by -allow", nc.RemoteAddr())
 			nc.Close()
+			continue
 		}
+		ip, why := s.gate.enter(nc.RemoteAddr())
+		if why != "" {
+			s.refusals.printf("refusing %v: %s", nc.RemoteAddr(), why)
+			nc.Close()
+			continue
+		}
+		go s.handshake(nc, ip)
 	}
 }
 
@@ -295,9 +335,10 @@ func (s *Server) shardDone(sh *shard, err error) {
 }
 
 // handshake runs the option phase on a control-plane goroutine, then hands
-// the socket to a shard.
-func (s *Server) handshake(nc net.Conn) {
-	defer func() { <-s.sem }()
+// the socket to a shard. Options are read exactly (no read-ahead), so the
+// bytes after NBD_OPT_STARTTLS reach crypto/tls untouched.
+func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
+	defer s.gate.leave(ip)
 	if !s.track(nc, true) {
 		nc.Close()
 		return
@@ -309,13 +350,16 @@ func (s *Server) handshake(nc net.Conn) {
 			nc.Close()
 		}
 	}()
-	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout))
+	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout)) // the TLS handshake too
 	h := wire.NewServerHandshake(s.wireExps)
+	h.SetTLS(s.tlsMode)
 	if _, err := nc.Write(h.Greeting()); err != nil {
 		return
 	}
+	var rw io.ReadWriter = nc
+	var t *tlsState
 	var b [wire.OptionHeaderSize]byte
-	if _, err := io.ReadFull(nc, b[:4]); err != nil {
+	if _, err := io.ReadFull(rw, b[:4]); err != nil {
 		return
 	}
 	if err := h.ClientFlags(b[:4]); err != nil {
@@ -323,7 +367,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	for {
-		if _, err := io.ReadFull(nc, b[:]); err != nil {
+		if _, err := io.ReadFull(rw, b[:]); err != nil {
 			return
 		}
 		opt, n, err := h.OptionHeader(b[:])
@@ -332,12 +376,12 @@ func (s *Server) handshake(nc net.Conn) {
 			return
 		}
 		data := make([]byte, n)
-		if _, err := io.ReadFull(nc, data); err != nil {
+		if _, err := io.ReadFull(rw, data); err != nil {
 			return
 		}
 		reply, step := h.Option(opt, data)
 		if len(reply) > 0 {
-			if _, err := nc.Write(reply); err != nil {
+			if _, err := rw.Write(reply); err != nil {
 				return
 			}
 		}
@@ -347,11 +391,44 @@ func (s *Server) handshake(nc net.Conn) {
 				slog.Warn(fmt.Sprintf("handshake: %s; closing", r), "client", peerName(nc))
 			}
 			return
+		case wire.StepStartTLS:
+			if t = s.startTLS(nc); t == nil {
+				return
+			}
+			rw = t.tc
 		case wire.StepServe:
-			handed = s.handOff(nc, h.Result)
+			handed = s.handOff(nc, h.Result, t)
 			return
 		}
 	}
+}
+
+// startTLS runs the TLS handshake after NBD_OPT_STARTTLS's ACK and checks
+// the client's certificate against -allow; nil: close.
+func (s *Server) startTLS(nc net.Conn) *tlsState {
+	pipe := newTLSPipe(nc)
+	tc := tls.Server(pipe, s.tlsCfg)
+	if err := tc.Handshake(); err != nil {
+		s.refusals.printf("%v: TLS handshake failed: %v; closing", peerName(nc), err)
+		return nil
+	}
+	cs := tc.ConnectionState()
+	var peer *x509.Certificate
+	if len(cs.PeerCertificates) > 0 {
+		peer = cs.PeerCertificates[0]
+		slog.Info(fmt.Sprintf("%s, client certificate %q", tls.VersionName(cs.Version),
+			peer.Subject), "client", peerName(nc))
+	}
+	if !s.allow.AllowSubject(peer) {
+		subj := "none"
+		if peer != nil {
+			subj = peer.Subject.String()
+		}
+		s.refusals.printf("refusing %v: client certificate subject %q not allowed by "+
+			"-allow; closing", peerName(nc), subj)
+		return nil
+	}
+	return &tlsState{tc: tc, pipe: pipe, more: true} // more: it may have read ahead
 }
 
 // track adds nc to (or removes it from) the handshakes Shutdown ends;
@@ -370,8 +447,8 @@ func (s *Server) track(nc net.Conn, add bool) bool {
 	return true
 }
 
-// handOff moves the socket to a shard, round robin.
-func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
+// handOff moves the socket (and a TLS connection's state) to a shard.
+func (s *Server) handOff(nc net.Conn, neg wire.Negotiated, t *tlsState) bool {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return false
@@ -381,10 +458,19 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 		return false
 	}
 	peer := peerName(nc)
+	if t != nil {
+		if err := t.pipe.handOff(); err != nil {
+			slog.Warn(fmt.Sprintf("handshake: %v; closing", err), "client", peer)
+			return false
+		}
+	}
 	fd := -1
 	_ = rc.Control(func(f uintptr) { fd, err = unix.Dup(int(f)) })
 	if err != nil {
 		slog.Error("dup socket: "+err.Error(), "client", peer)
+		if t != nil {
+			t.pipe.release()
+		}
 		return false
 	}
 	nc.Close()
@@ -397,13 +483,16 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 	_, tcp := nc.(*net.TCPConn)
 	select {
 	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg, peer: peer,
-		tcp: tcp}:
+		tcp: tcp, tls: t}:
 		sh.wake()
 	default:
 		sh.assigned.Add(-1)
 		slog.Warn(fmt.Sprintf("shard %d: inbox full; refusing connection from %s", sh.id,
 			peer), "client", peer, "shard", sh.id)
 		unix.Close(fd)
+		if t != nil {
+			t.pipe.release()
+		}
 	}
 	return true
 }

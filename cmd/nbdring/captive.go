@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/nbdring/nbdring/engine"
+	"github.com/nbdring/nbdring/wire"
 )
 
 // captiveExit carries the command's exit status out of run, so main
@@ -27,10 +28,17 @@ func (e *captiveExit) Error() string { return fmt.Sprintf("-run: exit status %d"
 // nbdkit's names: $uri and $nbd (the same URI, as nbdkit >= 1.24 sets
 // them), $port or $unixsocket (the other one empty), $exportname. nbdkit
 // sets them as shell variables only; nbdring exports them, so a program
-// the command starts sees them too. $tls is left unset (TLS off), as
-// nbdkit does with --tls=off.
-func captiveEnv(l listener, export string) []string {
+// the command starts sees them too. $tls is nbdkit's too: unset with
+// -tls off, 1 with -tls on, 2 with -tls require (and then $uri is nbds:).
+func captiveEnv(l listener, export string, mode wire.TLSMode) []string {
 	uri := clientURI(l.listen, l.ln.Addr(), export)
+	tls := ""
+	switch mode {
+	case wire.TLSOn:
+		tls = "1"
+	case wire.TLSRequire:
+		tls, uri = "2", "nbds"+strings.TrimPrefix(uri, "nbd")
+	}
 	port, sock := "", ""
 	switch a := l.ln.Addr().(type) {
 	case *net.TCPAddr:
@@ -38,8 +46,12 @@ func captiveEnv(l listener, export string) []string {
 	case *net.UnixAddr:
 		sock = a.Name
 	}
-	return []string{"uri=" + uri, "nbd=" + uri, "port=" + port, "unixsocket=" + sock,
+	env := []string{"uri=" + uri, "nbd=" + uri, "port=" + port, "unixsocket=" + sock,
 		"exportname=" + export}
+	if tls != "" {
+		env = append(env, "tls="+tls)
+	}
+	return env
 }
 
 // commandEnv is nbdring's environment for the command, less what is
@@ -55,14 +67,15 @@ func commandEnv(vars []string) []string {
 	return append(env, vars...)
 }
 
-// runCaptive runs command through /bin/sh -c while srv serves on l, then
+// runCaptive runs command through /bin/sh -c, with env (captiveEnv) added
+// to its environment, while srv serves; then it
 // stops srv; it returns the command's status as a *captiveExit (or the
 // server's error). SIGINT and SIGTERM go on to the command; a second one
 // kills it and exits at once.
-func runCaptive(command string, l listener, export string, srv *engine.Server,
+func runCaptive(command string, env []string, srv *engine.Server,
 	sig <-chan os.Signal, errc <-chan error, ntf *notifier) error {
 	cmd := exec.Command("/bin/sh", "-c", command)
-	cmd.Env = commandEnv(captiveEnv(l, export))
+	cmd.Env = commandEnv(env)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
 		srv.Stop()

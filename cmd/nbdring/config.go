@@ -3,7 +3,7 @@ package main
 // -config FILE: listen addresses and exports in TOML, decoded by
 // github.com/BurntSushi/toml. Every mistake is reported as FILE:LINE: and
 // names the key; unknown keys are mistakes, never silently ignored, and so
-// are settings this build cannot honour yet (allow, tls-required).
+// are settings this build cannot honour yet (a per-export allow).
 
 import (
 	"errors"
@@ -34,11 +34,13 @@ type exportTable struct {
 	// "ignore" (qemu-nbd --discard=ignore: TRIM still advertised, answered
 	// with success, data left in place).
 	Trim string `toml:"trim"`
-	// Allow and TLSRequired are parsed and checked, then refused: the
-	// engine cannot enforce them yet, and a limit that is written down but
-	// not enforced is worse than none.
-	Allow       []string `toml:"allow"`
-	TLSRequired bool     `toml:"tls-required"`
+	// Allow is parsed and checked, then refused: the engine's -allow is
+	// for every connection, not per export, and a limit that is written
+	// down but not enforced is worse than none.
+	Allow []string `toml:"allow"`
+	// TLSRequired serves the export only over TLS (ExportConfig.TLSOnly;
+	// needs -tls on).
+	TLSRequired bool `toml:"tls-required"`
 }
 
 // serveConfig is what -config (or the flags) resolve to.
@@ -48,7 +50,8 @@ type serveConfig struct {
 	// where names each export's path in the file ("FILE:LINE: key
 	// export.path (...)"), so an export that fails to open is found there;
 	// nil for EXPORT arguments.
-	where []string
+	where    []string
+	tlsWhere []string // the same for tls-required
 }
 
 // configError is one mistake in a configuration file.
@@ -129,6 +132,7 @@ func parseConfig(file string, data []byte) (serveConfig, error) {
 		names[x.Name] = i
 		sc.exports = append(sc.exports, ec)
 		sc.where = append(sc.where, bad("path", "").Error())
+		sc.tlsWhere = append(sc.tlsWhere, bad("tls-required", "").Error())
 	}
 	return sc, nil
 }
@@ -159,13 +163,11 @@ func (x exportTable) exportConfig(bad func(key, format string, args ...any) erro
 		}
 	}
 	if len(x.Allow) > 0 {
-		return ec, bad("allow", "not supported yet in this build: nbdring cannot "+
-			"restrict clients by address; remove the key and filter with a firewall")
+		return ec, bad("allow", "not supported yet in this build: client networks "+
+			"cannot be set per export; remove the key and use -allow, which applies "+
+			"to every connection")
 	}
-	if x.TLSRequired {
-		return ec, bad("tls-required", "not supported yet in this build: nbdring "+
-			"cannot serve TLS; remove the key (or set it to false)")
-	}
+	ec.TLSOnly = x.TLSRequired
 	return ec, nil
 }
 

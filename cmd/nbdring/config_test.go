@@ -33,7 +33,7 @@ trim = "ignore"
 path = '/srv/t.img'
 trim = "honour"
 allow = []
-tls-required = false
+tls-required = true
 `
 	sc, err := parseConfig("n.toml", []byte(src))
 	if err != nil {
@@ -46,7 +46,7 @@ tls-required = false
 	want := []engine.ExportConfig{
 		{Name: "", Path: "/srv/a.img", Description: "disk A"},
 		{Name: "golden", Path: "/srv/g.img", ReadOnly: true, TrimIgnore: true},
-		{Name: "thin", Path: "/srv/t.img"},
+		{Name: "thin", Path: "/srv/t.img", TLSOnly: true},
 	}
 	if !reflect.DeepEqual(sc.exports, want) {
 		t.Errorf("exports =\n%+v\nwant\n%+v", sc.exports, want)
@@ -108,9 +108,8 @@ func TestConfigMistakes(t *testing.T) {
 		{"allow not supported", "[[export]]\npath = \"a\"\nallow = [\"10.0.0.0/8\"]\n",
 			[]string{"f.toml:3: key export.allow (export 1, name \"\"): not supported " +
 				"yet in this build"}},
-		{"tls not supported", "[[export]]\npath = \"a\"\n\ntls-required = true\n",
-			[]string{"f.toml:4: key export.tls-required (export 1, name \"\"): not " +
-				"supported yet in this build"}},
+		{"tls-required not a bool", "[[export]]\npath = \"a\"\n\ntls-required = 1\n",
+			[]string{"f.toml:4: key export.tls-required: "}},
 		{"listen without port", "listen = [\"localhost:1\",\n  \"localhost\"]\n" +
 			"[[export]]\npath = \"a\"\n",
 			[]string{"f.toml:1: key listen (entry 2): \"localhost\" has no port"}},

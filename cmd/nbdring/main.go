@@ -13,10 +13,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/nbdring/nbdring/engine"
+	"github.com/nbdring/nbdring/wire"
 )
 
 func main() {
@@ -53,6 +55,21 @@ func main() {
 		"print the URI clients should use on stdout, one line per listener, once serving")
 	version := flag.Bool("version", false,
 		"print nbdring's version, its Go version and its dependencies, and exit")
+	var sec security
+	flag.StringVar(&sec.tls, "tls", "off",
+		"TLS: off, on (clients choose; -tls-exports need it) or require (every client)")
+	flag.StringVar(&sec.certDir, "tls-certificates", "",
+		"directory with ca-cert.pem, server-cert.pem, server-key.pem and optional "+
+			"ca-crl.pem (qemu's and nbdkit's layout)")
+	flag.BoolVar(&sec.verifyPeer, "tls-verify-peer", false,
+		"require a client certificate signed by the directory's CA; its subject is logged")
+	flag.StringVar(&sec.tlsExports, "tls-exports", "",
+		"with -tls on: comma-separated export names served only over TLS")
+	flag.StringVar(&sec.allow, "allow", "",
+		"comma-separated rules: CIDR or address (TCP clients from elsewhere are closed "+
+			"unanswered), subject:CN=NAME[+O=ORG] (needs -tls require -tls-verify-peer)")
+	flag.StringVar(&sec.socketMode, "socket-mode", "0600",
+		"file mode of a unix: socket (-listen), which decides who may connect to it")
 	flag.Usage = usage
 	flag.Parse()
 	if *version {
@@ -69,7 +86,7 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	o := options{readOnly: *readOnly, pprof: *pprofAddr, svc: svc, run: *runCmd,
+	o := options{readOnly: *readOnly, pprof: *pprofAddr, svc: svc, sec: sec, run: *runCmd,
 		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
 			NoZeroCopy: !*zeroCopy}}
 	switch *inlineIO {
@@ -108,7 +125,10 @@ func usage() {
        nbdring [flags] -config FILE
 
 Serves each EXPORT over NBD. EXPORT is PATH (the default export, name "")
-or NAME=PATH; PATH is a regular file or a block device, opened with O_DIRECT.
+or NAME=PATH; PATH is a regular file or a block device, opened with O_DIRECT
+and served raw: clients see its bytes as they are (an image in qcow2 or
+another container format gets a warning at start; convert it first with
+qemu-img convert -O raw).
 -config FILE describes listen addresses and exports in TOML instead
 (example: service/nbdring.toml). With -run CMD, nbdring serves (on a private
 Unix socket unless -listen is given) while CMD runs, as nbdkit --run:
@@ -138,9 +158,11 @@ type options struct {
 	cfg           engine.Config
 	pprof         string
 	svc           serviceFlags
+	sec           security
 	run           string
 	exports       []engine.ExportConfig
 	exportsWhere  []string // where -config wrote each export, for open errors
+	tlsWhere      []string // where -config wrote each tls-required
 }
 
 // resolve reads the exports from -config or the arguments and checks
@@ -173,7 +195,7 @@ func (o *options) resolve(configFile string, args []string, shards, arenaMiB int
 		if len(sc.listen) > 0 {
 			o.listen = sc.listen
 		}
-		o.exports, o.exportsWhere = sc.exports, sc.where
+		o.exports, o.exportsWhere, o.tlsWhere = sc.exports, sc.where, sc.tlsWhere
 	} else {
 		o.exports = exportArgs(args)
 	}
@@ -206,6 +228,15 @@ func exportArgs(args []string) []engine.ExportConfig {
 
 func run(o options) error {
 	slog.Info(fmt.Sprintf("nbdring %s", buildVersion(readBuildInfo())))
+	tlsOnly, err := o.sec.config(&o.cfg)
+	if err != nil {
+		return err
+	}
+	mode, err := strconv.ParseUint(o.sec.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return fmt.Errorf("-socket-mode %q: want an octal file mode such as 0660",
+			o.sec.socketMode)
+	}
 	ntf, err := newNotifier(os.Getenv)
 	if err != nil {
 		return err
@@ -248,6 +279,12 @@ func run(o options) error {
 		}
 	}()
 	for i, ec := range o.exports {
+		if ec.TLSOnly && o.cfg.TLSMode == wire.TLSOff && i < len(o.tlsWhere) {
+			return fmt.Errorf("%stls-required = true needs -tls on (or -tls require, "+
+				"which requires TLS of every export) and -tls-certificates", o.tlsWhere[i])
+		}
+		ec.TLSOnly = ec.TLSOnly || tlsOnly[ec.Name]
+		delete(tlsOnly, ec.Name)
 		e, err := engine.OpenExport(ec)
 		if err != nil {
 			if i < len(o.exportsWhere) {
@@ -256,6 +293,9 @@ func run(o options) error {
 			return err
 		}
 		exports = append(exports, e)
+	}
+	for n := range tlsOnly {
+		return fmt.Errorf("-tls-exports names %q, which is not an export", n)
 	}
 	srv, err := engine.New(o.cfg, exports)
 	if err != nil {
@@ -266,6 +306,15 @@ func run(o options) error {
 			exports = nil // Stop closes them; a second close could hit a reused fd
 			srv.Stop()
 			return err
+		}
+		for _, l := range listen {
+			if path, ok := strings.CutPrefix(l, "unix:"); ok {
+				if err := os.Chmod(path, os.FileMode(mode)); err != nil {
+					exports = nil
+					srv.Stop()
+					return fmt.Errorf("-socket-mode: chmod %s: %w", path, err)
+				}
+			}
 		}
 	}
 	if o.pprof != "" {
@@ -283,11 +332,11 @@ func run(o options) error {
 			io = "inline (no RWF_NOWAIT here, and reads answer in microseconds)"
 		}
 		slog.Info(fmt.Sprintf("export %q: %s, %d bytes, block size %d (direct I/O), "+
-			"read-only %v, I/O %s", e.Name, e.Path, e.Size(), e.Align(), e.ReadOnly(), io),
-			"export", e.Name)
+			"read-only %v, I/O %s%s", e.Name, e.Path, e.Size(), e.Align(), e.ReadOnly(), io,
+			tlsNote(o.cfg.TLSMode, e.TLSOnly())), "export", e.Name)
 		names = append(names, e.Name)
 	}
-	announce(lns, uriExport(names), o.svc.printURI)
+	announce(lns, uriExport(names), o.svc.printURI, o.cfg.TLSMode == wire.TLSRequire)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	errc := make(chan error, len(lns))
@@ -297,7 +346,8 @@ func run(o options) error {
 	ntf.ready(fmt.Sprintf("serving %d exports on %d listeners", len(exports), len(lns)))
 	exports = nil // from here on the server closes them
 	if o.run != "" {
-		return runCaptive(o.run, lns[0], uriExport(names), srv, sig, errc, ntf)
+		env := captiveEnv(lns[0], uriExport(names), o.cfg.TLSMode)
+		return runCaptive(o.run, env, srv, sig, errc, ntf)
 	}
 	select {
 	case s := <-sig:
@@ -346,10 +396,14 @@ func servePprof(addr string, srv *engine.Server) {
 }
 
 // announce logs each listener with the URI to try, and with -print-uri
-// prints the URIs on stdout, for scripts.
-func announce(lns []listener, export string, printURI bool) {
+// prints the URIs on stdout, for scripts; nbds:// when TLS is required
+// (the client adds its tls-certificates=).
+func announce(lns []listener, export string, printURI, tlsRequired bool) {
 	for _, l := range lns {
 		uri := clientURI(l.listen, l.ln.Addr(), export)
+		if tlsRequired {
+			uri = "nbds" + strings.TrimPrefix(uri, "nbd")
+		}
 		slog.Info(fmt.Sprintf("listening on %s; try: nbdinfo %s", l.label, shellQuote(uri)))
 		if printURI {
 			fmt.Println(uri)
@@ -361,4 +415,62 @@ func announce(lns []listener, export string, printURI bool) {
 type serviceFlags struct {
 	user, group string
 	printURI    bool
+}
+
+// security is the TLS and access flags.
+type security struct {
+	tls, certDir, tlsExports, allow, socketMode string
+	verifyPeer                                  bool
+}
+
+// config turns the flags into the engine's settings and the set of
+// exports that need TLS.
+func (f security) config(cfg *engine.Config) (map[string]bool, error) {
+	switch f.tls {
+	case "off":
+		cfg.TLSMode = wire.TLSOff
+	case "on":
+		cfg.TLSMode = wire.TLSOn
+	case "require":
+		cfg.TLSMode = wire.TLSRequire
+	default:
+		return nil, fmt.Errorf("-tls %q: want off, on or require", f.tls)
+	}
+	if cfg.TLSMode == wire.TLSOff && (f.certDir != "" || f.verifyPeer || f.tlsExports != "") {
+		return nil, errors.New("-tls-certificates, -tls-verify-peer and -tls-exports " +
+			"need -tls on or -tls require")
+	}
+	if cfg.TLSMode != wire.TLSOff {
+		var err error
+		if cfg.TLS, err = engine.LoadTLS(f.certDir, f.verifyPeer); err != nil {
+			return nil, err
+		}
+	}
+	only := map[string]bool{}
+	if f.tlsExports != "" {
+		if cfg.TLSMode != wire.TLSOn {
+			return nil, errors.New("-tls-exports needs -tls on (with -tls require every " +
+				"export needs TLS)")
+		}
+		for _, n := range strings.Split(f.tlsExports, ",") {
+			only[n] = true
+		}
+	}
+	if f.allow != "" {
+		var err error
+		if cfg.Allow, err = engine.ParseAllow(f.allow); err != nil {
+			return nil, err
+		}
+	}
+	return only, nil
+}
+
+func tlsNote(m wire.TLSMode, only bool) string {
+	switch {
+	case m == wire.TLSRequire || only:
+		return ", TLS required"
+	case m == wire.TLSOn:
+		return ", TLS optional"
+	}
+	return ""
 }
