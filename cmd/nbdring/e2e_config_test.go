@@ -124,10 +124,10 @@ trim = "ignore"
 		t.Errorf("export rw: %+v, want description, 4 MiB, writable with trim and zero", e)
 	}
 	e = list.Exports[byName["ro"]]
-	if e.Description != ro || e.Size != 2<<20 || !e.ReadOnly || e.CanTrim || e.CanZero ||
+	if e.Description != "" || e.Size != 2<<20 || !e.ReadOnly || e.CanTrim || e.CanZero ||
 		e.CanFastZero || !e.CanFlush {
-		t.Errorf("export ro: %+v, want the path as description, read-only, no trim, "+
-			"zero or fast zero", e)
+		t.Errorf("export ro: %+v, want no description (not the path), read-only, no "+
+			"trim, zero or fast zero", e)
 	}
 	// TRIM on "keep" succeeds and the data stays; on "rw" it is gone.
 	for _, c := range []struct{ export, after string }{{"keep", "0x55"}, {"rw", "0"}} {
@@ -488,4 +488,36 @@ func TestE2EOddSizes(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", w, out)
 		}
 	}
+}
+
+// TestE2EConfigTLS: tls-required = true in -config serves that export
+// only over TLS (a plaintext client does not see it listed), a TLS client
+// uses it and its close line says tls true; without -tls on the key is
+// refused at start, naming the file, line and key.
+func TestE2EConfigTLS(t *testing.T) {
+	e2eNeedTool(t, "nbdinfo")
+	ts := e2eNewTLS(t)
+	dir := t.TempDir()
+	pub := e2eMakeFile(t, dir, "public.img", 1<<20, 0)
+	cfg := e2eWriteConfig(t, dir, fmt.Sprintf("[[export]]\nname = \"public\"\npath = %q\n"+
+		"\n[[export]]\nname = \"secret\"\npath = %q\ntls-required = true\n", pub, ts.export))
+	s, addr := e2eStartTCP(t, append(e2eLight, "-log-format", "json", "-tls", "on",
+		"-tls-certificates", ts.serverDir, "-config", cfg)...)
+	plain := e2eRun(t, "nbdinfo", "--list", "--json", "nbd://"+addr)
+	if !strings.Contains(plain, `"public"`) || strings.Contains(plain, `"secret"`) {
+		t.Errorf("plaintext --list shows the TLS-only export or hides the other:\n%s", plain)
+	}
+	out := e2eRun(t, "nbdinfo", "--size", e2eTLSURI(addr, "secret", ts.client))
+	if strings.TrimSpace(out) != "67108864" {
+		t.Errorf("secret over TLS: size %q", out)
+	}
+	e2eWaitLog(t, s, `"export":"secret","shard":0,"tls":true,"requests":`)
+	t.Run("without -tls", func(t *testing.T) {
+		out, code := e2eNbdring(t, append(e2eLight, "-config", cfg)...)
+		want := cfg + ":8: key export.tls-required (export 2, name \"secret\"): " +
+			"tls-required = true needs -tls on"
+		if code != 1 || !strings.Contains(out, want) {
+			t.Errorf("exit %d, want 1 and %q:\n%s", code, want, out)
+		}
+	})
 }
