@@ -18,6 +18,9 @@ FUZZ_PKGS ?= ./wire/ ./engine/
 BENCH_FILE?= var/bench.img
 BENCH_SIZE?= 1G
 CLIENT    ?= nbdbench
+# Pin the servers and the client (taskset CPU lists); empty: unpinned.
+SERVER_CPUS ?=
+CLIENT_CPUS ?=
 SERVERS   ?= nbdring,qemu-nbd,nbdkit,nbd-server
 WORKLOADS ?= randread:4k:32:1,randread:4k:32:2,randwrite:4k:32:1,randwrite:4k:32:2,read:1M:8:1,write:1M:8:1
 DURATION  ?= 5s
@@ -122,7 +125,8 @@ $(BENCH_FILE):
 compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server (table, var/compare.svg); BENCH_FILE, CLIENT=fio
 	mkdir -p var
 	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SERVERS) -workloads $(WORKLOADS) \
-	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg
+	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg \
+	    $(if $(SERVER_CPUS),-server-cpus $(SERVER_CPUS)) $(if $(CLIENT_CPUS),-client-cpus $(CLIENT_CPUS))
 
 # make profile: CPU profile of nbdring under load (tools/nbdprof). The load runs
 # 5 s longer than the capture so it covers the warm-up and the whole profile.
