@@ -54,7 +54,7 @@ type Row struct {
 	// BackingKind is "file", "block device" or "tmpfs file" (a file in
 	// the page cache: no disk under it).
 	BackingKind      string    `json:"backing_kind"`
-	Client           string    `json:"client"`    // nbdbench or fio
+	Client           string    `json:"client"`      // nbdbench or fio
 	ServerCPUs       string    `json:"server_cpus"` // taskset list, "" unpinned
 	ClientCPUs       string    `json:"client_cpus"`
 	Timestamp        string    `json:"timestamp"` // RFC 3339, UTC: when the compare started

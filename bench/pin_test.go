@@ -76,4 +76,3 @@ func TestPinning(t *testing.T) {
 		}
 	}
 }
-
