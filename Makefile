@@ -128,6 +128,9 @@ compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server (ta
 	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg \
 	    $(if $(SERVER_CPUS),-server-cpus $(SERVER_CPUS)) $(if $(CLIENT_CPUS),-client-cpus $(CLIENT_CPUS))
 
+realclients: build $(BENCH_FILE) ## nbdcopy and qemu-img convert wall times per server; 1M reads vs iperf3 loopback
+	bench/realclients.sh -f $(BENCH_FILE) -r $(ROUNDS) -s $(or $(SERVER_CPUS),0) -c $(or $(CLIENT_CPUS),1)
+
 # make profile: CPU profile of nbdring under load (tools/nbdprof). The load runs
 # 5 s longer than the capture so it covers the warm-up and the whole profile.
 PROFILE_SECONDS ?= 10
