@@ -155,4 +155,4 @@ lint: ## gofmt and go vet
 clean: ## remove binaries (not the default image)
 	rm -rf $(BIN)
 
-.PHONY: help build install uninstall run deps test soak race fuzz bench compare profile lint clean
+.PHONY: help build install uninstall run deps test soak race fuzz bench compare realclients profile lint clean
