@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nbdring/nbdring/engine"
 	"github.com/nbdring/nbdring/wire"
@@ -214,16 +215,28 @@ func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, pprofAddr s
 		return err
 	}
 	exports = nil // the server closes them
+	first := time.Now()
 	stopped := make(chan error, 1)
 	go func() { stopped <- srv.Stop() }()
-	select {
-	case err := <-stopped:
-		return err
-	case s := <-sig:
-		return fmt.Errorf("%v again: exiting at once, without waiting for connections "+
-			"or a final fdatasync", s)
+	for {
+		select {
+		case err := <-stopped:
+			return err
+		case s := <-sig:
+			if time.Since(first) < signalRepeatMin {
+				continue // the same request delivered twice (see signalRepeatMin)
+			}
+			return fmt.Errorf("%v again: exiting at once, without waiting for "+
+				"connections or a final fdatasync", s)
+		}
 	}
 }
+
+// signalRepeatMin: a second signal this soon after the first is the same
+// request delivered twice, not an operator insisting: a signal sent to a
+// whole process group reaches nbdring and its parent, and make (under
+// timeout, say) sends it on to its child again within microseconds.
+const signalRepeatMin = 200 * time.Millisecond
 
 // servePprof serves net/http/pprof and srv's counters on addr. It binds
 // before returning, so a privileged port is bound before -user applies.
