@@ -357,7 +357,7 @@ func TestRequestCountersCountOnce(t *testing.T) {
 	}
 	var got uint64
 	for _, sh := range srv.shards {
-		got += sh.stats.Requests[wire.CmdRead].Load()
+		got += sh.snapshot().Requests(wire.CmdRead)
 	}
 	if got != reads {
 		t.Errorf("shards counted %d READs, the client sent %d", got, reads)

@@ -53,6 +53,7 @@ type Server struct {
 	hs       map[net.Conn]struct{} // connections in their handshake
 	noZC     bool
 	err      error
+	hsCount  [hsResults]atomic.Uint64 // handshakes by result (metrics.go)
 }
 
 // New starts the shards (pinned, each with its ring) for exports.
@@ -195,6 +196,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		case s.sem <- struct{}{}:
 			go s.handshake(nc)
 		default:
+			s.hsCount[hsRefused].Add(1)
 			log.Printf("refusing %v: %d handshakes already under way", nc.RemoteAddr(),
 				handshakesMax)
 			nc.Close()
@@ -279,17 +281,20 @@ func (s *Server) shardDone(sh *shard, err error) {
 func (s *Server) handshake(nc net.Conn) {
 	defer func() { <-s.sem }()
 	if !s.track(nc, true) {
+		s.hsCount[hsRefused].Add(1)
 		nc.Close()
 		return
 	}
-	handed := false
+	handed, refused := false, false // refused: the server ends it (metrics)
+	deadline := time.Now().Add(handshakeTimeout)
 	defer func() {
 		s.track(nc, false)
 		if !handed {
 			nc.Close()
 		}
+		s.hsCount[handshakeResult(handed, refused, deadline)].Add(1)
 	}()
-	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout))
+	_ = nc.SetDeadline(deadline)
 	h := wire.NewServerHandshake(s.wireExps)
 	if _, err := nc.Write(h.Greeting()); err != nil {
 		return
@@ -299,6 +304,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	if err := h.ClientFlags(b[:4]); err != nil {
+		refused = true
 		log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
 		return
 	}
@@ -308,6 +314,7 @@ func (s *Server) handshake(nc net.Conn) {
 		}
 		opt, n, err := h.OptionHeader(b[:])
 		if err != nil {
+			refused = true
 			log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
 			return
 		}
@@ -324,6 +331,7 @@ func (s *Server) handshake(nc net.Conn) {
 		switch step {
 		case wire.StepClose:
 			if r := h.CloseReason(); r != "" && opt != wire.OptAbort {
+				refused = true
 				log.Printf("%v: %s; closing", nc.RemoteAddr(), r)
 			}
 			return
