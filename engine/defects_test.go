@@ -362,6 +362,13 @@ func TestRequestCountersCountOnce(t *testing.T) {
 	if got != reads {
 		t.Errorf("shards counted %d READs, the client sent %d", got, reads)
 	}
+	// Requests past the connection's bound waited; each counts once, however
+	// often it was retried.
+	waits := srv.shards[0].snapshot().BackpressureWaits
+	if waits == 0 || waits > reads-inflightPerConnMax {
+		t.Errorf("%d backpressure waits; want 1 to %d (once per waiting request)", waits,
+			reads-inflightPerConnMax)
+	}
 }
 
 // TestStopCutsStalledWriter: Stop returns within the shutdown grace while
