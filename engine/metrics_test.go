@@ -97,6 +97,12 @@ func TestSnapshotCounts(t *testing.T) {
 		b1.do(wire.CmdWrite, 0, 0, 4096, data[:4096], nil)
 	}
 	b2.do(wire.CmdRead, 0, 0, 8192, nil, buf)
+	// A TRIM counts no bytes; a READ after it does (a simple reply reads
+	// the hole from the file).
+	if e := b1.do(wire.CmdTrim, 0, 1<<19, 65536, nil, nil); e != 0 {
+		t.Fatalf("trim: %v", e)
+	}
+	b2.do(wire.CmdRead, 0, 1<<19, 4096, nil, buf[:4096])
 	// A handshake the client abandons, one the server refuses.
 	c, err := net.Dial("unix", sock)
 	if err != nil {
@@ -112,11 +118,16 @@ func TestSnapshotCounts(t *testing.T) {
 	c.Read(make([]byte, 1))              // until the server closes
 	c.Close()
 
+	// The client may read a reply before the shard reaps its send's
+	// completion, which is when the latency is taken: wait for both.
+	const replies = 25 // 14 reads, 8 writes, a flush, a trim, an unknown command
 	var sn *Snapshot
 	deadline := time.Now().Add(5 * time.Second)
-	for sn = srv.Snapshot(); sn.Handshakes[hsAborted] == 0 || sn.Handshakes[hsRefused] == 0; {
+	for sn = srv.Snapshot(); sn.Handshakes[hsAborted] == 0 || sn.Handshakes[hsRefused] == 0 ||
+		latencyCount(sn) < replies; {
 		if time.Now().After(deadline) {
-			t.Fatalf("handshakes %v: want an aborted and a refused one", sn.Handshakes)
+			t.Fatalf("handshakes %v: want an aborted and a refused one; %d of %d "+
+				"latencies", sn.Handshakes, latencyCount(sn), replies)
 		}
 		time.Sleep(10 * time.Millisecond)
 		sn = srv.Snapshot()
@@ -140,7 +151,8 @@ func TestSnapshotCounts(t *testing.T) {
 		{"a flushes", ea.Requests[fl], 1}, {"a write errors", ea.Errors[wr], 0},
 		{"a unknown", ea.Requests[unk], 1}, {"a unknown errors", ea.Errors[unk], 1},
 		{"b writes", eb.Requests[wr], 5}, {"b write bytes", eb.Bytes[wr], 5 * 4096},
-		{"b reads", eb.Requests[rd], 1}, {"b read bytes", eb.Bytes[rd], 8192},
+		{"b reads", eb.Requests[rd], 2}, {"b read bytes", eb.Bytes[rd], 8192 + 4096},
+		{"b trims", eb.Requests[wire.CmdTrim], 1}, {"b trim bytes", eb.Bytes[wire.CmdTrim], 0},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s: %d, want %d", c.name, c.got, c.want)
@@ -156,8 +168,8 @@ func TestSnapshotCounts(t *testing.T) {
 			}
 		}
 	}
-	if lat[rd] != 13 || lat[wr] != 8 || lat[fl] != 1 || lat[unk] != 1 {
-		t.Errorf("latencies counted: read %d write %d flush %d unknown %d; want 13 8 1 1",
+	if lat[rd] != 14 || lat[wr] != 8 || lat[fl] != 1 || lat[unk] != 1 {
+		t.Errorf("latencies counted: read %d write %d flush %d unknown %d; want 14 8 1 1",
 			lat[rd], lat[wr], lat[fl], lat[unk])
 	}
 	var page strings.Builder
@@ -165,6 +177,16 @@ func TestSnapshotCounts(t *testing.T) {
 	if !strings.Contains(page.String(), "  requests_READ") {
 		t.Errorf("/counters lacks requests_READ:\n%s", page.String())
 	}
+}
+
+func latencyCount(sn *Snapshot) uint64 {
+	var n uint64
+	for _, ss := range sn.Shards {
+		for _, h := range ss.Latency {
+			n += h.Count
+		}
+	}
+	return n
 }
 
 func TestHistogramBuckets(t *testing.T) {
