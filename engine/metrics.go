@@ -154,16 +154,16 @@ const (
 
 var hsLabel = [hsResults]string{"ok", "refused", "timed_out", "aborted", "tls_failed"}
 
-// handshakeResult is how a handshake that was not handed off ended:
-// timed out if its deadline has passed, else refused or aborted.
-func handshakeResult(handed, refused bool, deadline time.Time) int {
+// handshakeResult is how a handshake ended: ok if handed to a shard, else
+// what the handshake said (refused, TLS failed), else timed out if its
+// deadline has passed (every read and write failed from then on), else
+// aborted by the client.
+func handshakeResult(handed bool, result int, deadline time.Time) int {
 	switch {
 	case handed:
 		return hsOK
-	case refused:
-		return hsRefused
-	case !time.Now().Before(deadline):
+	case result == hsAborted && !time.Now().Before(deadline):
 		return hsTimedOut
 	}
-	return hsAborted
+	return result
 }

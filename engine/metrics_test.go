@@ -212,14 +212,16 @@ func TestHistogramBuckets(t *testing.T) {
 func TestHandshakeResult(t *testing.T) {
 	past, future := time.Now().Add(-time.Second), time.Now().Add(time.Hour)
 	for _, c := range []struct {
-		handed, refused bool
-		deadline        time.Time
-		want            int
+		handed   bool
+		result   int
+		deadline time.Time
+		want     int
 	}{
-		{true, false, past, hsOK}, {false, true, past, hsRefused},
-		{false, false, past, hsTimedOut}, {false, false, future, hsAborted},
+		{true, hsAborted, past, hsOK}, {false, hsRefused, past, hsRefused},
+		{false, hsTLSFailed, past, hsTLSFailed}, {false, hsAborted, past, hsTimedOut},
+		{false, hsAborted, future, hsAborted},
 	} {
-		if got := handshakeResult(c.handed, c.refused, c.deadline); got != c.want {
+		if got := handshakeResult(c.handed, c.result, c.deadline); got != c.want {
 			t.Errorf("%+v: %s, want %s", c, hsLabel[got], hsLabel[c.want])
 		}
 	}
@@ -275,5 +277,25 @@ func TestBackpressureCountsOnce(t *testing.T) {
 	s.countWait(0)
 	if n := s.m.backpressure.Load(); n != 2 {
 		t.Fatalf("a second waiting request: %d waits, want 2", n)
+	}
+}
+
+// TestPrometheusLabels: label values are escaped as the text format asks
+// and made valid UTF-8; counts print as integers.
+func TestPrometheusLabels(t *testing.T) {
+	sn := &Snapshot{Exports: []ExportState{{Name: "a\"b\\c\nd\xff", Size: 1 << 40}}}
+	var out strings.Builder
+	if err := sn.WritePrometheus(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{
+		`nbdring_export_size_bytes{export="a\"b\\c\nd` + "\uFFFD" + `"} 1099511627776`,
+		`nbdring_handshakes_total{result="tls_failed"} 0`,
+		`nbdring_request_duration_seconds_bucket{command="read",le="1e-05"} 0`,
+		`nbdring_request_duration_seconds_bucket{command="read",le="+Inf"} 0`,
+	} {
+		if !strings.Contains(out.String(), line+"\n") {
+			t.Errorf("no line %s in:\n%s", line, out.String())
+		}
 	}
 }

@@ -33,7 +33,7 @@ func (p promWriter) sample(name string, v float64, labels ...string) {
 			}
 			p.w.WriteString(labels[i])
 			p.w.WriteString(`="`)
-			p.w.WriteString(labelEscaper.Replace(labels[i+1]))
+			p.w.WriteString(labelEscaper.Replace(strings.ToValidUTF8(labels[i+1], "\uFFFD")))
 			p.w.WriteByte('"')
 		}
 		p.w.WriteByte('}')
@@ -47,7 +47,8 @@ func (p promWriter) sample(name string, v float64, labels ...string) {
 	p.w.WriteByte('\n')
 }
 
-// labelEscaper escapes a label value as the text format asks.
+// labelEscaper escapes a label value as the text format asks (which also
+// wants UTF-8: an export name need not be).
 var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 
 // WritePrometheus renders the snapshot in the Prometheus text exposition

@@ -285,14 +285,14 @@ func (s *Server) handshake(nc net.Conn) {
 		nc.Close()
 		return
 	}
-	handed, refused := false, false // refused: the server ends it (metrics)
+	handed, result := false, hsAborted // result: how it ended, unless handed (metrics)
 	deadline := time.Now().Add(handshakeTimeout)
 	defer func() {
 		s.track(nc, false)
 		if !handed {
 			nc.Close()
 		}
-		s.hsCount[handshakeResult(handed, refused, deadline)].Add(1)
+		s.hsCount[handshakeResult(handed, result, deadline)].Add(1)
 	}()
 	_ = nc.SetDeadline(deadline)
 	h := wire.NewServerHandshake(s.wireExps)
@@ -304,7 +304,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	if err := h.ClientFlags(b[:4]); err != nil {
-		refused = true
+		result = hsRefused
 		log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
 		return
 	}
@@ -314,7 +314,7 @@ func (s *Server) handshake(nc net.Conn) {
 		}
 		opt, n, err := h.OptionHeader(b[:])
 		if err != nil {
-			refused = true
+			result = hsRefused
 			log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
 			return
 		}
@@ -331,7 +331,7 @@ func (s *Server) handshake(nc net.Conn) {
 		switch step {
 		case wire.StepClose:
 			if r := h.CloseReason(); r != "" && opt != wire.OptAbort {
-				refused = true
+				result = hsRefused
 				log.Printf("%v: %s; closing", nc.RemoteAddr(), r)
 			}
 			return

@@ -218,3 +218,22 @@ func TestE2EMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestE2EMetricsPortTaken: a -metrics port that cannot be bound stops the
+// start with the reason and what to do, rather than serving unmonitored.
+func TestE2EMetricsPortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dir := t.TempDir()
+	img := e2eMakeFile(t, dir, "img", 1<<20, 0)
+	_, errOut, err := e2eRunErr(e2eBin(t), "-listen", "unix:"+e2eSocketDir(t)+"/s",
+		"-metrics", ln.Addr().String(), img)
+	if err == nil || !strings.Contains(errOut, "-metrics "+ln.Addr().String()) ||
+		!strings.Contains(errOut, "choose another") {
+		t.Fatalf("nbdring with a taken -metrics port: %v, want exit 1 saying so:\n%s", err,
+			errOut)
+	}
+}
