@@ -30,7 +30,7 @@ func twoExportServer(t *testing.T, size int64, shards int) (*Server, string) {
 		}
 		exps = append(exps, e)
 	}
-	srv, err := New(Config{Shards: shards, ArenaSize: 64 << 20}, exps)
+	srv, err := New(Config{Shards: shards, ArenaSize: arenaSizeMin}, exps)
 	if err != nil {
 		t.Skipf("engine unavailable here: %v", err)
 	}
