@@ -104,6 +104,16 @@ func (s *shard) connAttached(ci int32, exp int) {
 
 func (s *shard) connReleased(ci int32) { s.m.exp[s.m.connExp[ci]].conns.Add(-1) }
 
+// connCount is the shard's connections over all exports; it may be read
+// from any goroutine.
+func (s *shard) connCount() int64 {
+	var n int64
+	for i := range s.m.exp {
+		n += s.m.exp[i].conns.Load()
+	}
+	return n
+}
+
 // countRequest counts the request just decoded on ci and starts its clock.
 func (s *shard) countRequest(ci int32) {
 	m := &s.m
