@@ -480,7 +480,7 @@ func awaitHandshake(s *server) error {
 			continue
 		}
 		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		_, err = wire.ClientHandshake(c, wire.ClientOptions{Name: tgt.Export})
+		_, _, err = tgt.Handshake(c, wire.ClientOptions{Name: tgt.Export})
 		c.Close()
 		if err == nil {
 			return nil

@@ -92,20 +92,32 @@ func TestPatternChecks(t *testing.T) {
 }
 
 func TestParseURI(t *testing.T) {
+	dir := t.TempDir()
 	for _, c := range []struct {
-		in   string
-		want Target
-		bad  bool
+		in         string
+		want       Target // without TLS
+		serverName string // "": plaintext
+		bad        bool
 	}{
-		{"nbd://localhost/", Target{"tcp", "localhost:10809", ""}, false},
-		{"nbd://10.0.0.1:1234/disk", Target{"tcp", "10.0.0.1:1234", "disk"}, false},
-		{"nbd+unix:///x?socket=/tmp/s", Target{"unix", "/tmp/s", "x"}, false},
-		{"nbd+unix:///x", Target{}, true},
-		{"nbds://h/", Target{}, true},
+		{"nbd://localhost/", Target{"tcp", "localhost:10809", "", nil}, "", false},
+		{"nbd://10.0.0.1:1234/disk", Target{"tcp", "10.0.0.1:1234", "disk", nil}, "", false},
+		{"nbd+unix:///x?socket=/tmp/s", Target{"unix", "/tmp/s", "x", nil}, "", false},
+		{"nbd+unix:///x", Target{}, "", true},
+		{"nbds://h/", Target{"tcp", "h:10809", "", nil}, "h", false},
+		{"nbds+unix:///x?socket=/tmp/s", Target{"unix", "/tmp/s", "x", nil}, "localhost", false},
+		{"nbds+unix:///?socket=/s&tls-hostname=srv", Target{"unix", "/s", "", nil}, "srv", false},
+		{"nbds://h/?tls-certificates=" + dir, Target{}, "", true}, // no ca-cert.pem
+		{"nbds://h/?tls-verify-peer=maybe", Target{}, "", true},
+		{"https://h/", Target{}, "", true},
 	} {
 		got, err := ParseURI(c.in)
-		if (err != nil) != c.bad || got != c.want {
-			t.Errorf("ParseURI(%q) = %+v, %v", c.in, got, err)
+		tlsName := ""
+		if got.TLS != nil {
+			tlsName = got.TLS.ServerName
+		}
+		got.TLS = nil
+		if (err != nil) != c.bad || got != c.want || tlsName != c.serverName {
+			t.Errorf("ParseURI(%q) = %+v (TLS server name %q), %v", c.in, got, tlsName, err)
 		}
 	}
 }

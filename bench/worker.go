@@ -77,7 +77,7 @@ func dialWorker(ctx context.Context, tgt Target, cfg *Config, id int) (*worker, 
 			tgt.Addr, err)
 	}
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	ex, err := wire.ClientHandshake(c, wire.ClientOptions{Name: tgt.Export, BlockSize: true})
+	c, ex, err := tgt.Handshake(c, wire.ClientOptions{Name: tgt.Export, BlockSize: true})
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", cfg.URI, err)

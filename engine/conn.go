@@ -18,8 +18,9 @@ type conn struct {
 	fd   int
 	exp  *Export
 	sess wire.Session
-	peer string   // the client's address, for logs
-	mem  *connMem // staging buffer and send vector (shard metadata memory)
+	peer string    // the client's address, for logs
+	mem  *connMem  // staging buffer and send vector (shard metadata memory)
+	tls  *tlsState // nil: plaintext
 
 	rlo, rhi   int   // unparsed bytes are mem.rbuf[rlo:rhi]
 	recvOn     bool  // a recv is in flight
@@ -52,7 +53,7 @@ type conn struct {
 }
 
 func (c *conn) reset(h handoff) {
-	*c = conn{gen: c.gen + 1, fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem,
+	*c = conn{gen: c.gen + 1, fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
 		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1}
 	c.sess = wire.Session{
 		Size: h.exp.size, Flags: h.neg.Flags, BlockMin: h.exp.align,
@@ -70,6 +71,10 @@ func (c *conn) reset(h handoff) {
 func (s *shard) armRecv(ci int32) {
 	c := &s.conns[ci]
 	if c.recvOn || c.waiting || c.disc || c.closing {
+		return
+	}
+	if c.tls != nil {
+		s.armRecvTLS(ci)
 		return
 	}
 	rbuf := c.mem.rbuf[:]
@@ -123,12 +128,18 @@ func (s *shard) onRecv(ci int32, res int32, direct bool) {
 		s.beginClose(ci) // client hung up, possibly with requests in flight
 		return
 	}
-	if direct {
+	switch {
+	case c.tls != nil:
+		c.tls.pipe.inHi += int(res) // ciphertext: decrypt it into the staging buffer
+		if !s.tlsPump(ci) {
+			return
+		}
+	case direct:
 		c.pgot += uint32(res)
 		if int(c.pgot) == len(s.payload(c.pslot)) {
 			s.payloadDone(ci)
 		}
-	} else {
+	default:
 		c.rhi += int(res)
 	}
 	s.parse(ci)
@@ -251,7 +262,11 @@ func (s *shard) cutConn(ci int32) {
 // during shutdown, once every request has been answered.
 func (s *shard) maybeFinish(ci int32) {
 	c := &s.conns[ci]
-	if (c.disc || c.draining) && c.inflight == 0 && !c.closing {
+	// A TLS connection's replies leave their slots before they are sent.
+	if (c.disc || c.draining) && c.inflight == 0 && !c.sending && !c.closing {
+		if c.tls != nil && s.tlsBye(ci) {
+			return // close_notify first; its send's completion comes back here
+		}
 		s.beginClose(ci)
 	}
 }
@@ -289,6 +304,10 @@ func (s *shard) maybeRelease(ci int32) {
 	assert(c.inflight == 0, "connection released with slots still owned")
 	assert(c.bufBytes == 0, "connection released with buffers still held")
 	unix.Close(c.fd)
+	if c.tls != nil {
+		c.tls.pipe.release() // no operation holds its buffers (c.ops == 0)
+		c.tls = nil
+	}
 	c.fd, c.closing = -1, false // released: a second call finds nothing to do
 	c.gen++
 	s.live--

@@ -20,6 +20,11 @@ type ExportConfig struct {
 	Path     string // regular file or block device
 	ReadOnly bool
 	Inline   InlineMode
+	// Description is sent as NBD_INFO_DESCRIPTION and in NBD_OPT_LIST;
+	// empty unless the operator sets one (never the path: it would tell
+	// any client the server's file layout).
+	Description string
+	TLSOnly     bool // served only over TLS (needs -tls on)
 }
 
 // InlineMode says whether the shards do an export's reads, writes and
@@ -43,6 +48,8 @@ type Export struct {
 	align    uint32 // O_DIRECT offset and length alignment
 	isDevice bool
 	readOnly bool
+	desc     string
+	tlsOnly  bool
 	flags    wire.TxFlags
 	locks    rangeLocks
 	// inline: the shards read, write and sync this export with plain system
@@ -82,7 +89,8 @@ func OpenExport(c ExportConfig) (*Export, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open export %q: %w", c.Path, err)
 	}
-	e := &Export{Name: c.Name, Path: c.Path, fd: fd, readOnly: c.ReadOnly}
+	e := &Export{Name: c.Name, Path: c.Path, fd: fd, readOnly: c.ReadOnly,
+		desc: c.Description, tlsOnly: c.TLSOnly}
 	if err := e.probe(); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -227,7 +235,7 @@ func (e *Export) Align() uint32 { return e.align }
 // Wire describes the export for the handshake.
 func (e *Export) Wire() wire.Export {
 	return wire.Export{
-		Name: e.Name, Description: e.Path, Size: e.size, Flags: e.flags,
+		Name: e.Name, Description: e.desc, Size: e.size, Flags: e.flags, TLSOnly: e.tlsOnly,
 		BlockMin: e.align, BlockPreferred: blockSizePreferred, BlockMax: blockSizeMax,
 	}
 }
@@ -273,3 +281,6 @@ func (l *rangeLocks) unlock(i int) {
 	l.span[i].used = false
 	l.mu.Unlock()
 }
+
+// TLSOnly reports whether the export is served only over TLS.
+func (e *Export) TLSOnly() bool { return e.tlsOnly }

@@ -161,10 +161,13 @@ func (h *shardFuzz) run(t testing.TB, in []byte) {
 	}
 	cli, srvEnd := socketPair(t)
 	hsDone := make(chan struct{})
-	h.srv.sem <- struct{}{} // handshake gives the token back
+	ip, why := h.srv.gate.enter(srvEnd.RemoteAddr()) // handshake gives the place back
+	if why != "" {
+		t.Fatal(why)
+	}
 	go func() {
 		defer close(hsDone)
-		h.srv.handshake(srvEnd)
+		h.srv.handshake(srvEnd, ip)
 	}()
 	s := &fuzzSession{t: t, h: h, c: cli, in: fuzzIn{b: in},
 		pending: map[uint64]*fuzzReq{}, answered: make(chan struct{}, 1),

@@ -19,10 +19,14 @@ import (
 //
 //	op       index   generation  holds
 //	opRecv   conn    conn's      the conn's staging buffer, or the payload
-//	                             slot it receives straight into
+//	                             slot it receives straight into, or (TLS)
+//	                             the conn's ciphertext buffer
 //	opSend   slot    slot's      the first slot of the batch it sends: the
 //	                             conn's send vector, and every slot of the
 //	                             batch (its headers and data)
+//	opSendTLS conn   conn's      the conn's ciphertext send buffer (a TLS
+//	                             reply's slots are released once copied
+//	                             into records, before the send)
 //	opIO     slot    slot's      the slot's buffers (and its range lock)
 //	opWake,  -       0           the shard's own words
 //	opTimer
@@ -37,11 +41,12 @@ import (
 // when the last operation holding it completes. So no buffer goes back
 // to the arena while the kernel may still read or write it.
 const (
-	opWake  uint8 = iota + 1 // eventfd read: new connections or stop
-	opTimer                  // wake-up while requests wait for a range lock
-	opRecv                   // a connection's socket receive
-	opSend                   // a connection's reply sendmsg
-	opIO                     // a slot's device operation
+	opWake    uint8 = iota + 1 // eventfd read: new connections or stop
+	opTimer                    // wake-up while requests wait for a range lock
+	opRecv                     // a connection's socket receive
+	opSend                     // a connection's reply sendmsg
+	opIO                       // a slot's device operation
+	opSendTLS                  // a TLS connection's ciphertext sendmsg
 )
 
 // issue returns a zeroed SQE for operation op of owner idx (a connection
@@ -70,6 +75,10 @@ func (s *shard) issueInline(idx int32, res int32) {
 func (s *shard) stamp(op uint8, idx int32) uint64 {
 	var gen uint32
 	switch op {
+	case opSendTLS:
+		c := &s.conns[idx]
+		c.ops++
+		gen = c.gen
 	case opRecv:
 		c := &s.conns[idx]
 		c.ops++
@@ -161,6 +170,16 @@ func (s *shard) complete(cqe *ring.CQE) {
 			return
 		}
 		s.onSend(ci, res)
+	case opSendTLS:
+		c := &s.conns[idx]
+		if c.gen&ring.GenMask != gen {
+			s.dropStale(op, gen, idx)
+			return
+		}
+		if last {
+			s.settleConn(c)
+		}
+		s.onSendTLS(int32(idx), res)
 	case opIO:
 		sl := &s.slots[idx]
 		if sl.gen&ring.GenMask != gen {

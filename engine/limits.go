@@ -103,16 +103,28 @@ const (
 	inlineSlotsMax = 2
 	// inlineProbeReads: reads timed at start to decide Export.inline.
 	inlineProbeReads = 16
-	// handshakesMax bounds concurrent handshakes (one goroutine each, on the
-	// control plane, before a connection joins a shard).
+	// handshakesMax bounds unfinished handshakes in all (one goroutine
+	// each, on the control plane, before a connection joins a shard); a
+	// connection past it is closed at once.
 	handshakesMax = 64
+	// handshakesPerAddrMax bounds one TCP source address's unfinished
+	// handshakes, so a host holding half-open connections uses at most
+	// an eighth of handshakesMax and cannot keep another host out. Real
+	// clients open at most a few at once (nbdcopy and qemu: 4 to 8).
+	handshakesPerAddrMax = 8
 )
 
 // Time bounds.
 const (
-	// handshakeTimeout bounds a client's whole option phase: a client that
-	// stalls cannot hold a handshake slot for longer.
-	handshakeTimeout = 30 * time.Second
+	// handshakeTimeout bounds a client's whole option phase, the TLS
+	// handshake included: a client that stalls cannot hold a handshake
+	// slot for longer. 10 s as qemu-nbd since CVE-2024-7409; a real
+	// client needs milliseconds.
+	handshakeTimeout = 10 * time.Second
+	// refusalLogEvery: refused connections (address not allowed, too many
+	// handshakes) are logged once per interval with a count of the rest,
+	// so a flood cannot flood the log.
+	refusalLogEvery = time.Second
 	// stopGrace is how long a shutdown waits for connections to finish the
 	// requests they have sent (new ones get ESHUTDOWN) before cutting
 	// those still open: a client stalled in a WRITE payload or not reading
@@ -145,4 +157,25 @@ var (
 	_ [replyHeaderSize - readSegmentsMax*(wire.ExtReplySize+12)]struct{}
 	_ [iovecsPerSendMax - replyIovecsMax]struct{}
 	_ [0]struct{} = [zeroWriteMax % directIOAlignMax]struct{}{}
+)
+
+// TLS buffers, mapped per TLS connection at hand-off (engine/tls.go).
+const (
+	// tlsRecordPlainMax is TLS's largest record plaintext (RFC 8446 5.1,
+	// RFC 5246 6.2.1): replies are gathered into records this full.
+	tlsRecordPlainMax = 16 << 10
+	// tlsRecordCipherMax bounds one sealed record of tlsRecordPlainMax
+	// bytes: 5 bytes of header, and 256 of expansion at most in TLS 1.3
+	// (RFC 8446 5.2) and far less with the AEADs of TLS 1.2.
+	tlsRecordCipherMax = tlsRecordPlainMax + 5 + 256
+	// tlsInBufSize is a TLS connection's ciphertext receive buffer: four
+	// full records per recv.
+	tlsInBufSize = 64 << 10
+	// tlsOutBufSize is the ciphertext one send carries at most: 15 full
+	// records, so a large READ reply goes out in 256 KiB sends and a
+	// slot's bytes are copied out of it in one pass of the queue.
+	tlsOutBufSize = 256 << 10
+	// tlsOutReserve is room for what crypto/tls writes by itself while
+	// the shard reads (an alert, a KeyUpdate answer: tens of bytes).
+	tlsOutReserve = 4 << 10
 )

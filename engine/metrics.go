@@ -158,21 +158,21 @@ const (
 	hsRefused          // the server ended it: a limit, a protocol error, shutting down
 	hsTimedOut         // not done within handshakeTimeout
 	hsAborted          // the client ended it: NBD_OPT_ABORT, or it hung up
-	hsTLSFailed        // the TLS handshake failed (no TLS yet: always 0)
+	hsTLSFailed        // the TLS handshake failed (before the deadline)
 	hsResults
 )
 
 var hsLabel = [hsResults]string{"ok", "refused", "timed_out", "aborted", "tls_failed"}
 
-// handshakeResult is how a handshake ended: ok if handed to a shard, else
-// what the handshake said (refused, TLS failed), else timed out if its
-// deadline has passed (every read and write failed from then on), else
-// aborted by the client.
+// handshakeResult is how a handshake ended: ok if handed to a shard;
+// refused if the server said so; timed out if the deadline has passed (every
+// read and write fails from then on, a TLS handshake's too); else what the
+// handshake said: TLS failed, or aborted by the client.
 func handshakeResult(handed bool, result int, deadline time.Time) int {
 	switch {
 	case handed:
 		return hsOK
-	case result == hsAborted && !time.Now().Before(deadline):
+	case result != hsRefused && !time.Now().Before(deadline):
 		return hsTimedOut
 	}
 	return result

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"bytes"
+	"crypto/tls"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -218,7 +220,8 @@ func TestHandshakeResult(t *testing.T) {
 		want     int
 	}{
 		{true, hsAborted, past, hsOK}, {false, hsRefused, past, hsRefused},
-		{false, hsTLSFailed, past, hsTLSFailed}, {false, hsAborted, past, hsTimedOut},
+		{false, hsTLSFailed, future, hsTLSFailed}, {false, hsTLSFailed, past, hsTimedOut},
+		{false, hsAborted, past, hsTimedOut},
 		{false, hsAborted, future, hsAborted},
 	} {
 		if got := handshakeResult(c.handed, c.result, c.deadline); got != c.want {
@@ -315,5 +318,37 @@ func BenchmarkRequestMetrics(b *testing.B) {
 		s.slotTimed(0, 0)
 		s.countBytes(&s.slots[0])
 		s.observeSent(0)
+	}
+}
+
+// TestTLSHandshakeMetrics: a client without the certificate the server
+// requires fails the TLS handshake and counts as tls_failed, not as
+// refused or aborted; a good one counts ok.
+func TestTLSHandshakeMetrics(t *testing.T) {
+	srv, sock, client := testTLSServer(t, 1<<20, wire.TLSRequire)
+	dialTLS(t, sock, client, wire.ClientOptions{})
+	anon := client.Clone()
+	anon.Certificates = nil
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = wire.ClientHandshake(c, wire.ClientOptions{TLS: func(rw io.ReadWriter) (
+		io.ReadWriter, error) {
+		tc := tls.Client(c, anon)
+		return tc, tc.Handshake()
+	}})
+	if err == nil {
+		t.Fatal("a client without a certificate got through")
+	}
+	want := [hsResults]uint64{hsOK: 1, hsTLSFailed: 1}
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Snapshot().Handshakes != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("handshakes %v, want %v", srv.Snapshot().Handshakes, want)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -114,6 +114,10 @@ func (s *shard) sendQueued(ci int32) {
 	if c.sending || c.qHead < 0 || c.closing || c.fd < 0 {
 		return
 	}
+	if c.tls != nil {
+		s.sendQueuedTLS(ci)
+		return
+	}
 	n, last := 0, int32(-1)
 	var bytes uint64
 	si := c.qHead

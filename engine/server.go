@@ -16,11 +16,14 @@
 package engine
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -37,6 +40,11 @@ type Config struct {
 	Shards     int  // 0: one per CPU this process may run on
 	ArenaSize  int  // bytes of buffer arena per shard; 0: the default
 	NoZeroCopy bool // never send zero-copy (SENDMSG_ZC), even where the kernel can
+	// TLSMode is the TLS policy; TLS (from LoadTLS) is needed unless it
+	// is wire.TLSOff. Exports with ExportConfig.TLSOnly need TLSOn.
+	TLSMode wire.TLSMode
+	TLS     *tls.Config
+	Allow   *Access // nil: every client may connect
 }
 
 // Server owns the exports, the shards and the listener.
@@ -46,7 +54,11 @@ type Server struct {
 	shards   []*shard
 	stopping atomic.Bool // draining: accept nothing, finish what was sent
 	cutting  atomic.Bool // grace over: close every connection now
-	sem      chan struct{}
+	tlsMode  wire.TLSMode
+	tlsCfg   *tls.Config
+	allow    *Access
+	gate     gate    // unfinished handshakes, in all and per address
+	refusals rateLog // refused connections, logged at most once a second
 	done     sync.WaitGroup
 	mu       sync.Mutex
 	lns      []net.Listener        // every listener Serve was given; Shutdown closes them
@@ -76,8 +88,12 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 			"least %d MiB, what one unaligned 32 MiB write needs", arenaSize>>20,
 			arenaSizeMin>>20)
 	}
-	s := &Server{exports: exports, sem: make(chan struct{}, handshakesMax),
-		hs: map[net.Conn]struct{}{}, noZC: cfg.NoZeroCopy}
+	if err := checkSecurity(cfg, exports); err != nil {
+		return nil, err
+	}
+	s := &Server{exports: exports, tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
+		gate: gate{byAddr: map[netip.Addr]int{}}, hs: map[net.Conn]struct{}{},
+		noZC: cfg.NoZeroCopy}
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if seen[e.Name] {
@@ -111,6 +127,26 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		replyHeaderSize, connsPerShardMax, recvBufSize>>10, zeroWriteMax>>10,
 		n*(arenaSize+meta)>>20)
 	return s, nil
+}
+
+// checkSecurity refuses TLS and access settings that cannot work together.
+func checkSecurity(cfg Config, exports []*Export) error {
+	if cfg.TLSMode != wire.TLSOff && cfg.TLS == nil {
+		return fmt.Errorf("-tls %v needs -tls-certificates DIR", cfg.TLSMode)
+	}
+	for _, e := range exports {
+		if e.tlsOnly && cfg.TLSMode == wire.TLSOff {
+			return fmt.Errorf("export %q requires TLS but TLS is off: add -tls on", e.Name)
+		}
+	}
+	if cfg.Allow != nil && len(cfg.Allow.Subjects) > 0 {
+		if cfg.TLSMode != wire.TLSRequire || cfg.TLS == nil ||
+			cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+			return errors.New("-allow subject:... needs -tls require and -tls-verify-peer " +
+				"(a plaintext client has no certificate to check)")
+		}
+	}
+	return nil
 }
 
 func (s *Server) abort() {
@@ -192,15 +228,20 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		select {
-		case s.sem <- struct{}{}:
-			go s.handshake(nc)
-		default:
+		if !s.allow.AllowAddr(nc.RemoteAddr()) {
 			s.hsCount[hsRefused].Add(1)
-			log.Printf("refusing %v: %d handshakes already under way", nc.RemoteAddr(),
-				handshakesMax)
+			s.refusals.printf("refusing %v: address not allowed by -allow", nc.RemoteAddr())
 			nc.Close()
+			continue
 		}
+		ip, why := s.gate.enter(nc.RemoteAddr())
+		if why != "" {
+			s.hsCount[hsRefused].Add(1)
+			s.refusals.printf("refusing %v: %s", nc.RemoteAddr(), why)
+			nc.Close()
+			continue
+		}
+		go s.handshake(nc, ip)
 	}
 }
 
@@ -277,9 +318,10 @@ func (s *Server) shardDone(sh *shard, err error) {
 }
 
 // handshake runs the option phase on a control-plane goroutine, then hands
-// the socket to a shard.
-func (s *Server) handshake(nc net.Conn) {
-	defer func() { <-s.sem }()
+// the socket to a shard. Options are read exactly (no read-ahead), so the
+// bytes after NBD_OPT_STARTTLS reach crypto/tls untouched.
+func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
+	defer s.gate.leave(ip)
 	if !s.track(nc, true) {
 		s.hsCount[hsRefused].Add(1)
 		nc.Close()
@@ -294,37 +336,40 @@ func (s *Server) handshake(nc net.Conn) {
 		}
 		s.hsCount[handshakeResult(handed, result, deadline)].Add(1)
 	}()
-	_ = nc.SetDeadline(deadline)
+	_ = nc.SetDeadline(deadline) // the TLS handshake too
 	h := wire.NewServerHandshake(s.wireExps)
+	h.SetTLS(s.tlsMode)
 	if _, err := nc.Write(h.Greeting()); err != nil {
 		return
 	}
+	var rw io.ReadWriter = nc
+	var t *tlsState
 	var b [wire.OptionHeaderSize]byte
-	if _, err := io.ReadFull(nc, b[:4]); err != nil {
+	if _, err := io.ReadFull(rw, b[:4]); err != nil {
 		return
 	}
 	if err := h.ClientFlags(b[:4]); err != nil {
 		result = hsRefused
-		log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
+		log.Printf("%v: %v; closing", peerName(nc), err)
 		return
 	}
 	for {
-		if _, err := io.ReadFull(nc, b[:]); err != nil {
+		if _, err := io.ReadFull(rw, b[:]); err != nil {
 			return
 		}
 		opt, n, err := h.OptionHeader(b[:])
 		if err != nil {
 			result = hsRefused
-			log.Printf("%v: %v; closing", nc.RemoteAddr(), err)
+			log.Printf("%v: %v; closing", peerName(nc), err)
 			return
 		}
 		data := make([]byte, n)
-		if _, err := io.ReadFull(nc, data); err != nil {
+		if _, err := io.ReadFull(rw, data); err != nil {
 			return
 		}
 		reply, step := h.Option(opt, data)
 		if len(reply) > 0 {
-			if _, err := nc.Write(reply); err != nil {
+			if _, err := rw.Write(reply); err != nil {
 				return
 			}
 		}
@@ -332,14 +377,48 @@ func (s *Server) handshake(nc net.Conn) {
 		case wire.StepClose:
 			if r := h.CloseReason(); r != "" && opt != wire.OptAbort {
 				result = hsRefused
-				log.Printf("%v: %s; closing", nc.RemoteAddr(), r)
+				log.Printf("%v: %s; closing", peerName(nc), r)
 			}
 			return
+		case wire.StepStartTLS:
+			if t, result = s.startTLS(nc); t == nil {
+				return
+			}
+			rw = t.tc
 		case wire.StepServe:
-			handed = s.handOff(nc, h.Result)
+			handed = s.handOff(nc, h.Result, t)
 			return
 		}
 	}
+}
+
+// startTLS runs the TLS handshake after NBD_OPT_STARTTLS's ACK and checks
+// the client's certificate against -allow; nil: close, and the handshake
+// result to count (tls_failed or refused).
+func (s *Server) startTLS(nc net.Conn) (*tlsState, int) {
+	pipe := newTLSPipe(nc)
+	tc := tls.Server(pipe, s.tlsCfg)
+	if err := tc.Handshake(); err != nil {
+		s.refusals.printf("%v: TLS handshake failed: %v; closing", peerName(nc), err)
+		return nil, hsTLSFailed
+	}
+	cs := tc.ConnectionState()
+	var peer *x509.Certificate
+	if len(cs.PeerCertificates) > 0 {
+		peer = cs.PeerCertificates[0]
+		log.Printf("%v: %s, client certificate %q", peerName(nc),
+			tls.VersionName(cs.Version), peer.Subject)
+	}
+	if !s.allow.AllowSubject(peer) {
+		subj := "none"
+		if peer != nil {
+			subj = peer.Subject.String()
+		}
+		s.refusals.printf("refusing %v: client certificate subject %q not allowed by "+
+			"-allow; closing", peerName(nc), subj)
+		return nil, hsRefused
+	}
+	return &tlsState{tc: tc, pipe: pipe, more: true}, hsAborted // more: it may have read ahead
 }
 
 // track adds nc to (or removes it from) the handshakes Shutdown ends;
@@ -358,8 +437,8 @@ func (s *Server) track(nc net.Conn, add bool) bool {
 	return true
 }
 
-// handOff moves the socket to a shard, round robin.
-func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
+// handOff moves the socket (and a TLS connection's state) to a shard.
+func (s *Server) handOff(nc net.Conn, neg wire.Negotiated, t *tlsState) bool {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return false
@@ -368,14 +447,20 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 	if err != nil {
 		return false
 	}
-	peer := nc.RemoteAddr().String()
-	if peer == "" || peer == "@" {
-		peer = "a Unix socket client"
+	peer := peerName(nc)
+	if t != nil {
+		if err := t.pipe.handOff(); err != nil {
+			log.Printf("%v: %v; closing", peerName(nc), err)
+			return false
+		}
 	}
 	fd := -1
 	_ = rc.Control(func(f uintptr) { fd, err = unix.Dup(int(f)) })
 	if err != nil {
-		log.Printf("%v: dup socket: %v", nc.RemoteAddr(), err)
+		log.Printf("%v: dup socket: %v", peerName(nc), err)
+		if t != nil {
+			t.pipe.release()
+		}
 		return false
 	}
 	nc.Close()
@@ -388,14 +473,25 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated) bool {
 	_, tcp := nc.(*net.TCPConn)
 	select {
 	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg, peer: peer,
-		tcp: tcp}:
+		tcp: tcp, tls: t}:
 		sh.wake()
 	default:
 		sh.assigned.Add(-1)
 		log.Printf("shard %d: inbox full; refusing connection from %s", sh.id, peer)
 		unix.Close(fd)
+		if t != nil {
+			t.pipe.release()
+		}
 	}
 	return true
+}
+
+// peerName is the client's address for logs.
+func peerName(nc net.Conn) string {
+	if p := nc.RemoteAddr().String(); p != "" && p != "@" {
+		return p
+	}
+	return "a Unix socket client"
 }
 
 // leastLoaded is the shard a new connection goes to: the one with the

@@ -33,6 +33,13 @@ var inlineModes = []struct {
 func testServerIO(t testing.TB, size int64, shards int, mode InlineMode) (srv *Server,
 	sock, path string) {
 	t.Helper()
+	return testServerConfig(t, size, mode, Config{Shards: shards, ArenaSize: 128 << 20})
+}
+
+// testServerConfig is testServerIO with the server's whole configuration.
+func testServerConfig(t testing.TB, size int64, mode InlineMode, cfg Config) (srv *Server,
+	sock, path string) {
+	t.Helper()
 	dir := t.TempDir()
 	path = filepath.Join(dir, "img")
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
@@ -45,7 +52,7 @@ func testServerIO(t testing.TB, size int64, shards int, mode InlineMode) (srv *S
 	if err != nil {
 		t.Skipf("cannot serve a file here: %v", err)
 	}
-	srv, err = New(Config{Shards: shards, ArenaSize: 128 << 20}, []*Export{exp})
+	srv, err = New(cfg, []*Export{exp})
 	if err != nil {
 		t.Skipf("engine unavailable here: %v", err)
 	}

@@ -76,8 +76,9 @@ type handoff struct {
 	fd   int
 	exp  *Export
 	neg  wire.Negotiated
-	peer string // the client's address, for logs
-	tcp  bool   // a TCP socket (zero-copy sends are possible)
+	peer string    // the client's address, for logs
+	tcp  bool      // a TCP socket (zero-copy sends are possible)
+	tls  *tlsState // nil: plaintext
 }
 
 func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
@@ -250,6 +251,9 @@ func (s *shard) attach(h handoff) {
 				"(the most a shard takes); add -shards", s.id, h.peer, connsPerShardMax)
 		}
 		unix.Close(h.fd)
+		if h.tls != nil {
+			h.tls.pipe.release()
+		}
 		s.assigned.Add(-1)
 		return
 	}
@@ -280,7 +284,9 @@ func (s *shard) retryWaiting() {
 	for _, ci := range w {
 		c := &s.conns[ci]
 		c.waiting = false
-		if c.fd >= 0 && !c.closing {
+		// A TLS connection may be here for plaintext crypto/tls still
+		// holds (tlsState.more): decrypt it first.
+		if c.fd >= 0 && !c.closing && (c.tls == nil || s.tlsPump(ci)) {
 			s.parse(ci)
 		}
 	}

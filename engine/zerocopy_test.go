@@ -84,8 +84,11 @@ func zcDial(t *testing.T, srv *Server, network, tcpAddr, unixSock string) net.Co
 			t.Fatal(derr)
 		}
 		c, err = ln.Accept()
-		srv.sem <- struct{}{}
-		go srv.handshake(d)
+		ip, why := srv.gate.enter(d.RemoteAddr())
+		if why != "" {
+			t.Fatal(why)
+		}
+		go srv.handshake(d, ip)
 	}
 	if err != nil {
 		t.Fatal(err)

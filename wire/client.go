@@ -19,7 +19,16 @@ type ClientOptions struct {
 	// BaseAllocation selects the base:allocation context (needs
 	// Structured or Extended).
 	BaseAllocation bool
+	// TLS, when set, makes NBD_OPT_STARTTLS the first option (an nbds://
+	// URI: any refusal fails the handshake) and is then called with the
+	// connection to run the TLS client handshake over it; the rest of
+	// the handshake, and the caller's transmission phase, use what it
+	// returns.
+	TLS func(io.ReadWriter) (io.ReadWriter, error)
 }
+
+// ErrTLSRefused: the server answered NBD_OPT_STARTTLS with an error.
+var ErrTLSRefused = errors.New("nbd: server refused NBD_OPT_STARTTLS")
 
 // ClientExport is what the server told the client about the export.
 type ClientExport struct {
@@ -62,6 +71,18 @@ func ClientHandshake(rw io.ReadWriter, o ClientOptions) (ClientExport, error) {
 	var ex ClientExport
 	if err := clientGreeting(rw); err != nil {
 		return ex, err
+	}
+	if o.TLS != nil {
+		rep, p, err := clientOption(rw, OptStartTLS, nil)
+		if err != nil {
+			return ex, err
+		}
+		if rep != RepAck {
+			return ex, fmt.Errorf("%w: %v: %s", ErrTLSRefused, rep, p)
+		}
+		if rw, err = o.TLS(rw); err != nil {
+			return ex, fmt.Errorf("nbd: TLS handshake: %w", err)
+		}
 	}
 	if o.Structured {
 		rep, _, err := clientOption(rw, OptStructured, nil)

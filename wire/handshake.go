@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // Export describes one export as the handshake advertises it.
@@ -15,6 +16,31 @@ type Export struct {
 	BlockMin       uint32
 	BlockPreferred uint32
 	BlockMax       uint32
+	// TLSOnly: served only after NBD_OPT_STARTTLS (proto.md SELECTIVETLS);
+	// hidden from NBD_OPT_LIST and refused with NBD_REP_ERR_TLS_REQD
+	// before it.
+	TLSOnly bool
+}
+
+// TLSMode is the server's TLS policy (proto.md "TLS support").
+type TLSMode uint8
+
+const (
+	TLSOff     TLSMode = iota // NOTLS: NBD_OPT_STARTTLS gets NBD_REP_ERR_POLICY
+	TLSOn                     // SELECTIVETLS: TLS at the client's choice, TLSOnly exports need it
+	TLSRequire                // FORCEDTLS: every option but STARTTLS and ABORT needs TLS
+)
+
+func (m TLSMode) String() string {
+	switch m {
+	case TLSOff:
+		return "off"
+	case TLSOn:
+		return "on"
+	case TLSRequire:
+		return "require"
+	}
+	return "TLSMode(" + strconv.Itoa(int(m)) + ")"
 }
 
 // Bounds of the option phase: together they cap what one client can make
@@ -43,6 +69,12 @@ const (
 	StepContinue Step = iota // read the next option
 	StepServe                // enter the transmission phase
 	StepClose                // close the connection
+	// StepStartTLS: after sending the reply (NBD_REP_ACK to
+	// NBD_OPT_STARTTLS), run the TLS handshake as the server, then read
+	// every further option through TLS. The caller must not have read
+	// past the option's data: bytes the client sent after STARTTLS belong
+	// to TLS and are never parsed as NBD.
+	StepStartTLS
 )
 
 // Negotiated is the outcome of a handshake that reached StepServe.
@@ -72,6 +104,8 @@ func (n *Negotiated) Style() ReplyStyle {
 // reply bytes and a decision out. It does no I/O.
 type ServerHandshake struct {
 	exports     []Export
+	tlsMode     TLSMode
+	tls         bool // NBD_OPT_STARTTLS was acknowledged: everything since is over TLS
 	noZeroes    bool
 	fixed       bool
 	structured  bool
@@ -88,6 +122,13 @@ type ServerHandshake struct {
 func NewServerHandshake(exports []Export) *ServerHandshake {
 	return &ServerHandshake{exports: exports}
 }
+
+// SetTLS sets the TLS policy; TLSOff unless called. Call it before the
+// first option.
+func (h *ServerHandshake) SetTLS(m TLSMode) { h.tlsMode = m }
+
+// TLS reports whether STARTTLS was acknowledged.
+func (h *ServerHandshake) TLS() bool { return h.tls }
 
 // CloseReason says why the state machine chose StepClose or an error.
 func (h *ServerHandshake) CloseReason() string { return h.closeReason }
@@ -141,6 +182,21 @@ func (h *ServerHandshake) Option(opt Opt, data []byte) ([]byte, Step) {
 		h.closeReason = "client without fixed newstyle sent " + opt.String()
 		return nil, StepClose
 	}
+	if opt == OptStartTLS {
+		return h.startTLS(data)
+	}
+	if h.tlsMode == TLSRequire && !h.tls && opt != OptAbort {
+		// FORCEDTLS: the data was read (the caller reads it whole), so
+		// the stream stays in step; nothing of it is looked at.
+		if opt == OptExportName {
+			h.closeReason = "NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS on a server " +
+				"that requires TLS"
+			return nil, StepClose
+		}
+		h.replyErr(opt, RepErrTLSReqd, "this server requires TLS: send NBD_OPT_STARTTLS "+
+			"first (use an nbds:// URI)")
+		return h.out, StepContinue
+	}
 	switch opt {
 	case OptExportName:
 		return h.exportName(data)
@@ -184,6 +240,29 @@ func (h *ServerHandshake) Option(opt Opt, data []byte) ([]byte, Step) {
 	return h.out, StepContinue
 }
 
+// startTLS answers NBD_OPT_STARTTLS.
+func (h *ServerHandshake) startTLS(data []byte) ([]byte, Step) {
+	switch {
+	case h.tlsMode == TLSOff:
+		h.replyErr(OptStartTLS, RepErrPolicy, "TLS is off on this server (start it with "+
+			"-tls on or -tls require)")
+	case len(data) != 0:
+		h.replyErr(OptStartTLS, RepErrInvalid, "NBD_OPT_STARTTLS takes no data")
+	case h.tls:
+		h.replyErr(OptStartTLS, RepErrInvalid, "TLS is already running")
+	default:
+		// proto.md: no negotiation state survives STARTTLS; what was
+		// agreed in plaintext could have been forged (CVE-2021-3716).
+		h.structured, h.extended = false, false
+		h.metaExport, h.metaBase = "", false
+		h.Result = Negotiated{}
+		h.tls = true
+		h.reply(OptStartTLS, RepAck, nil)
+		return h.out, StepStartTLS
+	}
+	return h.out, StepContinue
+}
+
 func (h *ServerHandshake) lookup(name []byte) int {
 	for i := range h.exports {
 		if h.exports[i].Name == string(name) {
@@ -191,6 +270,11 @@ func (h *ServerHandshake) lookup(name []byte) int {
 		}
 	}
 	return -1
+}
+
+// hidden: export i needs TLS and this connection has none yet.
+func (h *ServerHandshake) hidden(i int) bool {
+	return h.exports[i].TLSOnly && !h.tls
 }
 
 func (h *ServerHandshake) exportName(data []byte) ([]byte, Step) {
@@ -202,6 +286,11 @@ func (h *ServerHandshake) exportName(data []byte) ([]byte, Step) {
 	if len(data) > StringMax || i < 0 {
 		// NBD_OPT_EXPORT_NAME has no error reply; proto.md: close.
 		h.closeReason = fmt.Sprintf("NBD_OPT_EXPORT_NAME for unknown export %q", data)
+		return nil, StepClose
+	}
+	if h.hidden(i) {
+		h.closeReason = fmt.Sprintf("NBD_OPT_EXPORT_NAME for export %q, which requires "+
+			"TLS, without NBD_OPT_STARTTLS", data)
 		return nil, StepClose
 	}
 	e := &h.exports[i]
@@ -225,6 +314,9 @@ func (h *ServerHandshake) list(data []byte) []byte {
 		return h.out
 	}
 	for i := range h.exports {
+		if h.hidden(i) {
+			continue // proto.md SELECTIVETLS: MAY omit TLS-only exports
+		}
 		e := &h.exports[i]
 		p := make([]byte, 4, 4+len(e.Name)+len(e.Description))
 		be.PutUint32(p, uint32(len(e.Name)))
@@ -261,6 +353,16 @@ func (h *ServerHandshake) infoGo(opt Opt, data []byte) ([]byte, Step) {
 	i := h.lookup(name)
 	if i < 0 {
 		h.replyErr(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", name))
+		return h.out, StepContinue
+	}
+	if h.hidden(i) && h.tlsMode == TLSOff {
+		// Never served: without TLS on the server it cannot be reached.
+		h.replyErr(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", name))
+		return h.out, StepContinue
+	}
+	if h.hidden(i) {
+		h.replyErr(opt, RepErrTLSReqd, fmt.Sprintf("export %q requires TLS: send "+
+			"NBD_OPT_STARTTLS first (use an nbds:// URI)", name))
 		return h.out, StepContinue
 	}
 	var wantName, wantDesc, wantBlock bool
@@ -358,7 +460,9 @@ func (h *ServerHandshake) meta(opt Opt, data []byte) []byte {
 		h.replyErr(opt, RepErrInvalid, "export name contains a NUL byte")
 		return h.out
 	}
-	if h.lookup(name) < 0 {
+	if i := h.lookup(name); i < 0 || h.hidden(i) {
+		// A TLS-only export does not exist for this connection yet;
+		// proto.md allows ERR_TLS_REQD only for INFO, GO and EXPORT_NAME.
 		h.replyErr(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", name))
 		return h.out
 	}

@@ -629,7 +629,7 @@ func TestHandshakeStructuredReply(t *testing.T) {
 }
 
 func TestHandshakeUnknownOptions(t *testing.T) {
-	for _, opt := range []uint32{0, 4, nOptStartTLS, 12, 0x7fffffff, 0xffffffff} {
+	for _, opt := range []uint32{0, 4, 12, 0x7fffffff, 0xffffffff} {
 		tr := hsDrive(hsExports(), cat(u32b(3), optMsg(opt, []byte("some data")),
 			optMsg(nOptList, nil)))
 		if tr.err != nil || tr.step != StepContinue || tr.opts != 2 || tr.unread != 0 {

@@ -56,7 +56,8 @@ Run 'nbdbench run -h' or 'nbdbench compare -h' for the flags.
 func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	uri := fs.String("uri", "nbd://localhost/",
-		"server: nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH")
+		"server: nbd[s]://HOST[:PORT]/NAME or nbd[s]+unix:///NAME?socket=PATH; nbds: TLS, "+
+			"with ?tls-certificates=DIR (ca-cert.pem, client-cert.pem, client-key.pem)")
 	rw := fs.String("rw", "randread", "read, write, randread, randwrite or randrw")
 	mix := fs.Int("mix", 70, "randrw: percentage of reads")
 	bs := fs.String("bs", "4k", "block size (512, 4k, 1M, ...)")

@@ -3,15 +3,18 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/nbdring/nbdring/engine"
+	"github.com/nbdring/nbdring/wire"
 )
 
 func main() {
@@ -41,6 +44,21 @@ func main() {
 		"print the URI clients should use on stdout, one line per listener, once serving")
 	version := flag.Bool("version", false,
 		"print nbdring's version, its Go version and its dependencies, and exit")
+	var sec security
+	flag.StringVar(&sec.tls, "tls", "off",
+		"TLS: off, on (clients choose; -tls-exports need it) or require (every client)")
+	flag.StringVar(&sec.certDir, "tls-certificates", "",
+		"directory with ca-cert.pem, server-cert.pem, server-key.pem and optional "+
+			"ca-crl.pem (qemu's and nbdkit's layout)")
+	flag.BoolVar(&sec.verifyPeer, "tls-verify-peer", false,
+		"require a client certificate signed by the directory's CA; its subject is logged")
+	flag.StringVar(&sec.tlsExports, "tls-exports", "",
+		"with -tls on: comma-separated export names served only over TLS")
+	flag.StringVar(&sec.allow, "allow", "",
+		"comma-separated rules: CIDR or address (TCP clients from elsewhere are closed "+
+			"unanswered), subject:CN=NAME[+O=ORG] (needs -tls require -tls-verify-peer)")
+	flag.StringVar(&sec.socketMode, "socket-mode", "0600",
+		"file mode of a unix: socket (-listen), which decides who may connect to it")
 	flag.Usage = usage
 	flag.Parse()
 	if *version {
@@ -66,7 +84,7 @@ func main() {
 		os.Exit(2)
 	}
 	obs := observability{pprof: *pprofAddr, metrics: *metricsAddr}
-	if err := run(*listen, tmpl, cfg, obs, svc, flag.Args()); err != nil {
+	if err := run(*listen, tmpl, cfg, obs, svc, sec, flag.Args()); err != nil {
 		log.Print(err)
 		os.Exit(1)
 	}
@@ -92,8 +110,16 @@ flags:
 }
 
 func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, obs observability,
-	svc serviceFlags, args []string) error {
+	svc serviceFlags, sec security, args []string) error {
 	log.Printf("nbdring %s", buildVersion(readBuildInfo()))
+	tlsOnly, err := sec.config(&cfg)
+	if err != nil {
+		return err
+	}
+	mode, err := strconv.ParseUint(sec.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return fmt.Errorf("-socket-mode %q: want an octal file mode such as 0660", sec.socketMode)
+	}
 	ntf, err := newNotifier(os.Getenv)
 	if err != nil {
 		return err
@@ -119,11 +145,16 @@ func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, obs observa
 				ec.Name, ec.Path = name, path
 			}
 		}
+		ec.TLSOnly = tlsOnly[ec.Name]
+		delete(tlsOnly, ec.Name)
 		e, err := engine.OpenExport(ec)
 		if err != nil {
 			return err
 		}
 		exports = append(exports, e)
+	}
+	for n := range tlsOnly {
+		return fmt.Errorf("-tls-exports names %q, which is not an export", n)
 	}
 	srv, err := engine.New(cfg, exports)
 	if err != nil {
@@ -134,6 +165,13 @@ func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, obs observa
 			exports = nil // Stop closes them; a second close could hit a reused fd
 			srv.Stop()
 			return err
+		}
+		if path, ok := strings.CutPrefix(listen, "unix:"); ok {
+			if err := os.Chmod(path, os.FileMode(mode)); err != nil {
+				exports = nil
+				srv.Stop()
+				return fmt.Errorf("-socket-mode: chmod %s: %w", path, err)
+			}
 		}
 	}
 	if obs.pprof != "" {
@@ -158,10 +196,11 @@ func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, obs observa
 			io = "inline (no RWF_NOWAIT here, and reads answer in microseconds)"
 		}
 		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v, "+
-			"I/O %s", e.Name, e.Path, e.Size(), e.Align(), tmpl.ReadOnly, io)
+			"I/O %s%s", e.Name, e.Path, e.Size(), e.Align(), tmpl.ReadOnly, io,
+			tlsNote(cfg.TLSMode, e.TLSOnly()))
 		names = append(names, e.Name)
 	}
-	announce(lns, uriExport(names), svc.printURI)
+	announce(lns, uriExport(names), svc.printURI, cfg.TLSMode == wire.TLSRequire)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	errc := make(chan error, len(lns))
@@ -191,10 +230,14 @@ func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, obs observa
 }
 
 // announce logs each listener with the URI to try, and with -print-uri
-// prints the URIs on stdout, for scripts.
-func announce(lns []listener, export string, printURI bool) {
+// prints the URIs on stdout, for scripts; nbds:// when TLS is required
+// (the client adds its tls-certificates=).
+func announce(lns []listener, export string, printURI, tlsRequired bool) {
 	for _, l := range lns {
 		uri := clientURI(l.listen, l.ln.Addr(), export)
+		if tlsRequired {
+			uri = "nbds" + strings.TrimPrefix(uri, "nbd")
+		}
 		log.Printf("listening on %s; try: nbdinfo %s", l.label, shellQuote(uri))
 		if printURI {
 			fmt.Println(uri)
@@ -211,4 +254,62 @@ type serviceFlags struct {
 // observability are the HTTP side ports: -pprof and -metrics.
 type observability struct {
 	pprof, metrics string
+}
+
+// security is the TLS and access flags.
+type security struct {
+	tls, certDir, tlsExports, allow, socketMode string
+	verifyPeer                                  bool
+}
+
+// config turns the flags into the engine's settings and the set of
+// exports that need TLS.
+func (f security) config(cfg *engine.Config) (map[string]bool, error) {
+	switch f.tls {
+	case "off":
+		cfg.TLSMode = wire.TLSOff
+	case "on":
+		cfg.TLSMode = wire.TLSOn
+	case "require":
+		cfg.TLSMode = wire.TLSRequire
+	default:
+		return nil, fmt.Errorf("-tls %q: want off, on or require", f.tls)
+	}
+	if cfg.TLSMode == wire.TLSOff && (f.certDir != "" || f.verifyPeer || f.tlsExports != "") {
+		return nil, errors.New("-tls-certificates, -tls-verify-peer and -tls-exports " +
+			"need -tls on or -tls require")
+	}
+	if cfg.TLSMode != wire.TLSOff {
+		var err error
+		if cfg.TLS, err = engine.LoadTLS(f.certDir, f.verifyPeer); err != nil {
+			return nil, err
+		}
+	}
+	only := map[string]bool{}
+	if f.tlsExports != "" {
+		if cfg.TLSMode != wire.TLSOn {
+			return nil, errors.New("-tls-exports needs -tls on (with -tls require every " +
+				"export needs TLS)")
+		}
+		for _, n := range strings.Split(f.tlsExports, ",") {
+			only[n] = true
+		}
+	}
+	if f.allow != "" {
+		var err error
+		if cfg.Allow, err = engine.ParseAllow(f.allow); err != nil {
+			return nil, err
+		}
+	}
+	return only, nil
+}
+
+func tlsNote(m wire.TLSMode, only bool) string {
+	switch {
+	case m == wire.TLSRequire || only:
+		return ", TLS required"
+	case m == wire.TLSOn:
+		return ", TLS optional"
+	}
+	return ""
 }

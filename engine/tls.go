@@ -1,0 +1,481 @@
+package engine
+
+// TLS. The handshake (NBD_OPT_STARTTLS and the TLS handshake after it)
+// runs on the control plane like the rest of the option phase; from then
+// on the connection is served by its shard like any other, with no
+// goroutine of its own: crypto/tls runs over a tlsPipe, a net.Conn whose
+// Read and Write reach the real socket only during the handshake. At
+// hand-off the pipe switches to buffer mode: Read returns the ciphertext
+// the shard has received (or, when none is left, an error whose
+// Temporary() is true, which crypto/tls treats as "try again": see
+// readRecordOrCCS in crypto/tls/conn.go), and Write appends ciphertext
+// to a buffer the shard sends through the ledger (opSendTLS).
+//
+// Per TLS connection, mapped at hand-off and unmapped at release (so
+// bounded by connsPerShardMax per shard): a ciphertext receive buffer
+// (tlsInBufSize), a ciphertext send buffer (tlsOutBufSize plus
+// tlsOutReserve for what crypto/tls writes on its own: alerts, KeyUpdate
+// answers) and one record's plaintext (tlsRecordPlainMax), where reply
+// headers and data are gathered so that each record is full and a slot
+// is released as soon as its bytes are copied.
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+	"unsafe"
+
+	"github.com/nbdring/nbdring/ring"
+	"golang.org/x/sys/unix"
+)
+
+// TLS certificate directory layout shared by qemu (tls-creds-x509) and
+// nbdkit (--tls-certificates).
+const (
+	tlsCAFile   = "ca-cert.pem"
+	tlsCertFile = "server-cert.pem"
+	tlsKeyFile  = "server-key.pem"
+	tlsCRLFile  = "ca-crl.pem"
+)
+
+// LoadTLS reads dir's certificates into a server configuration. With
+// verifyPeer, clients must present a certificate signed by dir's CA.
+// A ca-crl.pem, if present, revokes client certificates.
+func LoadTLS(dir string, verifyPeer bool) (*tls.Config, error) {
+	if dir == "" {
+		return nil, errors.New("-tls needs -tls-certificates DIR (with ca-cert.pem, " +
+			"server-cert.pem and server-key.pem)")
+	}
+	certPath, keyPath := filepath.Join(dir, tlsCertFile), filepath.Join(dir, tlsKeyFile)
+	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("load TLS key pair %s and %s: %w (both must be PEM; "+
+			"the key must match the certificate)", certPath, keyPath, err)
+	}
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12, // proto.md: MUST support 1.2; 1.3 is preferred
+		// Full 16 KiB records from the first byte: block I/O wants
+		// throughput, not the first-packet latency small records buy.
+		DynamicRecordSizingDisabled: true,
+	}
+	caPath := filepath.Join(dir, tlsCAFile)
+	caPEM, err := os.ReadFile(caPath)
+	if err != nil {
+		if !verifyPeer && errors.Is(err, os.ErrNotExist) {
+			return cfg, nil
+		}
+		return nil, fmt.Errorf("read TLS CA %s: %w (-tls-verify-peer needs the CA that "+
+			"signs client certificates)", caPath, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("TLS CA %s holds no PEM certificate; regenerate it", caPath)
+	}
+	if !verifyPeer {
+		return cfg, nil
+	}
+	cfg.ClientCAs = pool
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	crlPath := filepath.Join(dir, tlsCRLFile)
+	crlPEM, err := os.ReadFile(crlPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return cfg, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read TLS CRL %s: %w", crlPath, err)
+	}
+	crl, err := parseCRL(crlPEM, caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("TLS CRL %s: %w (regenerate it with the CA in %s, or "+
+			"remove it)", crlPath, err, caPath)
+	}
+	revoked := map[string]bool{}
+	for _, e := range crl.RevokedCertificateEntries {
+		revoked[string(e.SerialNumber.Bytes())] = true
+	}
+	cfg.VerifyPeerCertificate = func(_ [][]byte, chains [][]*x509.Certificate) error {
+		for _, chain := range chains {
+			for _, c := range chain {
+				if revoked[string(c.SerialNumber.Bytes())] {
+					return fmt.Errorf("certificate %q (serial %x) is revoked by %s",
+						c.Subject, c.SerialNumber, crlPath)
+				}
+			}
+		}
+		return nil
+	}
+	return cfg, nil
+}
+
+// parseCRL decodes a PEM CRL and checks it was signed by one of caPEM's
+// certificates.
+func parseCRL(crlPEM, caPEM []byte) (*x509.RevocationList, error) {
+	der, err := pemBlock(crlPEM, "X509 CRL")
+	if err != nil {
+		return nil, err
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		return nil, err
+	}
+	for rest := caPEM; ; {
+		var der []byte
+		der, rest, err = pemNext(rest, "CERTIFICATE")
+		if err != nil {
+			return nil, errors.New("not signed by the CA")
+		}
+		ca, perr := x509.ParseCertificate(der)
+		if perr == nil && crl.CheckSignatureFrom(ca) == nil {
+			return crl, nil
+		}
+	}
+}
+
+func pemBlock(b []byte, typ string) ([]byte, error) {
+	der, _, err := pemNext(b, typ)
+	return der, err
+}
+
+// pemNext returns the next PEM block of type typ in b and what follows it.
+func pemNext(b []byte, typ string) (der, rest []byte, err error) {
+	for {
+		var blk *pem.Block
+		if blk, b = pem.Decode(b); blk == nil {
+			return nil, nil, fmt.Errorf("no PEM %q block", typ)
+		}
+		if blk.Type == typ {
+			return blk.Bytes, b, nil
+		}
+	}
+}
+
+var errWouldBlock net.Error = wouldBlock{}
+
+// wouldBlock is what a handed-off tlsPipe's Read returns when the shard
+// has no more ciphertext: Timeout and Temporary, so crypto/tls keeps the
+// connection and the partial record it holds and lets Read be called
+// again after the next receive.
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "tls pipe: no ciphertext received yet" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+var errTLSOutFull = errors.New("tls pipe: send buffer full")
+
+// tlsPipe is the net.Conn under a connection's tls.Conn (see the top of
+// this file).
+type tlsPipe struct {
+	nc  net.Conn // during the handshake: the socket; nil once handed off
+	mem []byte   // the mapping that in, out and plain live in
+
+	in         []byte // ciphertext received: in[inLo:inHi] not yet read by TLS
+	inLo, inHi int
+	out        []byte // ciphertext to send: out[outLo:outHi]
+	outLo      int
+	outHi      int
+	sendEnd    int    // the send in flight covers out[outLo:sendEnd]
+	plain      []byte // one record's plaintext, gathered from replies
+	plainN     int
+}
+
+var _ net.Conn = (*tlsPipe)(nil)
+
+func (p *tlsPipe) Read(b []byte) (int, error) {
+	if p.nc != nil {
+		return p.nc.Read(b)
+	}
+	if p.inLo == p.inHi {
+		return 0, errWouldBlock
+	}
+	n := copy(b, p.in[p.inLo:p.inHi])
+	p.inLo += n
+	return n, nil
+}
+
+func (p *tlsPipe) Write(b []byte) (int, error) {
+	if p.nc != nil {
+		return p.nc.Write(b)
+	}
+	if len(b) > len(p.out)-p.outHi {
+		return 0, errTLSOutFull
+	}
+	p.outHi += copy(p.out[p.outHi:], b)
+	return len(b), nil
+}
+
+func (p *tlsPipe) Close() error {
+	if p.nc != nil {
+		return p.nc.Close()
+	}
+	return nil
+}
+
+func (p *tlsPipe) LocalAddr() net.Addr {
+	if p.nc != nil {
+		return p.nc.LocalAddr()
+	}
+	return nil
+}
+
+func (p *tlsPipe) RemoteAddr() net.Addr {
+	if p.nc != nil {
+		return p.nc.RemoteAddr()
+	}
+	return nil
+}
+
+func (p *tlsPipe) SetDeadline(t time.Time) error {
+	if p.nc != nil {
+		return p.nc.SetDeadline(t)
+	}
+	return nil
+}
+
+func (p *tlsPipe) SetReadDeadline(t time.Time) error {
+	if p.nc != nil {
+		return p.nc.SetReadDeadline(t)
+	}
+	return nil
+}
+
+func (p *tlsPipe) SetWriteDeadline(t time.Time) error {
+	if p.nc != nil {
+		return p.nc.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+// tlsState is a TLS connection's part on its shard.
+type tlsState struct {
+	tc   *tls.Conn
+	pipe *tlsPipe
+	// more: the last pump stopped because the staging buffer was full, so
+	// crypto/tls may still hold plaintext; it is read before receiving.
+	more bool
+	eof  bool // the client sent close_notify: read no more
+	bye  bool // our close_notify is written
+	// The encryption cursor within the first queued reply (its iovec
+	// and the byte within it).
+	iov, off int
+}
+
+// tlsMemSize is the mapping one TLS connection takes at hand-off.
+const tlsMemSize = tlsInBufSize + tlsOutBufSize + tlsOutReserve + tlsRecordPlainMax
+
+// newTLSPipe wraps the socket for the handshake.
+func newTLSPipe(nc net.Conn) *tlsPipe { return &tlsPipe{nc: nc} }
+
+// handOff switches the pipe to buffer mode, mapping its buffers; the
+// socket is no longer the pipe's (the shard owns a duplicate of it).
+func (p *tlsPipe) handOff() error {
+	mem, err := unix.Mmap(-1, 0, tlsMemSize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return fmt.Errorf("map %d KiB of TLS buffers: %w", tlsMemSize>>10, err)
+	}
+	p.nc, p.mem = nil, mem
+	p.in = mem[:tlsInBufSize:tlsInBufSize]
+	mem = mem[tlsInBufSize:]
+	p.out = mem[: tlsOutBufSize+tlsOutReserve : tlsOutBufSize+tlsOutReserve]
+	p.plain = mem[tlsOutBufSize+tlsOutReserve:]
+	return nil
+}
+
+func (p *tlsPipe) release() {
+	if p.mem != nil {
+		_ = unix.Munmap(p.mem)
+		p.mem, p.in, p.out, p.plain = nil, nil, nil, nil
+	}
+}
+
+// armRecvTLS receives ciphertext, unless crypto/tls may still hold
+// plaintext: then the connection's parse is queued (follow-up work is
+// queued, not recursed into) and pumps it first.
+func (s *shard) armRecvTLS(ci int32) {
+	c := &s.conns[ci]
+	t := c.tls
+	p := t.pipe
+	if t.eof {
+		c.disc = true // close_notify: answer what was sent, then close
+		s.maybeFinish(ci)
+		return
+	}
+	if t.more {
+		if c.rhi-c.rlo < len(c.mem.rbuf) {
+			c.waiting = true
+			s.waiting = append(s.waiting, ci)
+		}
+		return
+	}
+	if p.inLo > 0 {
+		p.inHi = copy(p.in, p.in[p.inLo:p.inHi])
+		p.inLo = 0
+	}
+	// crypto/tls reports would-block only once it has read the pipe dry,
+	// so without plaintext pending (more) the buffer has room.
+	assert(p.inHi < len(p.in), "TLS ciphertext buffer full with nothing pending")
+	if p.inHi == len(p.in) {
+		return
+	}
+	c.recvOn = true
+	ring.PrepRecv(s.issue(opRecv, ci), c.fd, bytesAt(p.in[p.inHi:]), uint32(len(p.in)-p.inHi))
+}
+
+// tlsPump decrypts received ciphertext into the staging buffer until
+// crypto/tls would block or the buffer is full; false: the connection is
+// closing (a TLS alert, a bad record).
+func (s *shard) tlsPump(ci int32) bool {
+	c := &s.conns[ci]
+	t := c.tls
+	rbuf := c.mem.rbuf[:]
+	if c.rlo > 0 {
+		c.rhi = copy(rbuf, rbuf[c.rlo:c.rhi])
+		c.rlo = 0
+	}
+	t.more = false
+	for !t.eof && c.rhi < len(rbuf) {
+		n, err := t.tc.Read(rbuf[c.rhi:])
+		c.rhi += n
+		if err == nil {
+			continue
+		}
+		if err == errWouldBlock {
+			break
+		}
+		if err == io.EOF {
+			t.eof = true // close_notify
+			break
+		}
+		log.Printf("shard %d: %s: TLS: %v; disconnecting it", s.id, c.peer, err)
+		s.beginClose(ci)
+		return false
+	}
+	t.more = c.rhi == len(rbuf) && !t.eof
+	if t.pipe.outHi > t.pipe.outLo && !c.sending {
+		s.submitSendTLS(ci) // what crypto/tls wrote on its own (a KeyUpdate answer)
+	}
+	return true
+}
+
+// sendQueuedTLS encrypts queued replies into the send buffer, a record at
+// a time, and sends it. A reply whose bytes are all copied is released at
+// once; one too large for the buffer is continued after the send.
+func (s *shard) sendQueuedTLS(ci int32) {
+	c := &s.conns[ci]
+	t := c.tls
+	p := t.pipe
+	for c.qHead >= 0 && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
+		si := c.qHead
+		sl := &s.slots[si]
+		for t.iov < sl.nout && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
+			v := &sl.out[t.iov]
+			b := unsafe.Slice(v.Base, v.Len)[t.off:]
+			n := copy(p.plain[p.plainN:], b)
+			p.plainN += n
+			t.off += n
+			if t.off == int(v.Len) {
+				t.iov, t.off = t.iov+1, 0
+			}
+			if p.plainN == len(p.plain) && !s.tlsWrite(ci) {
+				return
+			}
+		}
+		if t.iov < sl.nout {
+			break // the buffer is full; go on after the send
+		}
+		c.qHead = sl.next
+		if c.qHead < 0 {
+			c.qTail = -1
+		}
+		t.iov, t.off = 0, 0
+		s.releaseSlot(si) // every byte is in a record or in p.plain
+	}
+	if p.plainN > 0 && !s.tlsWrite(ci) {
+		return
+	}
+	if p.outHi > p.outLo {
+		s.submitSendTLS(ci)
+	}
+}
+
+// tlsWrite seals the gathered plaintext into the send buffer.
+func (s *shard) tlsWrite(ci int32) bool {
+	c := &s.conns[ci]
+	p := c.tls.pipe
+	_, err := c.tls.tc.Write(p.plain[:p.plainN])
+	p.plainN = 0
+	if err != nil {
+		log.Printf("shard %d: %s: TLS: %v; disconnecting it", s.id, c.peer, err)
+		s.beginClose(ci)
+		return false
+	}
+	return true
+}
+
+func (s *shard) submitSendTLS(ci int32) {
+	c := &s.conns[ci]
+	assert(!c.sending, "TLS send issued while another is in flight")
+	p := c.tls.pipe
+	m := c.mem
+	m.iov[0] = unix.Iovec{Base: &p.out[p.outLo], Len: uint64(p.outHi - p.outLo)}
+	m.msg.Iov, m.msg.Iovlen = &m.iov[0], 1
+	p.sendEnd = p.outHi
+	c.sending = true
+	ring.PrepSendmsg(s.issue(opSendTLS, ci), c.fd, &m.msg)
+}
+
+// tlsBye writes and sends close_notify before a graceful close (after
+// NBD_CMD_DISC, the client's close_notify, or the server's shutdown), so
+// the client can tell the end of the stream from a cut; false: nothing
+// to send, close now.
+func (s *shard) tlsBye(ci int32) bool {
+	c := &s.conns[ci]
+	t := c.tls
+	if t.bye {
+		return false
+	}
+	t.bye = true
+	if err := t.tc.CloseWrite(); err != nil || t.pipe.outHi == t.pipe.outLo {
+		return false
+	}
+	s.submitSendTLS(ci)
+	return true
+}
+
+// onSendTLS resumes a partial send, sends what was appended meanwhile, or
+// encrypts the next replies.
+func (s *shard) onSendTLS(ci int32, res int32) {
+	c := &s.conns[ci]
+	c.sending = false
+	if c.closing || res < 0 {
+		if res < 0 && !c.closing && res != -int32(unix.EPIPE) &&
+			res != -int32(unix.ECONNRESET) {
+			log.Printf("shard %d: %s: send: %v", s.id, c.peer, unix.Errno(-res))
+		}
+		if c.closing {
+			s.maybeRelease(ci)
+		} else {
+			s.beginClose(ci)
+		}
+		return
+	}
+	p := c.tls.pipe
+	p.outLo += int(res)
+	if p.outLo < p.outHi {
+		s.submitSendTLS(ci) // partial, or bytes appended while it was in flight
+		return
+	}
+	p.outLo, p.outHi = 0, 0
+	s.sendQueued(ci)
+	s.maybeFinish(ci)
+}
