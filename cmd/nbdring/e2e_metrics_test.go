@@ -78,6 +78,24 @@ func e2eLogAddr(t *testing.T, s *e2eServer, what string) string {
 	}
 }
 
+// e2eMetricLine waits (5 s at most) for /metrics of a server started with
+// -metrics to show line.
+func e2eMetricLine(t *testing.T, s *e2eServer, line string) {
+	t.Helper()
+	url := "http://" + e2eLogAddr(t, s, "metrics") + "/metrics"
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, page := e2eGetStatus(t, url)
+		if strings.Contains(page, "\n"+line+"\n") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics has no line %s:\n%s", line, page)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func e2eGetStatus(t *testing.T, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
