@@ -38,8 +38,10 @@ BINDIR    ?= $(PREFIX)/bin
 UNITDIR   ?= $(PREFIX)/lib/systemd/system
 DOCDIR    ?= $(PREFIX)/share/doc/nbdring
 # Debian packages the end-to-end tests drive (real clients nobody here wrote);
-# systemd brings systemd-socket-activate and systemd-analyze.
-TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio systemd
+# systemd brings systemd-socket-activate and systemd-analyze;
+# python3-prometheus-client parses /metrics as Prometheus would.
+TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio systemd \
+             python3-prometheus-client
 TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio \
              systemd-socket-activate systemd-analyze
 
@@ -81,6 +83,8 @@ run: build $(IMAGE) ## serve var/default.img (sparse, 1 GiB, made if missing) on
 deps: ## install the Debian packages the tests use, when missing
 	@missing=""; for c in $(TEST_CMDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	/usr/bin/python3 -c 'import nbd' 2>/dev/null || missing="$$missing python3-nbd"; \
+	/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || \
+	  missing="$$missing python3-prometheus-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing test clients (missing:$$missing)"; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -182,6 +182,7 @@ func (s *shard) parse(ci int32) {
 		}
 		if !s.dispatch(ci) {
 			c.waiting = true
+			s.countWait(ci)
 			s.waiting = append(s.waiting, ci)
 			return
 		}
@@ -208,9 +209,7 @@ func (s *shard) decode(ci int32) bool {
 		return false
 	}
 	c.rlo += c.reqSize
-	if c.req.Type < wire.CmdCount {
-		s.stats.Requests[c.req.Type].Add(1)
-	}
+	s.countRequest(ci)
 	var ok bool
 	if c.payloadLen, ok = wire.PayloadLen(&c.req, c.sess.Extended); !ok {
 		log.Printf("shard %d: %s: %v payload of %d bytes exceeds %d; disconnecting it",
@@ -313,6 +312,6 @@ func (s *shard) maybeRelease(ci int32) {
 	c.gen++
 	s.live--
 	s.assigned.Add(-1)
-	s.stats.Conns.Add(-1)
+	s.connReleased(ci)
 	s.connFree = append(s.connFree, ci)
 }

@@ -7,9 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"net"
-	"net/http"
-	_ "net/http/pprof" // the -pprof page
 	"os"
 	"os/signal"
 	"strconv"
@@ -37,6 +34,8 @@ func main() {
 		"send READ replies of 64 KiB or more with SENDMSG_ZC where the socket takes it")
 	pprofAddr := flag.String("pprof", "",
 		"serve net/http/pprof and per-shard counters (/counters) on this host:port")
+	metricsAddr := flag.String("metrics", "",
+		"serve Prometheus metrics on http://host:port/metrics (nothing else on that port)")
 	var svc serviceFlags
 	flag.StringVar(&svc.user, "user", "",
 		"after opening exports and sockets, switch to this user (name or uid; needs root)")
@@ -85,7 +84,8 @@ func main() {
 		log.Printf("-inline-io %q: want auto, on or off", *inlineIO)
 		os.Exit(2)
 	}
-	if err := run(*listen, tmpl, cfg, *pprofAddr, svc, sec, flag.Args()); err != nil {
+	obs := observability{pprof: *pprofAddr, metrics: *metricsAddr}
+	if err := run(*listen, tmpl, cfg, obs, svc, sec, flag.Args()); err != nil {
 		log.Print(err)
 		os.Exit(1)
 	}
@@ -113,7 +113,7 @@ flags:
 	flag.PrintDefaults()
 }
 
-func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, pprofAddr string,
+func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, obs observability,
 	svc serviceFlags, sec security, args []string) error {
 	log.Printf("nbdring %s", buildVersion(readBuildInfo()))
 	tlsOnly, err := sec.config(&cfg)
@@ -178,8 +178,15 @@ func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, pprofAddr s
 			}
 		}
 	}
-	if pprofAddr != "" {
-		servePprof(pprofAddr, srv)
+	if obs.pprof != "" {
+		servePprof(obs.pprof, srv)
+	}
+	if obs.metrics != "" {
+		if err := serveMetrics(obs.metrics, srv); err != nil {
+			exports = nil
+			srv.Stop()
+			return err
+		}
 	}
 	if err := dropPrivileges(svc.user, svc.group); err != nil {
 		exports = nil
@@ -238,26 +245,6 @@ func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, pprofAddr s
 // timeout, say) sends it on to its child again within microseconds.
 const signalRepeatMin = 200 * time.Millisecond
 
-// servePprof serves net/http/pprof and srv's counters on addr. It binds
-// before returning, so a privileged port is bound before -user applies.
-func servePprof(addr string, srv *engine.Server) {
-	http.HandleFunc("/counters", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		srv.WriteCounters(w)
-	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		log.Printf("-pprof %s: %v", addr, err)
-		return
-	}
-	log.Printf("pprof and counters on http://%s/debug/pprof/ and /counters", ln.Addr())
-	go func() {
-		if err := http.Serve(ln, nil); err != nil {
-			log.Printf("-pprof %s: %v", addr, err)
-		}
-	}()
-}
-
 // announce logs each listener with the URI to try, and with -print-uri
 // prints the URIs on stdout, for scripts; nbds:// when TLS is required
 // (the client adds its tls-certificates=).
@@ -278,6 +265,11 @@ func announce(lns []listener, export string, printURI, tlsRequired bool) {
 type serviceFlags struct {
 	user, group string
 	printURI    bool
+}
+
+// observability are the HTTP side ports: -pprof and -metrics.
+type observability struct {
+	pprof, metrics string
 }
 
 // security is the TLS and access flags.
