@@ -18,6 +18,9 @@ FUZZ_PKGS ?= ./wire/ ./engine/
 BENCH_FILE?= var/bench.img
 BENCH_SIZE?= 1G
 CLIENT    ?= nbdbench
+# Pin the servers and the client (taskset CPU lists); empty: unpinned.
+SERVER_CPUS ?=
+CLIENT_CPUS ?=
 SERVERS   ?= nbdring,qemu-nbd,nbdkit,nbd-server
 WORKLOADS ?= randread:4k:32:1,randread:4k:32:2,randwrite:4k:32:1,randwrite:4k:32:2,read:1M:8:1,write:1M:8:1
 DURATION  ?= 5s
@@ -35,8 +38,10 @@ BINDIR    ?= $(PREFIX)/bin
 UNITDIR   ?= $(PREFIX)/lib/systemd/system
 DOCDIR    ?= $(PREFIX)/share/doc/nbdring
 # Debian packages the end-to-end tests drive (real clients nobody here wrote);
-# systemd brings systemd-socket-activate and systemd-analyze.
-TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio systemd
+# systemd brings systemd-socket-activate and systemd-analyze;
+# python3-prometheus-client parses /metrics as Prometheus would.
+TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio systemd \
+             python3-prometheus-client
 TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio \
              systemd-socket-activate systemd-analyze
 
@@ -78,6 +83,8 @@ run: build $(IMAGE) ## serve var/default.img (sparse, 1 GiB, made if missing) on
 deps: ## install the Debian packages the tests use, when missing
 	@missing=""; for c in $(TEST_CMDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	/usr/bin/python3 -c 'import nbd' 2>/dev/null || missing="$$missing python3-nbd"; \
+	/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || \
+	  missing="$$missing python3-prometheus-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing test clients (missing:$$missing)"; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -122,7 +129,11 @@ $(BENCH_FILE):
 compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server (table, var/compare.svg); BENCH_FILE, CLIENT=fio
 	mkdir -p var
 	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SERVERS) -workloads $(WORKLOADS) \
-	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg
+	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg \
+	    $(if $(SERVER_CPUS),-server-cpus $(SERVER_CPUS)) $(if $(CLIENT_CPUS),-client-cpus $(CLIENT_CPUS))
+
+realclients: build $(BENCH_FILE) ## nbdcopy and qemu-img convert wall times per server; 1M reads vs iperf3 loopback
+	bench/realclients.sh -f $(BENCH_FILE) -r $(ROUNDS) -s $(or $(SERVER_CPUS),0) -c $(or $(CLIENT_CPUS),1)
 
 # make profile: CPU profile of nbdring under load (tools/nbdprof). The load runs
 # 5 s longer than the capture so it covers the warm-up and the whole profile.
@@ -148,4 +159,4 @@ lint: ## gofmt and go vet
 clean: ## remove binaries (not the default image)
 	rm -rf $(BIN)
 
-.PHONY: help build install uninstall run deps test soak race fuzz bench compare profile lint clean
+.PHONY: help build install uninstall run deps test soak race fuzz bench compare realclients profile lint clean

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nbdring/nbdring/wire"
+	"golang.org/x/sys/unix"
 )
 
 // CompareConfig is a side-by-side run: the same workloads against each
@@ -34,6 +35,10 @@ type CompareConfig struct {
 	// server that reads through it does not inherit another's warm cache.
 	DropCaches bool
 	Log        io.Writer // notes: skipped servers, progress
+	// ServerCPUs and ClientCPUs pin the servers and the client (taskset's
+	// CPU lists, e.g. "0" and "1"), so every server runs on the same CPUs
+	// and none shares one with the client; "" leaves them to the scheduler.
+	ServerCPUs, ClientCPUs string
 }
 
 // Row is one server's median result for one workload. Each row carries
@@ -49,7 +54,9 @@ type Row struct {
 	// BackingKind is "file", "block device" or "tmpfs file" (a file in
 	// the page cache: no disk under it).
 	BackingKind      string    `json:"backing_kind"`
-	Client           string    `json:"client"`    // nbdbench or fio
+	Client           string    `json:"client"`      // nbdbench or fio
+	ServerCPUs       string    `json:"server_cpus"` // taskset list, "" unpinned
+	ClientCPUs       string    `json:"client_cpus"`
 	Timestamp        string    `json:"timestamp"` // RFC 3339, UTC: when the compare started
 	Rounds           int       `json:"rounds"`
 	DurationSeconds  float64   `json:"duration_s"` // of each round
@@ -108,6 +115,11 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 	if len(servers) == 0 {
 		return nil, errors.New("no server to run: install one or fix -servers")
 	}
+	if cc.ClientCPUs != "" && cc.Client != "fio" {
+		if err := pinSelf(cc.ClientCPUs); err != nil {
+			return nil, err
+		}
+	}
 	runs := map[[2]int][]Result{}
 	for round := 1; round <= cc.Rounds; round++ {
 		for si, name := range servers {
@@ -117,7 +129,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 			if cc.DropCaches {
 				dropCaches()
 			}
-			srv, err := startServer(name, file, cc.NbdRing)
+			srv, err := startServer(name, file, cc.NbdRing, cc.ServerCPUs)
 			if err != nil {
 				return nil, err
 			}
@@ -130,7 +142,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 					w.Workload())
 				var res Result
 				if cc.Client == "fio" {
-					res, err = runFio(ctx, w, srv)
+					res, err = runFio(ctx, w, srv, cc.ClientCPUs)
 				} else {
 					res, err = Run(ctx, w)
 				}
@@ -155,6 +167,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 			r := Row{Server: name, Workload: w.Workload(), RW: w.RW, BlockSize: w.BS,
 				QueueDepth: w.QD, Connections: w.Conns, BackingPath: file,
 				BackingKind: kind, Client: cc.Client, Timestamp: started,
+				ServerCPUs: cc.ServerCPUs, ClientCPUs: cc.ClientCPUs,
 				Rounds: cc.Rounds, DurationSeconds: w.Duration.Seconds()}
 			rows = append(rows, median(r, runs[[2]int{si, wi}]))
 		}
@@ -341,7 +354,7 @@ const readyWait = 10 * time.Second
 // users run it for speed: qemu-nbd with O_DIRECT and io_uring; nbdkit's
 // file plugin and nbd-server as they are (both read through the page
 // cache: neither has an O_DIRECT switch).
-func startServer(name, file, nbdring string) (*server, error) {
+func startServer(name, file, nbdring, cpus string) (*server, error) {
 	dir, err := os.MkdirTemp("", "nbdbench-")
 	if err != nil {
 		return nil, err
@@ -368,7 +381,7 @@ func startServer(name, file, nbdring string) (*server, error) {
 	case "nbdkit":
 		args = []string{"nbdkit", "-f", "-U", sock, "file", "file=" + file}
 	case "nbd-server":
-		if err := startNBDServer(s, sock, file); err != nil {
+		if err := startNBDServer(s, sock, file, cpus); err != nil {
 			os.RemoveAll(dir)
 			return nil, err
 		}
@@ -377,6 +390,7 @@ func startServer(name, file, nbdring string) (*server, error) {
 		return nil, fmt.Errorf("unknown server %q", name)
 	}
 	if args != nil {
+		args = pinned(cpus, args)
 		s.cmd = exec.Command(args[0], args[1:]...)
 		s.log = &tail{}
 		s.cmd.Stdout, s.cmd.Stderr = io.Discard, s.log
@@ -397,7 +411,7 @@ func startServer(name, file, nbdring string) (*server, error) {
 // startNBDServer runs nbd-server as a daemon (its -d mode serves a single
 // connection and exits) from a config file, and takes the daemon's pid
 // from its pidfile. The export name is the config section's name.
-func startNBDServer(s *server, sock, file string) error {
+func startNBDServer(s *server, sock, file, cpus string) error {
 	conf := filepath.Join(s.dir, "conf")
 	pidfile := filepath.Join(s.dir, "pid")
 	text := fmt.Sprintf("[generic]\nunixsock=%s\nallowlist=true\n"+
@@ -408,7 +422,8 @@ func startNBDServer(s *server, sock, file string) error {
 	s.uri = "nbd+unix:///disk?socket=" + sock
 	s.how = "nbd-server -C " + conf + ", config: " + strings.ReplaceAll(text, "\n", " ") +
 		"(it logs to syslog)"
-	out, err := exec.Command("nbd-server", "-C", conf, "-p", pidfile).CombinedOutput()
+	args := pinned(cpus, []string{"nbd-server", "-C", conf, "-p", pidfile})
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("start nbd-server: %v: %s", err, out)
 	}
@@ -504,7 +519,7 @@ func dropCaches() {
 // runFio runs the workload with fio's nbd engine (numjobs = conns, each
 // job its own connection) so figures can be checked with a client nobody
 // here wrote.
-func runFio(ctx context.Context, w Config, s *server) (Result, error) {
+func runFio(ctx context.Context, w Config, s *server, cpus string) (Result, error) {
 	out := filepath.Join(s.dir, "fio.json")
 	args := []string{"--name=w", "--ioengine=nbd", "--uri=" + s.uri, "--rw=" + w.RW,
 		"--bs=" + strconv.Itoa(w.BS), "--iodepth=" + strconv.Itoa(w.QD),
@@ -516,7 +531,8 @@ func runFio(ctx context.Context, w Config, s *server) (Result, error) {
 	}
 	cpu0 := cpuTicks(w.ServerPID)
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "fio", args...)
+	args = pinned(cpus, append([]string{"fio"}, args...))
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return Result{}, fmt.Errorf("fio: %v: %s", err, msg)
 	}
@@ -558,4 +574,43 @@ func runFio(ctx context.Context, w Config, s *server) (Result, error) {
 		r.ServerCPUUsPerOp = r.ServerCPUSeconds * 1e6 / float64(r.Ops)
 	}
 	return r, nil
+}
+
+// pinned prefixes a command with taskset when cpus names a CPU list.
+func pinned(cpus string, args []string) []string {
+	if cpus == "" {
+		return args
+	}
+	return append([]string{"taskset", "-c", cpus}, args...)
+}
+
+// pinSelf pins every thread of this process (nbdbench as the client) to
+// the CPU list cpus ("1", "0,2", "2-3"); threads started later inherit it.
+func pinSelf(cpus string) error {
+	var set unix.CPUSet
+	for _, part := range strings.Split(cpus, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := a, error(nil)
+		if isRange {
+			b, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil || a < 0 || b < a || b >= len(set)*64 {
+			return fmt.Errorf("-client-cpus %q: want a CPU list such as 1 or 0,2-3", cpus)
+		}
+		for c := a; c <= b; c++ {
+			set.Set(c)
+		}
+	}
+	tids, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return fmt.Errorf("pin the client: %w", err)
+	}
+	for _, t := range tids {
+		tid, _ := strconv.Atoi(t.Name())
+		if err := unix.SchedSetaffinity(tid, &set); err != nil {
+			return fmt.Errorf("pin the client to CPUs %s: %w", cpus, err)
+		}
+	}
+	return nil
 }

@@ -191,6 +191,7 @@ func (s *shard) parse(ci int32) {
 		}
 		if !s.dispatch(ci) {
 			c.waiting = true
+			s.countWait(ci)
 			s.waiting = append(s.waiting, ci)
 			return
 		}
@@ -218,9 +219,7 @@ func (s *shard) decode(ci int32) bool {
 	}
 	c.rlo += c.reqSize
 	c.served++
-	if c.req.Type < wire.CmdCount {
-		s.stats.Requests[c.req.Type].Add(1)
-	}
+	s.countRequest(ci)
 	var ok bool
 	if c.payloadLen, ok = wire.PayloadLen(&c.req, c.sess.Extended); !ok {
 		slog.Warn(fmt.Sprintf("%v payload of %d bytes exceeds %d; disconnecting it",
@@ -330,6 +329,6 @@ func (s *shard) maybeRelease(ci int32) {
 	c.gen++
 	s.live--
 	s.assigned.Add(-1)
-	s.stats.Conns.Add(-1)
+	s.connReleased(ci)
 	s.connFree = append(s.connFree, ci)
 }

@@ -193,7 +193,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 	}
 	switch sl.phase {
 	case phRead:
-		s.stats.BytesRead.Add(sl.req.Length)
+		s.countBytes(sl)
 		s.replyRead(si)
 	case phRMWRead:
 		part := sl.data[sl.skip : uint64(sl.skip)+sl.req.Length]
@@ -211,7 +211,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 			sl.lock = -1
 		}
 		if sl.req.Type == wire.CmdWrite {
-			s.stats.BytesWritten.Add(sl.req.Length)
+			s.countBytes(sl)
 		}
 		s.replyOK(si)
 	}

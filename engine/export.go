@@ -205,7 +205,7 @@ func (e *Export) probeInline(mode InlineMode) (bool, error) {
 	case InlineOff:
 		return false, nil
 	}
-	n := min(uint64(directIOAlignMax), e.size) &^ uint64(e.align-1)
+	n := alignDown(min(uint64(directIOAlignMax), e.size), uint64(e.align))
 	if n == 0 {
 		return false, nil
 	}

@@ -32,7 +32,7 @@ var imageMagics = []struct {
 // announces, or "" for anything else (raw data, a partition table, a
 // filesystem, zeros, a LUKS volume: served raw, the client decrypts it).
 func (e *Export) imageFormat() (string, error) {
-	n := min(uint64(directIOAlignMax), e.size) &^ uint64(e.align-1)
+	n := alignDown(min(uint64(directIOAlignMax), e.size), uint64(e.align))
 	if n == 0 {
 		return "", nil
 	}

@@ -28,7 +28,7 @@ func (s *shard) replyOK(si int32) {
 func (s *shard) replyErr(si int32, errno wire.Errno, msg string) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
-	s.stats.Errors.Add(1)
+	s.countError(sl)
 	n := wire.EncodeError(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset, errno, msg)
 	sl.nout, sl.outLen = 0, 0
 	sl.put(sl.hdr[:n])
@@ -204,6 +204,7 @@ func (s *shard) onSend(ci int32, res int32) {
 		s.submitSend(ci)
 		return
 	}
+	s.observeSent(ci)
 	s.freeBatch(ci)
 	s.sendQueued(ci)
 	s.maybeFinish(ci)

@@ -65,6 +65,7 @@ type Server struct {
 	hs       map[net.Conn]struct{} // connections in their handshake
 	noZC     bool
 	err      error
+	hsCount  [hsResults]atomic.Uint64 // handshakes by result (metrics.go)
 }
 
 // New starts the shards (pinned, each with its ring) for exports.
@@ -248,12 +249,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("accept: %w", err)
 		}
 		if !s.allow.AllowAddr(nc.RemoteAddr()) {
+			s.hsCount[hsRefused].Add(1)
 			s.refusals.printf("refusing %v: address not allowed by -allow", nc.RemoteAddr())
 			nc.Close()
 			continue
 		}
 		ip, why := s.gate.enter(nc.RemoteAddr())
 		if why != "" {
+			s.hsCount[hsRefused].Add(1)
 			s.refusals.printf("refusing %v: %s", nc.RemoteAddr(), why)
 			nc.Close()
 			continue
@@ -340,17 +343,20 @@ func (s *Server) shardDone(sh *shard, err error) {
 func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 	defer s.gate.leave(ip)
 	if !s.track(nc, true) {
+		s.hsCount[hsRefused].Add(1)
 		nc.Close()
 		return
 	}
-	handed := false
+	handed, result := false, hsAborted // result: how it ended, unless handed (metrics)
+	deadline := time.Now().Add(handshakeTimeout)
 	defer func() {
 		s.track(nc, false)
 		if !handed {
 			nc.Close()
 		}
+		s.hsCount[handshakeResult(handed, result, deadline)].Add(1)
 	}()
-	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout)) // the TLS handshake too
+	_ = nc.SetDeadline(deadline) // the TLS handshake too
 	h := wire.NewServerHandshake(s.wireExps)
 	h.SetTLS(s.tlsMode)
 	if _, err := nc.Write(h.Greeting()); err != nil {
@@ -363,6 +369,7 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 		return
 	}
 	if err := h.ClientFlags(b[:4]); err != nil {
+		result = hsRefused
 		slog.Warn(fmt.Sprintf("handshake: %v; closing", err), "client", peerName(nc))
 		return
 	}
@@ -372,6 +379,7 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 		}
 		opt, n, err := h.OptionHeader(b[:])
 		if err != nil {
+			result = hsRefused
 			slog.Warn(fmt.Sprintf("handshake: %v; closing", err), "client", peerName(nc))
 			return
 		}
@@ -388,11 +396,12 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 		switch step {
 		case wire.StepClose:
 			if r := h.CloseReason(); r != "" && opt != wire.OptAbort {
+				result = hsRefused
 				slog.Warn(fmt.Sprintf("handshake: %s; closing", r), "client", peerName(nc))
 			}
 			return
 		case wire.StepStartTLS:
-			if t = s.startTLS(nc); t == nil {
+			if t, result = s.startTLS(nc); t == nil {
 				return
 			}
 			rw = t.tc
@@ -404,13 +413,14 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 }
 
 // startTLS runs the TLS handshake after NBD_OPT_STARTTLS's ACK and checks
-// the client's certificate against -allow; nil: close.
-func (s *Server) startTLS(nc net.Conn) *tlsState {
+// the client's certificate against -allow; nil: close, and the handshake
+// result to count (tls_failed or refused).
+func (s *Server) startTLS(nc net.Conn) (*tlsState, int) {
 	pipe := newTLSPipe(nc)
 	tc := tls.Server(pipe, s.tlsCfg)
 	if err := tc.Handshake(); err != nil {
 		s.refusals.printf("%v: TLS handshake failed: %v; closing", peerName(nc), err)
-		return nil
+		return nil, hsTLSFailed
 	}
 	cs := tc.ConnectionState()
 	var peer *x509.Certificate
@@ -426,9 +436,9 @@ func (s *Server) startTLS(nc net.Conn) *tlsState {
 		}
 		s.refusals.printf("refusing %v: client certificate subject %q not allowed by "+
 			"-allow; closing", peerName(nc), subj)
-		return nil
+		return nil, hsRefused
 	}
-	return &tlsState{tc: tc, pipe: pipe, more: true} // more: it may have read ahead
+	return &tlsState{tc: tc, pipe: pipe, more: true}, hsAborted // more: it may have read ahead
 }
 
 // track adds nc to (or removes it from) the handshakes Shutdown ends;

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nbdring/nbdring/engine"
 	"github.com/nbdring/nbdring/wire"
@@ -93,13 +94,21 @@ func runCaptive(command string, env []string, srv *engine.Server,
 		slog.Info(fmt.Sprintf("%v: passing it on to the -run command (pid %d); the server "+
 			"stops when it exits (send it again to exit at once)", s, cmd.Process.Pid))
 		_ = cmd.Process.Signal(s)
-		select {
-		case werr = <-done:
-		case s := <-sig:
-			_ = cmd.Process.Kill()
-			<-done
-			return fmt.Errorf("%v again: killed the -run command; exiting at once, "+
-				"without waiting for connections or a final fdatasync", s)
+		first := time.Now()
+	wait:
+		for {
+			select {
+			case werr = <-done:
+				break wait
+			case s := <-sig:
+				if time.Since(first) < signalRepeatMin {
+					continue // the same request delivered twice (see signalRepeatMin)
+				}
+				_ = cmd.Process.Kill()
+				<-done
+				return fmt.Errorf("%v again: killed the -run command; exiting at once, "+
+					"without waiting for connections or a final fdatasync", s)
+			}
 		}
 	case err := <-errc:
 		_ = cmd.Process.Kill()

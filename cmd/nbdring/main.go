@@ -7,15 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
-	_ "net/http/pprof" // the -pprof page
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nbdring/nbdring/engine"
 	"github.com/nbdring/nbdring/wire"
@@ -46,6 +44,8 @@ func main() {
 	logFormat := flag.String("log-format", "text", "log format: text or json (one object a line)")
 	logLevel := flag.String("log-level", "info", "least severe level logged: debug, info, "+
 		"warn or error")
+	metricsAddr := flag.String("metrics", "",
+		"serve Prometheus metrics on http://host:port/metrics (nothing else on that port)")
 	var svc serviceFlags
 	flag.StringVar(&svc.user, "user", "",
 		"after opening exports and sockets, switch to this user (name or uid; needs root)")
@@ -86,7 +86,7 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	o := options{readOnly: *readOnly, pprof: *pprofAddr, svc: svc, sec: sec, run: *runCmd,
+	o := options{readOnly: *readOnly, svc: svc, sec: sec, run: *runCmd,
 		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
 			NoZeroCopy: !*zeroCopy}}
 	switch *inlineIO {
@@ -109,6 +109,7 @@ func main() {
 		os.Exit(1)
 	}
 	o.listenDefault = *listen
+	o.obs = observability{pprof: *pprofAddr, metrics: *metricsAddr}
 	err = run(o)
 	var ce *captiveExit
 	switch {
@@ -156,7 +157,7 @@ type options struct {
 	readOnly      bool
 	inline        engine.InlineMode // -inline-io, for every export
 	cfg           engine.Config
-	pprof         string
+	obs           observability // -pprof, -metrics
 	svc           serviceFlags
 	sec           security
 	run           string
@@ -317,8 +318,15 @@ func run(o options) error {
 			}
 		}
 	}
-	if o.pprof != "" {
-		servePprof(o.pprof, srv)
+	if o.obs.pprof != "" {
+		servePprof(o.obs.pprof, srv)
+	}
+	if o.obs.metrics != "" {
+		if err := serveMetrics(o.obs.metrics, srv); err != nil {
+			exports = nil
+			srv.Stop()
+			return err
+		}
 	}
 	if err := dropPrivileges(o.svc.user, o.svc.group); err != nil {
 		exports = nil
@@ -363,37 +371,28 @@ func run(o options) error {
 
 // stop shuts the server down gracefully; a signal meanwhile cuts it short.
 func stop(srv *engine.Server, sig <-chan os.Signal) error {
+	first := time.Now()
 	stopped := make(chan error, 1)
 	go func() { stopped <- srv.Stop() }()
-	select {
-	case err := <-stopped:
-		return err
-	case s := <-sig:
-		return fmt.Errorf("%v again: exiting at once, without waiting for connections "+
-			"or a final fdatasync", s)
+	for {
+		select {
+		case err := <-stopped:
+			return err
+		case s := <-sig:
+			if time.Since(first) < signalRepeatMin {
+				continue // the same request delivered twice (see signalRepeatMin)
+			}
+			return fmt.Errorf("%v again: exiting at once, without waiting for "+
+				"connections or a final fdatasync", s)
+		}
 	}
 }
 
-// servePprof serves net/http/pprof and srv's counters on addr. It binds
-// before returning, so a privileged port is bound before -user applies.
-func servePprof(addr string, srv *engine.Server) {
-	http.HandleFunc("/counters", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		srv.WriteCounters(w)
-	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		slog.Error(fmt.Sprintf("-pprof %s: %v", addr, err))
-		return
-	}
-	slog.Info(fmt.Sprintf("pprof and counters on http://%s/debug/pprof/ and /counters",
-		ln.Addr()))
-	go func() {
-		if err := http.Serve(ln, nil); err != nil {
-			slog.Error(fmt.Sprintf("-pprof %s: %v", addr, err))
-		}
-	}()
-}
+// signalRepeatMin: a second signal this soon after the first is the same
+// request delivered twice, not an operator insisting: a signal sent to a
+// whole process group reaches nbdring and its parent, and make (under
+// timeout, say) sends it on to its child again within microseconds.
+const signalRepeatMin = 200 * time.Millisecond
 
 // announce logs each listener with the URI to try, and with -print-uri
 // prints the URIs on stdout, for scripts; nbds:// when TLS is required
@@ -415,6 +414,11 @@ func announce(lns []listener, export string, printURI, tlsRequired bool) {
 type serviceFlags struct {
 	user, group string
 	printURI    bool
+}
+
+// observability are the HTTP side ports: -pprof and -metrics.
+type observability struct {
+	pprof, metrics string
 }
 
 // security is the TLS and access flags.
