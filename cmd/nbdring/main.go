@@ -249,101 +249,34 @@ func run(o options) error {
 		return err
 	}
 	defer func() { closeListeners(lns) }() // the server closes them too; twice is harmless
-	listen := o.listen
-	if lns != nil && len(o.listen) > 0 {
-		slog.Warn(fmt.Sprintf("socket-activated: serving the %d inherited sockets; the "+
-			"listen addresses %q are not used", len(lns), o.listen))
-	}
-	if lns == nil { // -listen is used: check it before opening anything
-		for _, l := range listen {
-			if err := checkListen(l); err != nil {
-				return fmt.Errorf("-listen %w", err)
-			}
-		}
-	}
-	switch {
-	case lns != nil || len(listen) > 0:
-	case o.run != "": // captive mode's private socket
-		dir, err := os.MkdirTemp("", "nbdring-run-")
-		if err != nil {
-			return fmt.Errorf("-run: private socket directory: %w", err)
-		}
-		defer os.RemoveAll(dir)
-		listen = []string{"unix:" + filepath.Join(dir, "nbd.sock")}
-	default:
-		listen = []string{o.listenDefault}
-	}
-	var exports []*engine.Export
-	defer func() {
-		for _, e := range exports {
-			e.Close()
-		}
-	}()
-	for i, ec := range o.exports {
-		if ec.TLSOnly && o.cfg.TLSMode == wire.TLSOff && i < len(o.tlsWhere) {
-			return fmt.Errorf("%stls-required = true needs -tls on (or -tls require, "+
-				"which requires TLS of every export) and -tls-certificates", o.tlsWhere[i])
-		}
-		ec.TLSOnly = ec.TLSOnly || tlsOnly[ec.Name]
-		delete(tlsOnly, ec.Name)
-		e, err := engine.OpenExport(ec)
-		if err != nil {
-			if i < len(o.exportsWhere) {
-				return fmt.Errorf("%s%w", o.exportsWhere[i], err)
-			}
-			return err
-		}
-		exports = append(exports, e)
-	}
-	for n := range tlsOnly {
-		return fmt.Errorf("-tls-exports names %q, which is not an export", n)
-	}
-	srv, err := engine.New(o.cfg, exports)
+	listen, cleanup, err := o.listenAddrs(lns != nil)
 	if err != nil {
 		return err
 	}
+	defer cleanup()
+	exports, err := o.openExports(tlsOnly)
+	if err != nil {
+		return err
+	}
+	srv, err := engine.New(o.cfg, exports)
+	if err != nil {
+		for _, e := range exports {
+			e.Close()
+		}
+		return err
+	}
+	// From here on the server owns the exports: Stop closes them.
 	if lns == nil {
-		if lns, err = listenOn(listen); err != nil {
-			exports = nil // Stop closes them; a second close could hit a reused fd
-			srv.Stop()
-			return err
-		}
-		for _, l := range listen {
-			if path, ok := strings.CutPrefix(l, "unix:"); ok {
-				if err := os.Chmod(path, os.FileMode(mode)); err != nil {
-					exports = nil
-					srv.Stop()
-					return fmt.Errorf("-socket-mode: chmod %s: %w", path, err)
-				}
-			}
-		}
-	}
-	if o.obs.pprof != "" {
-		servePprof(o.obs.pprof, srv)
-	}
-	if o.obs.metrics != "" {
-		if err := serveMetrics(o.obs.metrics, srv); err != nil {
-			exports = nil
+		if lns, err = listenOn(listen, os.FileMode(mode)); err != nil {
 			srv.Stop()
 			return err
 		}
 	}
-	if err := dropPrivileges(o.svc.user, o.svc.group); err != nil {
-		exports = nil
+	if err := o.startSide(srv); err != nil {
 		srv.Stop()
 		return err
 	}
-	var names []string
-	for _, e := range exports {
-		io := "on the ring"
-		if e.Inline() {
-			io = "inline (no RWF_NOWAIT here, and reads answer in microseconds)"
-		}
-		slog.Info(fmt.Sprintf("export %q: %s, %d bytes, block size %d (direct I/O), "+
-			"read-only %v, I/O %s%s", e.Name, e.Path, e.Size(), e.Align(), e.ReadOnly(), io,
-			tlsNote(o.cfg.TLSMode, e.TLSOnly())), "export", e.Name)
-		names = append(names, e.Name)
-	}
+	names := logExports(exports, o.cfg.TLSMode)
 	announce(lns, uriExport(names), o.svc.printURI, o.cfg.TLSMode == wire.TLSRequire)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -352,7 +285,6 @@ func run(o options) error {
 		go func() { errc <- srv.Serve(l.ln) }()
 	}
 	ntf.ready(fmt.Sprintf("serving %d exports on %d listeners", len(exports), len(lns)))
-	exports = nil // from here on the server closes them
 	if o.run != "" {
 		env := captiveEnv(lns[0], uriExport(names), o.cfg.TLSMode)
 		return runCaptive(o.run, env, srv, sig, errc, ntf)
@@ -367,6 +299,101 @@ func run(o options) error {
 		return err
 	}
 	return stop(srv, sig)
+}
+
+// listenAddrs is what to listen on when not socket-activated: -listen or
+// the config's listen, checked before anything is opened; for -run
+// without either, a private Unix socket in a fresh directory, which
+// cleanup removes; else -listen's default.
+func (o *options) listenAddrs(activated bool) ([]string, func(), error) {
+	none := func() {}
+	if activated {
+		if len(o.listen) > 0 {
+			slog.Warn(fmt.Sprintf("socket-activated: serving the inherited sockets; "+
+				"the listen addresses %q are not used", o.listen))
+		}
+		return nil, none, nil
+	}
+	for _, l := range o.listen {
+		if err := checkListen(l); err != nil {
+			return nil, none, fmt.Errorf("-listen %w", err)
+		}
+	}
+	switch {
+	case len(o.listen) > 0:
+		return o.listen, none, nil
+	case o.run != "":
+		dir, err := os.MkdirTemp("", "nbdring-run-")
+		if err != nil {
+			return nil, none, fmt.Errorf("-run: private socket directory: %w", err)
+		}
+		return []string{"unix:" + filepath.Join(dir, "nbd.sock")},
+			func() { os.RemoveAll(dir) }, nil
+	}
+	return []string{o.listenDefault}, none, nil
+}
+
+// openExports opens every export; on an error it closes those it opened.
+// tlsOnly (from -tls-exports) is consumed: a name left over is an error.
+func (o *options) openExports(tlsOnly map[string]bool) ([]*engine.Export, error) {
+	var exports []*engine.Export
+	fail := func(err error) ([]*engine.Export, error) {
+		for _, e := range exports {
+			e.Close()
+		}
+		return nil, err
+	}
+	for i, ec := range o.exports {
+		if ec.TLSOnly && o.cfg.TLSMode == wire.TLSOff && i < len(o.tlsWhere) {
+			return fail(fmt.Errorf("%stls-required = true needs -tls on (or -tls "+
+				"require, which requires TLS of every export) and -tls-certificates",
+				o.tlsWhere[i]))
+		}
+		ec.TLSOnly = ec.TLSOnly || tlsOnly[ec.Name]
+		delete(tlsOnly, ec.Name)
+		e, err := engine.OpenExport(ec)
+		if err != nil {
+			if i < len(o.exportsWhere) {
+				err = fmt.Errorf("%s%w", o.exportsWhere[i], err)
+			}
+			return fail(err)
+		}
+		exports = append(exports, e)
+	}
+	for n := range tlsOnly {
+		return fail(fmt.Errorf("-tls-exports names %q, which is not an export", n))
+	}
+	return exports, nil
+}
+
+// startSide starts -pprof and -metrics, then drops privileges: every
+// socket is bound by then.
+func (o *options) startSide(srv *engine.Server) error {
+	if o.obs.pprof != "" {
+		servePprof(o.obs.pprof, srv)
+	}
+	if o.obs.metrics != "" {
+		if err := serveMetrics(o.obs.metrics, srv); err != nil {
+			return err
+		}
+	}
+	return dropPrivileges(o.svc.user, o.svc.group)
+}
+
+// logExports logs one line per export and returns their names.
+func logExports(exports []*engine.Export, tls wire.TLSMode) []string {
+	var names []string
+	for _, e := range exports {
+		io := "on the ring"
+		if e.Inline() {
+			io = "inline (no RWF_NOWAIT here, and reads answer in microseconds)"
+		}
+		slog.Info(fmt.Sprintf("export %q: %s, %d bytes, block size %d (direct I/O), "+
+			"read-only %v, I/O %s%s", e.Name, e.Path, e.Size(), e.Align(), e.ReadOnly(), io,
+			tlsNote(tls, e.TLSOnly())), "export", e.Name)
+		names = append(names, e.Name)
+	}
+	return names
 }
 
 // stop shuts the server down gracefully; a signal meanwhile cuts it short.
