@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,10 @@ type ExportConfig struct {
 	// any client the server's file layout).
 	Description string
 	TLSOnly     bool // served only over TLS (needs -tls on)
+	// Allow, when set, names the networks this export is served to: a TCP
+	// client from elsewhere does not see it (the server-wide -allow still
+	// decides who may connect at all). Unix clients: the socket's mode.
+	Allow []netip.Prefix
 	// TrimIgnore answers TRIM with success and leaves the data in place,
 	// as qemu-nbd --discard=ignore does: TRIM stays advertised (it is
 	// only a hint, and clients such as qemu-img then still send it), but
@@ -55,6 +60,7 @@ type Export struct {
 	readOnly bool
 	desc     string
 	tlsOnly  bool
+	allow    []netip.Prefix // ExportConfig.Allow
 	// trimIgnore: TRIM succeeds without touching the data (ExportConfig).
 	trimIgnore bool
 	flags      wire.TxFlags
@@ -97,7 +103,7 @@ func OpenExport(c ExportConfig) (*Export, error) {
 		return nil, fmt.Errorf("open export %q: %w", c.Path, err)
 	}
 	e := &Export{Name: c.Name, Path: c.Path, fd: fd, readOnly: c.ReadOnly,
-		desc: c.Description, tlsOnly: c.TLSOnly, trimIgnore: c.TrimIgnore}
+		desc: c.Description, tlsOnly: c.TLSOnly, trimIgnore: c.TrimIgnore, allow: c.Allow}
 	if err := e.probe(); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -326,6 +332,20 @@ func (l *rangeLocks) unlock(i int) {
 	l.mu.Lock()
 	l.span[i].used = false
 	l.mu.Unlock()
+}
+
+// servedTo reports whether a client at ip may see this export (its Allow
+// rules); an invalid ip (a Unix socket client) may.
+func (e *Export) servedTo(ip netip.Addr) bool {
+	if len(e.allow) == 0 || !ip.IsValid() {
+		return true
+	}
+	for _, p := range e.allow {
+		if p.Contains(ip.Unmap()) {
+			return true
+		}
+	}
+	return false
 }
 
 // TLSOnly reports whether the export is served only over TLS.

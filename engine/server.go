@@ -359,6 +359,11 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 	_ = nc.SetDeadline(deadline) // the TLS handshake too
 	h := wire.NewServerHandshake(s.wireExps)
 	h.SetTLS(s.tlsMode)
+	for i, e := range s.exports {
+		if !e.servedTo(ip) {
+			h.Deny(i)
+		}
+	}
 	if _, err := nc.Write(h.Greeting()); err != nil {
 		return
 	}

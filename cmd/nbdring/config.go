@@ -2,8 +2,7 @@ package main
 
 // -config FILE: listen addresses and exports in TOML, decoded by
 // github.com/BurntSushi/toml. Every mistake is reported as FILE:LINE: and
-// names the key; unknown keys are mistakes, never silently ignored, and so
-// are settings this build cannot honour yet (a per-export allow).
+// names the key; unknown keys are mistakes, never silently ignored.
 
 import (
 	"errors"
@@ -34,9 +33,8 @@ type exportTable struct {
 	// "ignore" (qemu-nbd --discard=ignore: TRIM still advertised, answered
 	// with success, data left in place).
 	Trim string `toml:"trim"`
-	// Allow is parsed and checked, then refused: the engine's -allow is
-	// for every connection, not per export, and a limit that is written
-	// down but not enforced is worse than none.
+	// Allow: networks (CIDR or address) this export is served to; a TCP
+	// client from elsewhere does not see it (ExportConfig.Allow).
 	Allow []string `toml:"allow"`
 	// TLSRequired serves the export only over TLS (ExportConfig.TLSOnly;
 	// needs -tls on).
@@ -155,17 +153,16 @@ func (x exportTable) exportConfig(bad func(key, format string, args ...any) erro
 			"(TRIM succeeds, data stays)", x.Trim)
 	}
 	for _, a := range x.Allow {
-		if _, err := netip.ParsePrefix(a); err != nil {
-			if _, err2 := netip.ParseAddr(a); err2 != nil {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			ip, err2 := netip.ParseAddr(a)
+			if err2 != nil {
 				return ec, bad("allow", "%q is neither a network (10.0.0.0/8, fd00::/8) "+
 					"nor an address", a)
 			}
+			p = netip.PrefixFrom(ip, ip.BitLen())
 		}
-	}
-	if len(x.Allow) > 0 {
-		return ec, bad("allow", "not supported yet in this build: client networks "+
-			"cannot be set per export; remove the key and use -allow, which applies "+
-			"to every connection")
+		ec.Allow = append(ec.Allow, p.Masked())
 	}
 	ec.TLSOnly = x.TLSRequired
 	return ec, nil

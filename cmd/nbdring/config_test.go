@@ -105,9 +105,6 @@ func TestConfigMistakes(t *testing.T) {
 		{"bad network", "[[export]]\npath = \"a\"\nallow = [\"10.0.0.0/33\"]\n",
 			[]string{"f.toml:3: key export.allow (export 1, name \"\"): \"10.0.0.0/33\" " +
 				"is neither a network"}},
-		{"allow not supported", "[[export]]\npath = \"a\"\nallow = [\"10.0.0.0/8\"]\n",
-			[]string{"f.toml:3: key export.allow (export 1, name \"\"): not supported " +
-				"yet in this build"}},
 		{"tls-required not a bool", "[[export]]\npath = \"a\"\n\ntls-required = 1\n",
 			[]string{"f.toml:4: key export.tls-required: "}},
 		{"listen without port", "listen = [\"localhost:1\",\n  \"localhost\"]\n" +

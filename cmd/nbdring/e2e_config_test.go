@@ -521,3 +521,58 @@ func TestE2EConfigTLS(t *testing.T) {
 		}
 	})
 }
+
+// TestE2EConfigAllow: an export whose allow networks leave out the client
+// (TCP from 127.0.0.1) is not listed and is refused by name with a
+// message that says why; exports allowed to it, or with no allow rules,
+// are served.
+func TestE2EConfigAllow(t *testing.T) {
+	e2eNeedTool(t, "nbdinfo")
+	dir := t.TempDir()
+	var paths []any
+	for _, n := range []string{"lan", "local", "open"} {
+		paths = append(paths, e2eMakeFile(t, dir, n+".img", 1<<20, 0))
+	}
+	cfg := e2eWriteConfig(t, dir, fmt.Sprintf(`
+[[export]]
+name = "lan"
+path = %q
+allow = ["10.0.0.0/8", "fd00::/8"]
+
+[[export]]
+name = "local"
+path = %q
+allow = ["127.0.0.1"]
+
+[[export]]
+name = "open"
+path = %q
+`, paths...))
+	_, addr := e2eStartTCP(t, append(e2eLight, "-config", cfg)...)
+	out := e2eRun(t, "nbdinfo", "--list", "--json", "nbd://"+addr)
+	var list e2eInfoList
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("nbdinfo --list --json: %v\n%s", err, out)
+	}
+	var names []string
+	for _, e := range list.Exports {
+		names = append(names, e.Name)
+	}
+	if strings.Join(names, ",") != "local,open" {
+		t.Fatalf("listed %v from 127.0.0.1, want [local open]", names)
+	}
+	for _, n := range []string{"local", "open"} {
+		e2eRun(t, "nbdinfo", "nbd://"+addr+"/"+n)
+	}
+	// libnbd shows the server's message only in its debug output; qemu-img
+	// prints it as it is.
+	if _, stderr, err := e2eRunErr("nbdinfo", "nbd://"+addr+"/lan"); err == nil {
+		t.Fatalf("nbdinfo served the denied export: %s", stderr)
+	}
+	e2eNeedTool(t, "qemu-img")
+	_, stderr, err := e2eRunErr("qemu-img", "info", "nbd://"+addr+"/lan")
+	if err == nil || !strings.Contains(stderr, "not served to this client's address") {
+		t.Fatalf("qemu-img info of the denied export: %v, said %q; want a refusal that "+
+			"says why", err, stderr)
+	}
+}
