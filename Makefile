@@ -22,6 +22,9 @@ CLIENT    ?= nbdbench
 # (ca-cert.pem, server-cert.pem, server-key.pem; client-cert.pem and
 # client-key.pem for the client) and the client connects with nbds+unix://.
 TLS_CERTS ?=
+# Pin the servers and the client (taskset CPU lists); empty: unpinned.
+SERVER_CPUS ?=
+CLIENT_CPUS ?=
 SERVERS   ?= nbdring,qemu-nbd,nbdkit,nbd-server
 WORKLOADS ?= randread:4k:32:1,randread:4k:32:2,randwrite:4k:32:1,randwrite:4k:32:2,read:1M:8:1,write:1M:8:1
 DURATION  ?= 5s
@@ -39,8 +42,10 @@ BINDIR    ?= $(PREFIX)/bin
 UNITDIR   ?= $(PREFIX)/lib/systemd/system
 DOCDIR    ?= $(PREFIX)/share/doc/nbdring
 # Debian packages the end-to-end tests drive (real clients nobody here wrote);
-# systemd brings systemd-socket-activate and systemd-analyze.
-TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio systemd
+# systemd brings systemd-socket-activate and systemd-analyze;
+# python3-prometheus-client parses /metrics as Prometheus would.
+TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio systemd \
+             python3-prometheus-client
 TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio \
              systemd-socket-activate systemd-analyze
 
@@ -60,14 +65,14 @@ install: build ## install nbdring, nbdbench and the systemd units under $(DESTDI
 	    > $(DESTDIR)$(UNITDIR)/nbdring.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/nbdring.service
 	install -m 0644 service/nbdring.socket $(DESTDIR)$(UNITDIR)/
-	install -m 0644 service/nbdring.env $(DESTDIR)$(DOCDIR)/
+	install -m 0644 service/nbdring.env service/nbdring.toml $(DESTDIR)$(DOCDIR)/
 	@echo "installed; configure /etc/default/nbdring (example: $(DOCDIR)/nbdring.env)," \
 	      "then: systemctl daemon-reload && systemctl enable --now nbdring.socket"
 
 uninstall: ## remove what install put under $(DESTDIR)$(PREFIX)
 	rm -f $(DESTDIR)$(BINDIR)/nbdring $(DESTDIR)$(BINDIR)/nbdbench \
 	      $(DESTDIR)$(UNITDIR)/nbdring.service $(DESTDIR)$(UNITDIR)/nbdring.socket \
-	      $(DESTDIR)$(DOCDIR)/nbdring.env
+	      $(DESTDIR)$(DOCDIR)/nbdring.env $(DESTDIR)$(DOCDIR)/nbdring.toml
 	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 $(IMAGE):
@@ -82,6 +87,8 @@ run: build $(IMAGE) ## serve var/default.img (sparse, 1 GiB, made if missing) on
 deps: ## install the Debian packages the tests use, when missing
 	@missing=""; for c in $(TEST_CMDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	/usr/bin/python3 -c 'import nbd' 2>/dev/null || missing="$$missing python3-nbd"; \
+	/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || \
+	  missing="$$missing python3-prometheus-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing test clients (missing:$$missing)"; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -127,7 +134,11 @@ compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server (ta
 	mkdir -p var
 	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SERVERS) -workloads $(WORKLOADS) \
 	    -duration $(DURATION) -rounds $(ROUNDS) -client $(CLIENT) -svg var/compare.svg \
+	    $(if $(SERVER_CPUS),-server-cpus $(SERVER_CPUS)) $(if $(CLIENT_CPUS),-client-cpus $(CLIENT_CPUS)) \
 	    $(if $(TLS_CERTS),-tls-certificates $(TLS_CERTS))
+
+realclients: build $(BENCH_FILE) ## nbdcopy and qemu-img convert wall times per server; 1M reads vs iperf3 loopback
+	bench/realclients.sh -f $(BENCH_FILE) -r $(ROUNDS) -s $(or $(SERVER_CPUS),0) -c $(or $(CLIENT_CPUS),1)
 
 # make profile: CPU profile of nbdring under load (tools/nbdprof). The load runs
 # 5 s longer than the capture so it covers the warm-up and the whole profile.
@@ -153,4 +164,4 @@ lint: ## gofmt and go vet
 clean: ## remove binaries (not the default image)
 	rm -rf $(BIN)
 
-.PHONY: help build install uninstall run deps test soak race fuzz bench compare profile lint clean
+.PHONY: help build install uninstall run deps test soak race fuzz bench compare realclients profile lint clean

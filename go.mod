@@ -12,3 +12,5 @@ require (
 	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/klauspost/cpuid/v2 v2.4.2
 )
+
+require github.com/BurntSushi/toml v1.6.0

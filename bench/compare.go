@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nbdring/nbdring/wire"
+	"golang.org/x/sys/unix"
 )
 
 // CompareConfig is a side-by-side run: the same workloads against each
@@ -38,6 +39,10 @@ type CompareConfig struct {
 	// it, and the client connects with nbds+unix:// and its client files.
 	TLSCerts string
 	Log      io.Writer // notes: skipped servers, progress
+	// ServerCPUs and ClientCPUs pin the servers and the client (taskset's
+	// CPU lists, e.g. "0" and "1"), so every server runs on the same CPUs
+	// and none shares one with the client; "" leaves them to the scheduler.
+	ServerCPUs, ClientCPUs string
 }
 
 // Row is one server's median result for one workload. Each row carries
@@ -53,7 +58,9 @@ type Row struct {
 	// BackingKind is "file", "block device" or "tmpfs file" (a file in
 	// the page cache: no disk under it).
 	BackingKind      string    `json:"backing_kind"`
-	Client           string    `json:"client"`    // nbdbench or fio
+	Client           string    `json:"client"`      // nbdbench or fio
+	ServerCPUs       string    `json:"server_cpus"` // taskset list, "" unpinned
+	ClientCPUs       string    `json:"client_cpus"`
 	TLS              bool      `json:"tls"`       // every connection over TLS
 	Timestamp        string    `json:"timestamp"` // RFC 3339, UTC: when the compare started
 	Rounds           int       `json:"rounds"`
@@ -118,6 +125,11 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 	if len(servers) == 0 {
 		return nil, errors.New("no server to run: install one or fix -servers")
 	}
+	if cc.ClientCPUs != "" && cc.Client != "fio" {
+		if err := pinSelf(cc.ClientCPUs); err != nil {
+			return nil, err
+		}
+	}
 	runs := map[[2]int][]Result{}
 	for round := 1; round <= cc.Rounds; round++ {
 		for si, name := range servers {
@@ -127,7 +139,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 			if cc.DropCaches {
 				dropCaches()
 			}
-			srv, err := startServer(name, file, cc.NbdRing, cc.TLSCerts)
+			srv, err := startServer(name, file, cc.NbdRing, cc.ServerCPUs, cc.TLSCerts)
 			if err != nil {
 				return nil, err
 			}
@@ -140,7 +152,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 					w.Workload())
 				var res Result
 				if cc.Client == "fio" {
-					res, err = runFio(ctx, w, srv)
+					res, err = runFio(ctx, w, srv, cc.ClientCPUs)
 				} else {
 					res, err = Run(ctx, w)
 				}
@@ -164,7 +176,8 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 		for si, name := range servers {
 			r := Row{Server: name, Workload: w.Workload(), RW: w.RW, BlockSize: w.BS,
 				QueueDepth: w.QD, Connections: w.Conns, BackingPath: file,
-				BackingKind: kind, Client: cc.Client, TLS: cc.TLSCerts != "", Timestamp: started,
+				BackingKind: kind, Client: cc.Client, Timestamp: started,
+				ServerCPUs: cc.ServerCPUs, ClientCPUs: cc.ClientCPUs, TLS: cc.TLSCerts != "",
 				Rounds: cc.Rounds, DurationSeconds: w.Duration.Seconds()}
 			rows = append(rows, median(r, runs[[2]int{si, wi}]))
 		}
@@ -357,7 +370,7 @@ const readyWait = 10 * time.Second
 // file plugin and nbd-server as they are (both read through the page
 // cache: neither has an O_DIRECT switch). With a TLS directory (checked
 // by checkTLSDir) each requires TLS with its certificates.
-func startServer(name, file, nbdring, tlsDir string) (*server, error) {
+func startServer(name, file, nbdring, cpus, tlsDir string) (*server, error) {
 	dir, err := os.MkdirTemp("", "nbdbench-")
 	if err != nil {
 		return nil, err
@@ -400,7 +413,7 @@ func startServer(name, file, nbdring, tlsDir string) (*server, error) {
 		}
 		args = append(args, "file", "file="+file)
 	case "nbd-server":
-		if err := startNBDServer(s, sock, file); err != nil {
+		if err := startNBDServer(s, sock, file, cpus); err != nil {
 			os.RemoveAll(dir)
 			return nil, err
 		}
@@ -409,6 +422,7 @@ func startServer(name, file, nbdring, tlsDir string) (*server, error) {
 		return nil, fmt.Errorf("unknown server %q", name)
 	}
 	if args != nil {
+		args = pinned(cpus, args)
 		s.cmd = exec.Command(args[0], args[1:]...)
 		s.log = &tail{}
 		s.cmd.Stdout, s.cmd.Stderr = io.Discard, s.log
@@ -429,7 +443,7 @@ func startServer(name, file, nbdring, tlsDir string) (*server, error) {
 // startNBDServer runs nbd-server as a daemon (its -d mode serves a single
 // connection and exits) from a config file, and takes the daemon's pid
 // from its pidfile. The export name is the config section's name.
-func startNBDServer(s *server, sock, file string) error {
+func startNBDServer(s *server, sock, file, cpus string) error {
 	conf := filepath.Join(s.dir, "conf")
 	pidfile := filepath.Join(s.dir, "pid")
 	text := fmt.Sprintf("[generic]\nunixsock=%s\nallowlist=true\n", sock)
@@ -448,7 +462,8 @@ func startNBDServer(s *server, sock, file string) error {
 	s.setURI(sock, "disk")
 	s.how = "nbd-server -C " + conf + ", config: " + strings.ReplaceAll(text, "\n", " ") +
 		"(it logs to syslog)"
-	out, err := exec.Command("nbd-server", "-C", conf, "-p", pidfile).CombinedOutput()
+	args := pinned(cpus, []string{"nbd-server", "-C", conf, "-p", pidfile})
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("start nbd-server: %v: %s", err, out)
 	}
@@ -559,7 +574,7 @@ func dropCaches() {
 // runFio runs the workload with fio's nbd engine (numjobs = conns, each
 // job its own connection) so figures can be checked with a client nobody
 // here wrote.
-func runFio(ctx context.Context, w Config, s *server) (Result, error) {
+func runFio(ctx context.Context, w Config, s *server, cpus string) (Result, error) {
 	args := []string{"--name=w", "--ioengine=nbd", "--uri=" + s.fioURI, "--rw=" + w.RW,
 		"--bs=" + strconv.Itoa(w.BS), "--iodepth=" + strconv.Itoa(w.QD),
 		"--numjobs=" + strconv.Itoa(w.Conns), "--group_reporting", "--time_based",
@@ -568,16 +583,19 @@ func runFio(ctx context.Context, w Config, s *server) (Result, error) {
 	if w.RW == "randrw" {
 		args = append(args, "--rwmixread="+strconv.Itoa(w.Mix))
 	}
-	cmd := exec.CommandContext(ctx, "fio")
 	outDir := s.dir
 	if s.tlsDir != "" {
 		var err error
-		if outDir, err = fioTLS(cmd, s); err != nil {
+		if outDir, err = fioTLSHome(s); err != nil {
 			return Result{}, fmt.Errorf("fio over TLS: %w", err)
 		}
 	}
 	out := filepath.Join(outDir, "fio.json")
-	cmd.Args = append(cmd.Args, append(args, "--output="+out)...)
+	args = pinned(cpus, append([]string{"fio"}, append(args, "--output="+out)...))
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	if s.tlsDir != "" {
+		fioTLSCmd(cmd, outDir)
+	}
 	cpu0 := cpuTicks(w.ServerPID)
 	start := time.Now()
 	if msg, err := cmd.CombinedOutput(); err != nil {
@@ -621,4 +639,43 @@ func runFio(ctx context.Context, w Config, s *server) (Result, error) {
 		r.ServerCPUUsPerOp = r.ServerCPUSeconds * 1e6 / float64(r.Ops)
 	}
 	return r, nil
+}
+
+// pinned prefixes a command with taskset when cpus names a CPU list.
+func pinned(cpus string, args []string) []string {
+	if cpus == "" {
+		return args
+	}
+	return append([]string{"taskset", "-c", cpus}, args...)
+}
+
+// pinSelf pins every thread of this process (nbdbench as the client) to
+// the CPU list cpus ("1", "0,2", "2-3"); threads started later inherit it.
+func pinSelf(cpus string) error {
+	var set unix.CPUSet
+	for _, part := range strings.Split(cpus, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := a, error(nil)
+		if isRange {
+			b, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil || a < 0 || b < a || b >= len(set)*64 {
+			return fmt.Errorf("-client-cpus %q: want a CPU list such as 1 or 0,2-3", cpus)
+		}
+		for c := a; c <= b; c++ {
+			set.Set(c)
+		}
+	}
+	tids, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return fmt.Errorf("pin the client: %w", err)
+	}
+	for _, t := range tids {
+		tid, _ := strconv.Atoi(t.Name())
+		if err := unix.SchedSetaffinity(tid, &set); err != nil {
+			return fmt.Errorf("pin the client to CPUs %s: %w", cpus, err)
+		}
+	}
+	return nil
 }

@@ -73,13 +73,13 @@ func yesNo(b bool) string {
 // nobodyID is the uid and gid of nobody on Debian.
 const nobodyID = 65534
 
-// fioTLS prepares cmd (fio's nbd engine) for an nbds URI and returns the
-// directory fio should write its output in. fio does not let libnbd read
-// tls-certificates= from a URI, so the client files go where libnbd looks
-// by default: $HOME/.pki/libnbd, except for root, which libnbd sends to
-// /etc/pki/libnbd; as root fio therefore runs as nobody, and the server's
-// socket is opened to it.
-func fioTLS(cmd *exec.Cmd, s *server) (string, error) {
+// fioTLSHome prepares s's directory for fio's nbd engine with an nbds URI
+// and returns the home fio runs in (fioTLSCmd), where it also writes its
+// output. fio does not let libnbd read tls-certificates= from a URI, so
+// the client files go where libnbd looks by default: $HOME/.pki/libnbd,
+// except for root, which libnbd sends to /etc/pki/libnbd; as root fio
+// therefore runs as nobody, and the server's socket is opened to it.
+func fioTLSHome(s *server) (string, error) {
 	home := filepath.Join(s.dir, "fio-home")
 	pki := filepath.Join(home, ".pki", "libnbd")
 	if err := os.MkdirAll(pki, 0o700); err != nil {
@@ -98,8 +98,6 @@ func fioTLS(cmd *exec.Cmd, s *server) (string, error) {
 			return "", err
 		}
 	}
-	cmd.Dir = home
-	cmd.Env = append(os.Environ(), "HOME="+home)
 	if os.Geteuid() != 0 {
 		return home, nil
 	}
@@ -117,7 +115,15 @@ func fioTLS(cmd *exec.Cmd, s *server) (string, error) {
 	if err := os.Chmod(filepath.Join(s.dir, "sock"), 0o666); err != nil {
 		return "", fmt.Errorf("open %s's socket to fio (run as nobody): %w", s.name, err)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobodyID,
-		Gid: nobodyID}}
 	return home, nil
+}
+
+// fioTLSCmd runs cmd in home (from fioTLSHome), as nobody when we are root.
+func fioTLSCmd(cmd *exec.Cmd, home string) {
+	cmd.Dir = home
+	cmd.Env = append(os.Environ(), "HOME="+home)
+	if os.Geteuid() == 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
+			Uid: nobodyID, Gid: nobodyID}}
+	}
 }

@@ -128,7 +128,7 @@ func TestCompareTLS(t *testing.T) {
 			t.Logf("not checking %s: %s", name, why)
 			continue
 		}
-		srv, err := startServer(name, file, bin, certs)
+		srv, err := startServer(name, file, bin, "", certs)
 		if err != nil {
 			t.Fatalf("%s over TLS: %v", name, err)
 		}

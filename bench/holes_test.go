@@ -87,7 +87,7 @@ func TestHolesCheckSkipsQuietly(t *testing.T) {
 	if err := os.Truncate(file, 8<<20); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := startServer("nbd-server", file, "", "")
+	srv, err := startServer("nbd-server", file, "", "", "")
 	if err != nil {
 		t.Fatal(err)
 	}

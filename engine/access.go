@@ -3,7 +3,7 @@ package engine
 import (
 	"crypto/x509"
 	"fmt"
-	"log"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -210,5 +210,5 @@ func (r *rateLog) printf(format string, args ...any) {
 		msg += fmt.Sprintf(" (and %d refusals not logged in the last %v)", quiet,
 			refusalLogEvery)
 	}
-	log.Print(msg)
+	slog.Warn(msg)
 }

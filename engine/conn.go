@@ -2,7 +2,8 @@ package engine
 
 import (
 	"fmt"
-	"log"
+	"log/slog"
+	"time"
 	"unsafe"
 
 	"github.com/nbdring/nbdring/ring"
@@ -50,11 +51,17 @@ type conn struct {
 	disc     bool // NBD_CMD_DISC received: read no more
 	draining bool // server stopping: new requests get ESHUTDOWN
 	closing  bool // hard close under way: waiting for ops to drain
+
+	// For the connection's close line (connlog.go).
+	started  time.Time   // attached to the shard
+	served   uint64      // requests decoded
+	closeWhy closeReason // the first reason beginClose was given
 }
 
 func (c *conn) reset(h handoff) {
 	*c = conn{gen: c.gen + 1, fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
-		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1}
+		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1,
+		started: time.Now()}
 	c.sess = wire.Session{
 		Size: h.exp.size, Flags: h.neg.Flags, BlockMin: h.exp.align,
 		Strict: h.neg.BlockSizeAsked, Structured: h.neg.Structured,
@@ -122,10 +129,12 @@ func (s *shard) onRecv(ci int32, res int32, direct bool) {
 		if res == 0 && c.disc {
 			return // our own shutdown of the read side
 		}
+		why := closeClient // hung up, possibly with requests in flight
 		if res < 0 && res != -int32(unix.ECONNRESET) {
-			log.Printf("shard %d: %s: recv: %v", s.id, c.peer, unix.Errno(-res))
+			slog.Warn("recv: "+unix.Errno(-res).Error(), "client", c.peer, "shard", s.id)
+			why = closeRecvErr
 		}
-		s.beginClose(ci) // client hung up, possibly with requests in flight
+		s.beginClose(ci, why)
 		return
 	}
 	switch {
@@ -182,6 +191,7 @@ func (s *shard) parse(ci int32) {
 		}
 		if !s.dispatch(ci) {
 			c.waiting = true
+			s.countWait(ci)
 			s.waiting = append(s.waiting, ci)
 			return
 		}
@@ -203,19 +213,18 @@ func (s *shard) decode(ci int32) bool {
 		err = wire.DecodeRequest(c.mem.rbuf[c.rlo:c.rhi], &c.req)
 	}
 	if err != nil {
-		log.Printf("shard %d: %s: %v; disconnecting it", s.id, c.peer, err)
-		s.beginClose(ci)
+		slog.Warn(err.Error()+"; disconnecting it", "client", c.peer, "shard", s.id)
+		s.beginClose(ci, closeProtocol)
 		return false
 	}
 	c.rlo += c.reqSize
-	if c.req.Type < wire.CmdCount {
-		s.stats.Requests[c.req.Type].Add(1)
-	}
+	c.served++
+	s.countRequest(ci)
 	var ok bool
 	if c.payloadLen, ok = wire.PayloadLen(&c.req, c.sess.Extended); !ok {
-		log.Printf("shard %d: %s: %v payload of %d bytes exceeds %d; disconnecting it",
-			s.id, c.peer, c.req.Type, c.payloadLen, wire.PayloadMax)
-		s.beginClose(ci)
+		slog.Warn(fmt.Sprintf("%v payload of %d bytes exceeds %d; disconnecting it",
+			c.req.Type, c.payloadLen, wire.PayloadMax), "client", c.peer, "shard", s.id)
+		s.beginClose(ci, closeProtocol)
 		return false
 	}
 	c.reqHeld = true
@@ -223,13 +232,14 @@ func (s *shard) decode(ci int32) bool {
 }
 
 // beginClose hard-closes a connection: no more replies; it is released
-// once the kernel has finished every operation that holds it.
-func (s *shard) beginClose(ci int32) {
+// once the kernel has finished every operation that holds it. why is
+// what its close line will say.
+func (s *shard) beginClose(ci int32, why closeReason) {
 	c := &s.conns[ci]
 	if c.closing {
 		return
 	}
-	c.closing = true
+	c.closing, c.closeWhy = true, why
 	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR) // completes a pending recv and send
 	s.maybeRelease(ci)
 }
@@ -254,9 +264,10 @@ func (s *shard) cutConn(ci int32) {
 	case c.sending:
 		why = "not reading its replies"
 	}
-	log.Printf("shard %d: shutdown: cutting connection from %s (export %q): %d requests "+
-		"unanswered, %s", s.id, c.peer, c.exp.Name, c.inflight, why)
-	s.beginClose(ci)
+	slog.Warn(fmt.Sprintf("shutdown: cutting connection from %s (export %q): %d requests "+
+		"unanswered, %s", c.peer, c.exp.Name, c.inflight, why), "client", c.peer,
+		"export", c.exp.Name, "shard", s.id)
+	s.beginClose(ci, closeCut)
 }
 
 // maybeFinish closes a connection that is done: after NBD_CMD_DISC or
@@ -268,7 +279,11 @@ func (s *shard) maybeFinish(ci int32) {
 		if c.tls != nil && s.tlsBye(ci) {
 			return // close_notify first; its send's completion comes back here
 		}
-		s.beginClose(ci)
+		why := closeShutdown
+		if c.disc {
+			why = closeDisc
+		}
+		s.beginClose(ci, why)
 	}
 }
 
@@ -304,6 +319,7 @@ func (s *shard) maybeRelease(ci int32) {
 	c.pslot, c.qHead, c.qTail, c.sendHead = -1, -1, -1, -1
 	assert(c.inflight == 0, "connection released with slots still owned")
 	assert(c.bufBytes == 0, "connection released with buffers still held")
+	s.logClose(ci)
 	unix.Close(c.fd)
 	if c.tls != nil {
 		c.tls.pipe.release() // no operation holds its buffers (c.ops == 0)
@@ -313,6 +329,6 @@ func (s *shard) maybeRelease(ci int32) {
 	c.gen++
 	s.live--
 	s.assigned.Add(-1)
-	s.stats.Conns.Add(-1)
+	s.connReleased(ci)
 	s.connFree = append(s.connFree, ci)
 }

@@ -357,10 +357,17 @@ func TestRequestCountersCountOnce(t *testing.T) {
 	}
 	var got uint64
 	for _, sh := range srv.shards {
-		got += sh.stats.Requests[wire.CmdRead].Load()
+		got += sh.snapshot().Requests(wire.CmdRead)
 	}
 	if got != reads {
 		t.Errorf("shards counted %d READs, the client sent %d", got, reads)
+	}
+	// Requests past the connection's bound waited; each counts once, however
+	// often it was retried.
+	waits := srv.shards[0].snapshot().BackpressureWaits
+	if waits == 0 || waits > reads-inflightPerConnMax {
+		t.Errorf("%d backpressure waits; want 1 to %d (once per waiting request)", waits,
+			reads-inflightPerConnMax)
 	}
 }
 

@@ -2,7 +2,7 @@ package engine
 
 import (
 	"fmt"
-	"log"
+	"log/slog"
 	"time"
 	"unsafe"
 
@@ -163,9 +163,10 @@ func (s *shard) syncFailed(sl *slot, res int32) {
 	if sl.exp.syncFailed.Swap(true) {
 		return
 	}
-	log.Printf("shard %d: export %q: fdatasync failed: %v; acknowledged writes may be lost, "+
-		"so every later FLUSH fails with EIO until the server is restarted", s.id,
-		sl.exp.Name, unix.Errno(-res))
+	slog.Error(fmt.Sprintf("export %q: fdatasync failed: %v; acknowledged writes may be "+
+		"lost, so every later FLUSH fails with EIO until the server is restarted",
+		sl.exp.Name, unix.Errno(-res)), "client", s.slotClient(sl),
+		"export", sl.exp.Name, "shard", s.id)
 }
 
 func (s *shard) onReadWrite(si int32, res int32) {
@@ -192,7 +193,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 	}
 	switch sl.phase {
 	case phRead:
-		s.stats.BytesRead.Add(sl.req.Length)
+		s.countBytes(sl)
 		s.replyRead(si)
 	case phRMWRead:
 		part := sl.data[sl.skip : uint64(sl.skip)+sl.req.Length]
@@ -210,7 +211,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 			sl.lock = -1
 		}
 		if sl.req.Type == wire.CmdWrite {
-			s.stats.BytesWritten.Add(sl.req.Length)
+			s.countBytes(sl)
 		}
 		s.replyOK(si)
 	}
@@ -343,8 +344,9 @@ func (s *shard) deviceError(si int32, res int32, what string) {
 		if s.errLogQuiet > 0 {
 			more = fmt.Sprintf(" (and %d more device errors not logged)", s.errLogQuiet)
 		}
-		log.Printf("shard %d: %s %s at %d+%d: %v%s", s.id, sl.exp.Path, what, sl.req.Offset,
-			sl.req.Length, errno, more)
+		slog.Error(fmt.Sprintf("%s %s at %d+%d: %v%s", sl.exp.Path, what, sl.req.Offset,
+			sl.req.Length, errno, more), "client", s.slotClient(sl),
+			"export", sl.exp.Name, "shard", s.id)
 		s.errLogNext, s.errLogQuiet = now.Add(deviceErrorLogEvery), 0
 	} else {
 		s.errLogQuiet++

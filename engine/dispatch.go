@@ -24,6 +24,7 @@ func (s *shard) dispatch(ci int32) bool {
 	if si < 0 {
 		return false
 	}
+	s.slotTimed(si, ci)
 	sl := &s.slots[si]
 	sl.req = *r
 	if errno == wire.EOK && c.draining {
@@ -89,6 +90,7 @@ func (s *shard) startRead(si int32) bool {
 	sl := &s.slots[si]
 	s.planRead(sl, s.conns[sl.conn].style)
 	if sl.nsegs == 1 && sl.segs[0].hole {
+		s.countBytes(sl)
 		s.replyRead(si) // all hole: nothing to read
 		return true
 	}
@@ -166,12 +168,17 @@ func (s *shard) startSync(si int32, phase uint8) {
 // startTrim punches a hole in a file and discards on a block device
 // (BLOCK_URING_CMD_DISCARD, else PUNCH_HOLE, which the kernel turns into
 // an unmapping zero-out). TRIM is advisory, so on a device (which takes
-// only whole sectors) the unaligned edges are simply left alone.
+// only whole sectors) the unaligned edges are simply left alone, and an
+// export configured with trim = "ignore" leaves all of it alone.
 func (s *shard) startTrim(si int32) {
 	sl := &s.slots[si]
 	off, end := s.trimRange(sl)
 	sl.phase, sl.step = phTrim, 0
-	sl.exp.sparse.Store(true)
+	if sl.exp.trimIgnore {
+		end = off // succeeds as a TRIM of nothing: FUA still flushes
+	} else {
+		sl.exp.sparse.Store(true)
+	}
 	if end <= off {
 		s.afterFallocate(si)
 		return

@@ -3,7 +3,8 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"os"
+	"log/slog"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -14,7 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ExportConfig names one export on the command line.
+// ExportConfig describes one export (from the command line or -config).
 type ExportConfig struct {
 	Name     string // "" is the default export
 	Path     string // regular file or block device
@@ -25,6 +26,15 @@ type ExportConfig struct {
 	// any client the server's file layout).
 	Description string
 	TLSOnly     bool // served only over TLS (needs -tls on)
+	// Allow, when set, names the networks this export is served to: a TCP
+	// client from elsewhere does not see it (the server-wide -allow still
+	// decides who may connect at all). Unix clients: the socket's mode.
+	Allow []netip.Prefix
+	// TrimIgnore answers TRIM with success and leaves the data in place,
+	// as qemu-nbd --discard=ignore does: TRIM stays advertised (it is
+	// only a hint, and clients such as qemu-img then still send it), but
+	// nothing is punched or discarded.
+	TrimIgnore bool
 }
 
 // InlineMode says whether the shards do an export's reads, writes and
@@ -50,8 +60,11 @@ type Export struct {
 	readOnly bool
 	desc     string
 	tlsOnly  bool
-	flags    wire.TxFlags
-	locks    rangeLocks
+	allow    []netip.Prefix // ExportConfig.Allow
+	// trimIgnore: TRIM succeeds without touching the data (ExportConfig).
+	trimIgnore bool
+	flags      wire.TxFlags
+	locks      rangeLocks
 	// inline: the shards read, write and sync this export with plain system
 	// calls. On an export without RWF_NOWAIT support (zram, tmpfs) the
 	// kernel hands every ring operation to an io-wq thread, a thread switch
@@ -90,22 +103,39 @@ func OpenExport(c ExportConfig) (*Export, error) {
 		return nil, fmt.Errorf("open export %q: %w", c.Path, err)
 	}
 	e := &Export{Name: c.Name, Path: c.Path, fd: fd, readOnly: c.ReadOnly,
-		desc: c.Description, tlsOnly: c.TLSOnly}
+		desc: c.Description, tlsOnly: c.TLSOnly, trimIgnore: c.TrimIgnore, allow: c.Allow}
 	if err := e.probe(); err != nil {
 		unix.Close(fd)
 		return nil, err
+	}
+	if format, err := e.imageFormat(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	} else if format != "" {
+		slog.Warn(fmt.Sprintf("%s starts with a %s header: nbdring serves raw images, so "+
+			"clients will see the %s container, not the disk inside it; convert it "+
+			"first (qemu-img convert -O raw %s disk.raw) or serve it with qemu-nbd",
+			c.Path, format, format, c.Path), "export", c.Name, "path", c.Path)
 	}
 	if e.inline, err = e.probeInline(c.Inline); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
-	e.flags = wire.TxHasFlags | wire.TxSendFlush | wire.TxSendFUA | wire.TxSendTrim |
-		wire.TxSendWriteZeros | wire.TxCanMultiConn | wire.TxSendDF | wire.TxSendCache |
-		wire.TxSendFastZero
-	if c.ReadOnly {
-		e.flags |= wire.TxReadOnly
-	}
+	e.flags = exportFlags(c.ReadOnly)
 	return e, nil
+}
+
+// exportFlags are the transmission flags an export advertises. A
+// read-only export advertises neither TRIM nor WRITE_ZEROES (nor
+// FAST_ZERO, which qualifies WRITE_ZEROES), as nbdkit and qemu-nbd -r do:
+// a client is not invited to send what can only fail with EPERM.
+func exportFlags(readOnly bool) wire.TxFlags {
+	f := wire.TxHasFlags | wire.TxSendFlush | wire.TxSendFUA | wire.TxCanMultiConn |
+		wire.TxSendDF | wire.TxSendCache
+	if readOnly {
+		return f | wire.TxReadOnly
+	}
+	return f | wire.TxSendTrim | wire.TxSendWriteZeros | wire.TxSendFastZero
 }
 
 func (e *Export) probe() error {
@@ -142,13 +172,32 @@ func (e *Export) probe() error {
 		return fmt.Errorf("%s: direct-I/O alignment %d is not a power of two up to %d",
 			e.Path, e.align, directIOAlignMax)
 	}
-	if rem := e.size % uint64(e.align); rem != 0 {
-		fmt.Fprintf(os.Stderr, "nbdring: %s: size %d is not a multiple of its %d-byte "+
-			"block; serving the first %d bytes (the last %d are not reachable)\n",
-			e.Path, e.size, e.align, e.size-rem, rem)
-		e.size -= rem
-	}
+	e.warnSize()
 	return nil
+}
+
+// warnSize serves a file whose size is not a multiple of its block as
+// far as the last whole block, and an empty one as an empty export (as
+// qemu-nbd and nbdkit serve it: a client sees size 0, not a refusal), and
+// says so with the command that fixes it. qemu-nbd pads the tail instead;
+// O_DIRECT cannot write a partial block, so nbdring hides it.
+func (e *Export) warnSize() {
+	if e.size == 0 {
+		slog.Warn("export is empty (0 bytes): clients can connect but read or write "+
+			"nothing; give it a size with truncate -s SIZE "+e.Path,
+			"export", e.Name, "path", e.Path)
+		return
+	}
+	rem := e.size % uint64(e.align)
+	if rem == 0 {
+		return
+	}
+	slog.Warn(fmt.Sprintf("export size %d is not a multiple of its %d-byte block: "+
+		"serving the first %d bytes, the last %d are hidden; to reach them, grow the "+
+		"file with truncate -s %d %s", e.size, e.align, e.size-rem, rem,
+		e.size-rem+uint64(e.align), e.Path),
+		"export", e.Name, "path", e.Path, "hidden_bytes", rem)
+	e.size -= rem
 }
 
 // probeInline decides Export.inline: a read with RWF_NOWAIT that the
@@ -162,7 +211,7 @@ func (e *Export) probeInline(mode InlineMode) (bool, error) {
 	case InlineOff:
 		return false, nil
 	}
-	n := min(uint64(directIOAlignMax), e.size) &^ uint64(e.align-1)
+	n := alignDown(min(uint64(directIOAlignMax), e.size), uint64(e.align))
 	if n == 0 {
 		return false, nil
 	}
@@ -240,6 +289,9 @@ func (e *Export) Wire() wire.Export {
 	}
 }
 
+// ReadOnly reports whether the export refuses writes.
+func (e *Export) ReadOnly() bool { return e.readOnly }
+
 // rangeLocks serialises read-modify-write of the same aligned blocks across
 // all shards, so two unaligned writes to disjoint bytes of one block both
 // survive. It is on the slow path only (unaligned requests from clients
@@ -280,6 +332,20 @@ func (l *rangeLocks) unlock(i int) {
 	l.mu.Lock()
 	l.span[i].used = false
 	l.mu.Unlock()
+}
+
+// servedTo reports whether a client at ip may see this export (its Allow
+// rules); an invalid ip (a Unix socket client) may.
+func (e *Export) servedTo(ip netip.Addr) bool {
+	if len(e.allow) == 0 || !ip.IsValid() {
+		return true
+	}
+	for _, p := range e.allow {
+		if p.Contains(ip.Unmap()) {
+			return true
+		}
+	}
+	return false
 }
 
 // TLSOnly reports whether the export is served only over TLS.

@@ -207,12 +207,13 @@ type shardHeld struct {
 // would otherwise read as counted before its attach and listed after its
 // close, a state that never was.
 func (h *shardFuzz) held(t testing.TB) shardHeld {
-	st := &h.srv.shards[0].stats
+	sh := h.srv.shards[0]
+	st := &sh.stats
 	for {
-		c := shardHeld{conns: st.Conns.Load(), slots: st.Inflight.Load(),
+		c := shardHeld{conns: sh.connCount(), slots: st.Inflight.Load(),
 			arena: st.ArenaBytes.Load()}
 		c.fds = openFDs(t)
-		if c.conns == st.Conns.Load() && c.slots == st.Inflight.Load() &&
+		if c.conns == sh.connCount() && c.slots == st.Inflight.Load() &&
 			c.arena == st.ArenaBytes.Load() {
 			return c
 		}

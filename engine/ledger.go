@@ -2,7 +2,7 @@ package engine
 
 import (
 	"fmt"
-	"log"
+	"log/slog"
 
 	"github.com/nbdring/nbdring/ring"
 )
@@ -226,7 +226,7 @@ func (s *shard) unhold(si int32) {
 func (s *shard) dropStale(op uint8, gen, idx uint32) {
 	n := s.stats.Stale.Add(1)
 	if n&(n-1) == 0 {
-		log.Printf("shard %d: dropped stale completion (op %d, index %d, generation %d); "+
-			"%d so far: please report this defect", s.id, op, idx, gen, n)
+		slog.Error(fmt.Sprintf("dropped stale completion (op %d, index %d, generation %d); "+
+			"%d so far: please report this defect", op, idx, gen, n), "shard", s.id)
 	}
 }

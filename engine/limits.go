@@ -148,6 +148,10 @@ const (
 	rangeLockRetry = 100 * time.Microsecond
 )
 
+// ArenaSizeMin is the smallest arena per shard New accepts (arenaSizeMin,
+// exported): cmd checks -arena-mib against it before any shard starts.
+const ArenaSizeMin = arenaSizeMin
+
 // Compile-time checks of relations the code relies on.
 var (
 	_ [ringEntries*2 - (slotsPerShardMax + 2*connsPerShardMax + 2)]struct{}

@@ -17,7 +17,7 @@ func TestPlacementByLoad(t *testing.T) {
 	}
 	conns := func() (per []int64) {
 		for _, sh := range srv.shards {
-			per = append(per, sh.stats.Conns.Load())
+			per = append(per, sh.snapshot().Conns())
 		}
 		return per
 	}
@@ -51,7 +51,7 @@ func TestPlacementByLoad(t *testing.T) {
 	}
 	closed := 0
 	for _, c := range cs {
-		if closed < 2 && srv.shards[busy].stats.Conns.Load() > 0 && onShard(t, srv, c, busy) {
+		if closed < 2 && srv.shards[busy].snapshot().Conns() > 0 && onShard(t, srv, c, busy) {
 			c.c.Close()
 			closed++
 			waitFor(int64(3 - closed))
@@ -68,9 +68,9 @@ func TestPlacementByLoad(t *testing.T) {
 // have no address to tell them apart by).
 func onShard(t *testing.T, srv *Server, c *testClient, i int) bool {
 	t.Helper()
-	before := srv.shards[i].stats.Requests[wire.CmdFlush].Load()
+	before := srv.shards[i].snapshot().Requests(wire.CmdFlush)
 	if errno := c.do(wire.CmdFlush, 0, 0, 0, nil, nil); errno != 0 {
 		t.Fatalf("flush: %v", errno)
 	}
-	return srv.shards[i].stats.Requests[wire.CmdFlush].Load() > before
+	return srv.shards[i].snapshot().Requests(wire.CmdFlush) > before
 }

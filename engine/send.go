@@ -1,7 +1,7 @@
 package engine
 
 import (
-	"log"
+	"log/slog"
 	"unsafe"
 
 	"github.com/nbdring/nbdring/ring"
@@ -28,7 +28,7 @@ func (s *shard) replyOK(si int32) {
 func (s *shard) replyErr(si int32, errno wire.Errno, msg string) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
-	s.stats.Errors.Add(1)
+	s.countError(sl)
 	n := wire.EncodeError(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset, errno, msg)
 	sl.nout, sl.outLen = 0, 0
 	sl.put(sl.hdr[:n])
@@ -176,15 +176,17 @@ func (s *shard) onSend(ci int32, res int32) {
 		return
 	}
 	if c.closing || res < 0 {
+		why := closeClient
 		if res < 0 && !c.closing && res != -int32(unix.EPIPE) &&
 			res != -int32(unix.ECONNRESET) {
-			log.Printf("shard %d: %s: send: %v", s.id, c.peer, unix.Errno(-res))
+			slog.Warn("send: "+unix.Errno(-res).Error(), "client", c.peer, "shard", s.id)
+			why = closeSendErr
 		}
 		s.freeBatch(ci)
 		if c.closing {
 			s.maybeRelease(ci)
 		} else {
-			s.beginClose(ci)
+			s.beginClose(ci, why)
 		}
 		return
 	}
@@ -202,6 +204,7 @@ func (s *shard) onSend(ci int32, res int32) {
 		s.submitSend(ci)
 		return
 	}
+	s.observeSent(ci)
 	s.freeBatch(ci)
 	s.sendQueued(ci)
 	s.maybeFinish(ci)

@@ -21,7 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -65,6 +65,7 @@ type Server struct {
 	hs       map[net.Conn]struct{} // connections in their handshake
 	noZC     bool
 	err      error
+	hsCount  [hsResults]atomic.Uint64 // handshakes by result (metrics.go)
 }
 
 // New starts the shards (pinned, each with its ring) for exports.
@@ -118,13 +119,13 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		}
 		s.shards = append(s.shards, sh)
 	}
-	log.Printf("machine: %v", topo)
+	slog.Info(fmt.Sprintf("machine: %v", topo))
 	meta := shardMemSize(slotsPerShardMax, connsPerShardMax) + zeroWriteMax
-	log.Printf("%d shards on CPUs %v; per shard: %d MiB arena + %d KiB metadata "+
+	slog.Info(fmt.Sprintf("%d shards on CPUs %v; per shard: %d MiB arena + %d KiB metadata "+
 		"(%d slots x %d B headers + %d conns x (%d KiB recv + send vector) + %d KiB "+
 		"zeros); %d MiB in all", n, cpus, arenaSize>>20, meta>>10, slotsPerShardMax,
 		replyHeaderSize, connsPerShardMax, recvBufSize>>10, zeroWriteMax>>10,
-		n*(arenaSize+meta)>>20)
+		n*(arenaSize+meta)>>20), "shards", n)
 	return s, nil
 }
 
@@ -192,10 +193,29 @@ func Listen(addr string) (net.Listener, error) {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w (is another NBD server on that port? "+
-			"choose another with -listen)", addr, err)
+		return nil, fmt.Errorf("listen %s: %w%s", addr, err, listenHint(err))
 	}
 	return ln, nil
+}
+
+// listenHint is what to do about a failed TCP bind, by its cause.
+func listenHint(err error) string {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return " (is another NBD server on that port? choose another with -listen)"
+	case errors.Is(err, syscall.EACCES):
+		return " (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port " +
+			"above 1023, such as the NBD port 10809)"
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return " (no interface of this machine has that address; use localhost, " +
+			"0.0.0.0 or [::] for every interface, or one of this machine's addresses)"
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return " (the host name does not resolve; give an IP address or a name in " +
+			"/etc/hosts)"
+	}
+	return ""
 }
 
 // Serve accepts connections on ln until Stop. It returns nil after Stop.
@@ -221,19 +241,22 @@ func (s *Server) Serve(ln net.Listener) error {
 				continue
 			}
 			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				log.Printf("accept: %v: raise the open-files limit (ulimit -n)", err)
+				slog.Error(fmt.Sprintf("accept: %v: raise the open-files limit (ulimit -n)",
+					err))
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
 		if !s.allow.AllowAddr(nc.RemoteAddr()) {
+			s.hsCount[hsRefused].Add(1)
 			s.refusals.printf("refusing %v: address not allowed by -allow", nc.RemoteAddr())
 			nc.Close()
 			continue
 		}
 		ip, why := s.gate.enter(nc.RemoteAddr())
 		if why != "" {
+			s.hsCount[hsRefused].Add(1)
 			s.refusals.printf("refusing %v: %s", nc.RemoteAddr(), why)
 			nc.Close()
 			continue
@@ -306,7 +329,7 @@ func (s *Server) ioInflight() int64 {
 
 func (s *Server) shardDone(sh *shard, err error) {
 	if err != nil {
-		log.Printf("shard %d stopped: %v", sh.id, err)
+		slog.Error(fmt.Sprintf("shard %d stopped: %v", sh.id, err), "shard", sh.id)
 		s.mu.Lock()
 		s.err = errors.Join(s.err, err)
 		s.mu.Unlock()
@@ -320,19 +343,27 @@ func (s *Server) shardDone(sh *shard, err error) {
 func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 	defer s.gate.leave(ip)
 	if !s.track(nc, true) {
+		s.hsCount[hsRefused].Add(1)
 		nc.Close()
 		return
 	}
-	handed := false
+	handed, result := false, hsAborted // result: how it ended, unless handed (metrics)
+	deadline := time.Now().Add(handshakeTimeout)
 	defer func() {
 		s.track(nc, false)
 		if !handed {
 			nc.Close()
 		}
+		s.hsCount[handshakeResult(handed, result, deadline)].Add(1)
 	}()
-	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout)) // the TLS handshake too
+	_ = nc.SetDeadline(deadline) // the TLS handshake too
 	h := wire.NewServerHandshake(s.wireExps)
 	h.SetTLS(s.tlsMode)
+	for i, e := range s.exports {
+		if !e.servedTo(ip) {
+			h.Deny(i)
+		}
+	}
 	if _, err := nc.Write(h.Greeting()); err != nil {
 		return
 	}
@@ -343,7 +374,8 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 		return
 	}
 	if err := h.ClientFlags(b[:4]); err != nil {
-		log.Printf("%v: %v; closing", peerName(nc), err)
+		result = hsRefused
+		slog.Warn(fmt.Sprintf("handshake: %v; closing", err), "client", peerName(nc))
 		return
 	}
 	for {
@@ -352,7 +384,8 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 		}
 		opt, n, err := h.OptionHeader(b[:])
 		if err != nil {
-			log.Printf("%v: %v; closing", peerName(nc), err)
+			result = hsRefused
+			slog.Warn(fmt.Sprintf("handshake: %v; closing", err), "client", peerName(nc))
 			return
 		}
 		data := make([]byte, n)
@@ -368,11 +401,12 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 		switch step {
 		case wire.StepClose:
 			if r := h.CloseReason(); r != "" && opt != wire.OptAbort {
-				log.Printf("%v: %s; closing", peerName(nc), r)
+				result = hsRefused
+				slog.Warn(fmt.Sprintf("handshake: %s; closing", r), "client", peerName(nc))
 			}
 			return
 		case wire.StepStartTLS:
-			if t = s.startTLS(nc); t == nil {
+			if t, result = s.startTLS(nc); t == nil {
 				return
 			}
 			rw = t.tc
@@ -384,20 +418,21 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 }
 
 // startTLS runs the TLS handshake after NBD_OPT_STARTTLS's ACK and checks
-// the client's certificate against -allow; nil: close.
-func (s *Server) startTLS(nc net.Conn) *tlsState {
+// the client's certificate against -allow; nil: close, and the handshake
+// result to count (tls_failed or refused).
+func (s *Server) startTLS(nc net.Conn) (*tlsState, int) {
 	pipe := newTLSPipe(nc)
 	tc := tls.Server(pipe, s.tlsCfg)
 	if err := tc.Handshake(); err != nil {
 		s.refusals.printf("%v: TLS handshake failed: %v; closing", peerName(nc), err)
-		return nil
+		return nil, hsTLSFailed
 	}
 	cs := tc.ConnectionState()
 	var peer *x509.Certificate
 	if len(cs.PeerCertificates) > 0 {
 		peer = cs.PeerCertificates[0]
-		log.Printf("%v: %s, client certificate %q", peerName(nc),
-			tls.VersionName(cs.Version), peer.Subject)
+		slog.Info(fmt.Sprintf("%s, client certificate %q", tls.VersionName(cs.Version),
+			peer.Subject), "client", peerName(nc))
 	}
 	if !s.allow.AllowSubject(peer) {
 		subj := "none"
@@ -406,9 +441,9 @@ func (s *Server) startTLS(nc net.Conn) *tlsState {
 		}
 		s.refusals.printf("refusing %v: client certificate subject %q not allowed by "+
 			"-allow; closing", peerName(nc), subj)
-		return nil
+		return nil, hsRefused
 	}
-	return &tlsState{tc: tc, pipe: pipe, more: true} // more: it may have read ahead
+	return &tlsState{tc: tc, pipe: pipe, more: true}, hsAborted // more: it may have read ahead
 }
 
 // track adds nc to (or removes it from) the handshakes Shutdown ends;
@@ -440,14 +475,14 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated, t *tlsState) bool {
 	peer := peerName(nc)
 	if t != nil {
 		if err := t.pipe.handOff(); err != nil {
-			log.Printf("%v: %v; closing", peerName(nc), err)
+			slog.Warn(fmt.Sprintf("handshake: %v; closing", err), "client", peer)
 			return false
 		}
 	}
 	fd := -1
 	_ = rc.Control(func(f uintptr) { fd, err = unix.Dup(int(f)) })
 	if err != nil {
-		log.Printf("%v: dup socket: %v", peerName(nc), err)
+		slog.Error("dup socket: "+err.Error(), "client", peer)
 		if t != nil {
 			t.pipe.release()
 		}
@@ -467,7 +502,8 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated, t *tlsState) bool {
 		sh.wake()
 	default:
 		sh.assigned.Add(-1)
-		log.Printf("shard %d: inbox full; refusing connection from %s", sh.id, peer)
+		slog.Warn(fmt.Sprintf("shard %d: inbox full; refusing connection from %s", sh.id,
+			peer), "client", peer, "shard", sh.id)
 		unix.Close(fd)
 		if t != nil {
 			t.pipe.release()
@@ -476,12 +512,30 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated, t *tlsState) bool {
 	return true
 }
 
-// peerName is the client's address for logs.
+// peerName is the client's address for logs. A Unix socket client has
+// none, so it is named by its process and user (SO_PEERCRED): that tells
+// two local clients apart, and says whose they are.
 func peerName(nc net.Conn) string {
-	if p := nc.RemoteAddr().String(); p != "" && p != "@" {
-		return p
+	peer := nc.RemoteAddr().String()
+	if peer != "" && peer != "@" {
+		return peer
 	}
-	return "a Unix socket client"
+	peer = "a Unix socket client"
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return peer
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return peer
+	}
+	_ = rc.Control(func(fd uintptr) {
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err == nil {
+			peer = fmt.Sprintf("unix:pid=%d,uid=%d", cred.Pid, cred.Uid)
+		}
+	})
+	return peer
 }
 
 // leastLoaded is the shard a new connection goes to: the one with the

@@ -328,7 +328,7 @@ func testVanishingClients(t *testing.T, mode InlineMode) {
 	for {
 		var conns, inflight, arena, ops int64
 		for _, sh := range srv.shards {
-			conns += sh.stats.Conns.Load()
+			conns += sh.snapshot().Conns()
 			inflight += sh.stats.Inflight.Load()
 			arena += sh.stats.ArenaBytes.Load()
 			ops += sh.stats.OpsInflight.Load() - 1 // less the wake-up read

@@ -2,7 +2,7 @@ package engine
 
 import (
 	"fmt"
-	"log"
+	"log/slog"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -56,23 +56,20 @@ type shard struct {
 	errLogQuiet int
 
 	stats ShardStats
+	m     shardMetrics // per-request counters and timing (metrics.go)
 }
 
-// ShardStats are one shard's counters, read by the counters page.
+// ShardStats are one shard's counters (per request ones: shardMetrics),
+// read by Snapshot.
 type ShardStats struct {
-	Conns        atomic.Int64
-	Requests     [wire.CmdCount]atomic.Uint64
-	BytesRead    atomic.Uint64
-	BytesWritten atomic.Uint64
-	Errors       atomic.Uint64
-	Inflight     atomic.Int64  // slots in use, also those the kernel still holds
-	ArenaBytes   atomic.Int64  // arena bytes held by requests
-	OpsInflight  atomic.Int64  // kernel operations in flight (the ledger)
-	Stale        atomic.Uint64 // completions dropped for a stale generation: a defect
-	SendsZC      atomic.Uint64 // zero-copy sends issued
-	ZCCopied     atomic.Uint64 // their notifications that said the kernel copied
-	ZCRefused    atomic.Uint64 // connections whose socket refused zero-copy
-	InlineOps    atomic.Uint64 // device operations the shard did itself (Export.inline)
+	Inflight    atomic.Int64  // slots in use, also those the kernel still holds
+	ArenaBytes  atomic.Int64  // arena bytes held by requests
+	OpsInflight atomic.Int64  // kernel operations in flight (the ledger)
+	Stale       atomic.Uint64 // completions dropped for a stale generation: a defect
+	SendsZC     atomic.Uint64 // zero-copy sends issued
+	ZCCopied    atomic.Uint64 // their notifications that said the kernel copied
+	ZCRefused   atomic.Uint64 // connections whose socket refused zero-copy
+	InlineOps   atomic.Uint64 // device operations the shard did itself (Export.inline)
 }
 
 type handoff struct {
@@ -86,6 +83,7 @@ type handoff struct {
 
 func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
 	s := &shard{id: id, cpu: cpu, srv: srv, inbox: make(chan handoff, connsPerShardMax)}
+	s.m.init(len(srv.exports))
 	var err error
 	if s.arena, err = newArena(arenaSize); err != nil {
 		return nil, err
@@ -167,8 +165,9 @@ func (s *shard) run(ready chan<- error) {
 	// pages per request. Without it (RLIMIT_MEMLOCK too low for a non-root
 	// user) the plain opcodes work the same, only slower.
 	if err := r.RegisterBuffers(s.arena.mem); err != nil {
-		log.Printf("shard %d: %v; using unregistered buffers (raise ulimit -l "+
-			"to %d MiB or more for faster I/O)", s.id, err, len(s.arena.mem)>>20)
+		slog.Warn(fmt.Sprintf("shard %d: %v; using unregistered buffers (raise ulimit -l "+
+			"to %d MiB or more for faster I/O)", s.id, err, len(s.arena.mem)>>20),
+			"shard", s.id)
 	} else {
 		s.fixedBufs = true
 	}
@@ -246,11 +245,12 @@ func (s *shard) onWake() {
 func (s *shard) attach(h handoff) {
 	if s.stopping || len(s.connFree) == 0 {
 		if s.stopping {
-			log.Printf("shard %d: closing connection from %s: the server is shutting down",
-				s.id, h.peer)
+			slog.Info("closing connection: the server is shutting down",
+				"client", h.peer, "shard", s.id)
 		} else {
-			log.Printf("shard %d: refusing connection from %s: %d connections already "+
-				"(the most a shard takes); add -shards", s.id, h.peer, connsPerShardMax)
+			slog.Warn(fmt.Sprintf("refusing connection: %d connections already "+
+				"(the most a shard takes); add -shards", connsPerShardMax),
+				"client", h.peer, "shard", s.id)
 		}
 		unix.Close(h.fd)
 		if h.tls != nil {
@@ -264,7 +264,8 @@ func (s *shard) attach(h handoff) {
 	s.conns[ci].reset(h)
 	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
 	s.live++
-	s.stats.Conns.Add(1)
+	s.connAttached(ci, h.neg.Export)
+	s.logConnect(ci)
 	s.armRecv(ci)
 }
 

@@ -1,7 +1,8 @@
 package engine
 
 import (
-	"log"
+	"fmt"
+	"log/slog"
 
 	"github.com/nbdring/nbdring/wire"
 	"golang.org/x/sys/unix"
@@ -96,8 +97,8 @@ func (s *shard) blockStatus(si int32) bool {
 		if !exp.isDevice && exp.sparse.Load() {
 			var ok bool
 			if n, hole, ok = nextExtent(exp.fd, pos, end); !ok {
-				log.Printf("shard %d: %s: lseek at %d failed; reporting data", s.id,
-					exp.Path, pos)
+				slog.Warn(fmt.Sprintf("%s: lseek at %d failed; reporting data",
+					exp.Path, pos), "client", c.peer, "export", exp.Name, "shard", s.id)
 				n, hole = end-pos, false
 			}
 		}

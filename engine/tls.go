@@ -26,7 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -356,8 +356,9 @@ func (s *shard) tlsPump(ci int32) bool {
 			t.eof = true // close_notify
 			break
 		}
-		log.Printf("shard %d: %s: TLS: %v; disconnecting it", s.id, c.peer, err)
-		s.beginClose(ci)
+		slog.Warn(fmt.Sprintf("TLS: %v; disconnecting it", err), "client", c.peer,
+			"shard", s.id)
+		s.beginClose(ci, closeTLSErr)
 		return false
 	}
 	t.more = c.rhi == len(rbuf) && !t.eof
@@ -415,8 +416,9 @@ func (s *shard) tlsWrite(ci int32) bool {
 	_, err := c.tls.tc.Write(p.plain[:p.plainN])
 	p.plainN = 0
 	if err != nil {
-		log.Printf("shard %d: %s: TLS: %v; disconnecting it", s.id, c.peer, err)
-		s.beginClose(ci)
+		slog.Warn(fmt.Sprintf("TLS: %v; disconnecting it", err), "client", c.peer,
+			"shard", s.id)
+		s.beginClose(ci, closeTLSErr)
 		return false
 	}
 	return true
@@ -458,14 +460,16 @@ func (s *shard) onSendTLS(ci int32, res int32) {
 	c := &s.conns[ci]
 	c.sending = false
 	if c.closing || res < 0 {
+		why := closeClient
 		if res < 0 && !c.closing && res != -int32(unix.EPIPE) &&
 			res != -int32(unix.ECONNRESET) {
-			log.Printf("shard %d: %s: send: %v", s.id, c.peer, unix.Errno(-res))
+			slog.Warn("send: "+unix.Errno(-res).Error(), "client", c.peer, "shard", s.id)
+			why = closeSendErr
 		}
 		if c.closing {
 			s.maybeRelease(ci)
 		} else {
-			s.beginClose(ci)
+			s.beginClose(ci, why)
 		}
 		return
 	}

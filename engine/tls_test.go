@@ -233,7 +233,7 @@ func waitConns(t testing.TB, srv *Server, n int64) {
 	for {
 		var got int64
 		for _, sh := range srv.shards {
-			got += sh.stats.Conns.Load()
+			got += sh.connCount()
 		}
 		if got == n {
 			return

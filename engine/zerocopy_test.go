@@ -148,11 +148,11 @@ func TestZeroCopyReads(t *testing.T) {
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for st.Conns.Load() != 0 || st.Inflight.Load() != 0 || st.ArenaBytes.Load() != 0 ||
+	for srv.shards[0].snapshot().Conns() != 0 || st.Inflight.Load() != 0 || st.ArenaBytes.Load() != 0 ||
 		st.OpsInflight.Load() != 1 {
 		if time.Now().After(deadline) {
 			t.Fatalf("leak after vanishing: %d connections, %d slots, %d arena bytes, "+
-				"%d kernel ops", st.Conns.Load(), st.Inflight.Load(), st.ArenaBytes.Load(),
+				"%d kernel ops", srv.shards[0].snapshot().Conns(), st.Inflight.Load(), st.ArenaBytes.Load(),
 				st.OpsInflight.Load()-1)
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -116,6 +116,7 @@ type ServerHandshake struct {
 	out         []byte
 	Result      Negotiated
 	closeReason string
+	denied      []bool // exports this client may not see (Deny)
 }
 
 // NewServerHandshake starts a handshake offering exports.
@@ -277,6 +278,19 @@ func (h *ServerHandshake) hidden(i int) bool {
 	return h.exports[i].TLSOnly && !h.tls
 }
 
+// Deny keeps export i from this client (the server's access rules for
+// that export exclude the client's address): it is not listed, INFO and
+// GO get NBD_REP_ERR_POLICY, EXPORT_NAME closes. Call it before the first
+// option.
+func (h *ServerHandshake) Deny(i int) {
+	if h.denied == nil {
+		h.denied = make([]bool, len(h.exports))
+	}
+	h.denied[i] = true
+}
+
+func (h *ServerHandshake) isDenied(i int) bool { return h.denied != nil && h.denied[i] }
+
 func (h *ServerHandshake) exportName(data []byte) ([]byte, Step) {
 	if h.extended {
 		h.closeReason = "NBD_OPT_EXPORT_NAME after NBD_OPT_EXTENDED_HEADERS"
@@ -286,6 +300,11 @@ func (h *ServerHandshake) exportName(data []byte) ([]byte, Step) {
 	if len(data) > StringMax || i < 0 {
 		// NBD_OPT_EXPORT_NAME has no error reply; proto.md: close.
 		h.closeReason = fmt.Sprintf("NBD_OPT_EXPORT_NAME for unknown export %q", data)
+		return nil, StepClose
+	}
+	if h.isDenied(i) {
+		h.closeReason = fmt.Sprintf("NBD_OPT_EXPORT_NAME for export %q, which its allow "+
+			"rules keep from this client", data)
 		return nil, StepClose
 	}
 	if h.hidden(i) {
@@ -314,7 +333,7 @@ func (h *ServerHandshake) list(data []byte) []byte {
 		return h.out
 	}
 	for i := range h.exports {
-		if h.hidden(i) {
+		if h.hidden(i) || h.isDenied(i) {
 			continue // proto.md SELECTIVETLS: MAY omit TLS-only exports
 		}
 		e := &h.exports[i]
@@ -353,6 +372,11 @@ func (h *ServerHandshake) infoGo(opt Opt, data []byte) ([]byte, Step) {
 	i := h.lookup(name)
 	if i < 0 {
 		h.replyErr(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", name))
+		return h.out, StepContinue
+	}
+	if h.isDenied(i) {
+		h.replyErr(opt, RepErrPolicy, fmt.Sprintf("export %q is not served to this "+
+			"client's address (its allow rules)", name))
 		return h.out, StepContinue
 	}
 	if h.hidden(i) && h.tlsMode == TLSOff {
@@ -460,7 +484,7 @@ func (h *ServerHandshake) meta(opt Opt, data []byte) []byte {
 		h.replyErr(opt, RepErrInvalid, "export name contains a NUL byte")
 		return h.out
 	}
-	if i := h.lookup(name); i < 0 || h.hidden(i) {
+	if i := h.lookup(name); i < 0 || h.hidden(i) || h.isDenied(i) {
 		// A TLS-only export does not exist for this connection yet;
 		// proto.md allows ERR_TLS_REQD only for INFO, GO and EXPORT_NAME.
 		h.replyErr(opt, RepErrUnknown, fmt.Sprintf("unknown export %q", name))

@@ -172,6 +172,10 @@ func compareCmd(args []string) error {
 	tlsDir := fs.String("tls-certificates", "", "run every server with TLS required on "+
 		"this directory (ca-cert.pem, server-cert.pem, server-key.pem, and client-cert.pem "+
 		"with client-key.pem for the client) and connect with nbds+unix://")
+	serverCPUs := fs.String("server-cpus", "", "pin every server to these CPUs "+
+		"(taskset list, e.g. 0), so each runs on the same ones")
+	clientCPUs := fs.String("client-cpus", "", "pin the client (nbdbench or fio) to "+
+		"these CPUs (e.g. 1), away from the server's")
 	asJSON := fs.Bool("json", false, "print the rows as a JSON list")
 	svg := fs.String("svg", "", "also write an SVG to this file: one panel per "+
 		"workload, throughput and server CPU per operation for each server")
@@ -200,7 +204,8 @@ func compareCmd(args []string) error {
 	defer cancel()
 	cc := bench.CompareConfig{File: *file, Servers: strings.Split(*servers, ","),
 		Workloads: wls, Rounds: *rounds, Client: *client, NbdRing: *nbdring,
-		DropCaches: *drop && os.Geteuid() == 0, TLSCerts: *tlsDir, Log: os.Stderr}
+		DropCaches: *drop && os.Geteuid() == 0, TLSCerts: *tlsDir, Log: os.Stderr,
+		ServerCPUs: *serverCPUs, ClientCPUs: *clientCPUs}
 	rows, err := bench.Compare(ctx, cc)
 	if err != nil {
 		return err

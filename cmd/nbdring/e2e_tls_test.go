@@ -389,9 +389,10 @@ func TestE2ETLSRefusals(t *testing.T) {
 	})
 	t.Run("no client cert", func(t *testing.T) {
 		s, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", ts.serverDir,
-			"-tls-verify-peer", ts.export)
+			"-tls-verify-peer", "-metrics", "127.0.0.1:0", ts.export)
 		e2eRefused(t, s, e2eTLSURI(addr, "", ts.pki.clientDir(t, "", nil)),
 			"didn't provide a certificate")
+		e2eMetricLine(t, s, `nbdring_handshakes_total{result="tls_failed"} 1`)
 	})
 	t.Run("revoked client cert", func(t *testing.T) {
 		dir := t.TempDir()
@@ -408,9 +409,11 @@ func TestE2ETLSRefusals(t *testing.T) {
 	})
 	t.Run("subject not allowed", func(t *testing.T) {
 		s, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", ts.serverDir,
-			"-tls-verify-peer", "-allow", "subject:CN=host1", ts.export)
+			"-tls-verify-peer", "-allow", "subject:CN=host1", "-metrics", "127.0.0.1:0",
+			ts.export)
 		e2eRefused(t, s, e2eTLSURI(addr, "", ts.client),
 			`subject "CN=client1,O=nbdring tests" not allowed by -allow`)
+		e2eMetricLine(t, s, `nbdring_handshakes_total{result="refused"} 1`)
 		e2eRun(t, "nbdinfo", "--size", e2eTLSURI(addr, "", ts.pki.clientDir(t, "host1", nil)))
 	})
 	t.Run("address not allowed", func(t *testing.T) {
@@ -469,7 +472,8 @@ func (p *e2ePKI) crl(t *testing.T, serial *big.Int) []byte {
 func TestE2EHandshakeStallCut(t *testing.T) {
 	t.Parallel()
 	ts := e2eNewTLS(t)
-	_, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", ts.serverDir, ts.export)
+	s, addr := e2eStartTCP(t, "-tls", "require", "-tls-certificates", ts.serverDir,
+		"-metrics", "127.0.0.1:0", ts.export)
 	start := time.Now()
 	c := e2eDialFrom(t, "127.0.0.1", addr)
 	if _, err := io.ReadFull(c, make([]byte, 18)); err != nil {
@@ -497,6 +501,7 @@ func TestE2EHandshakeStallCut(t *testing.T) {
 	if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("server did not close the stalled handshake within 15 s")
 	}
+	e2eMetricLine(t, s, `nbdring_handshakes_total{result="timed_out"} 1`)
 }
 
 // TestE2ETLSNbdbench: nbdbench's client (bench.Run) over nbds+unix with a

@@ -6,15 +6,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log"
-	"net"
-	"net/http"
-	_ "net/http/pprof" // the -pprof page
+	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nbdring/nbdring/engine"
 	"github.com/nbdring/nbdring/wire"
@@ -24,9 +23,10 @@ func main() {
 	listen := flag.String("listen", "localhost:10809",
 		"address to serve on: host:port for TCP, or unix:/path for a Unix socket")
 	readOnly := flag.Bool("readonly", false,
-		"serve every export read-only (writes, trims and zeroing get EPERM)")
+		"serve every export read-only (no TRIM or WRITE_ZEROES advertised; writes get EPERM)")
 	shards := flag.Int("shards", 0,
-		"number of shards (pinned goroutines, one io_uring each); 0: one per usable CPU")
+		"number of shards (pinned goroutines, one io_uring each), at most one per usable "+
+			"CPU; 0: one per core")
 	arenaMiB := flag.Int("arena-mib", 128,
 		"buffer arena per shard in MiB (a power of two, at least 128)")
 	inlineIO := flag.String("inline-io", "auto",
@@ -36,6 +36,16 @@ func main() {
 		"send READ replies of 64 KiB or more with SENDMSG_ZC where the socket takes it")
 	pprofAddr := flag.String("pprof", "",
 		"serve net/http/pprof and per-shard counters (/counters) on this host:port")
+	configFile := flag.String("config", "",
+		"read listen addresses and exports from this TOML file (instead of EXPORT arguments)")
+	runCmd := flag.String("run", "",
+		"captive mode: run this shell command with $uri (also $nbd, $port, $unixsocket, "+
+			"$exportname) set, stop when it exits, and exit with its status")
+	logFormat := flag.String("log-format", "text", "log format: text or json (one object a line)")
+	logLevel := flag.String("log-level", "info", "least severe level logged: debug, info, "+
+		"warn or error")
+	metricsAddr := flag.String("metrics", "",
+		"serve Prometheus metrics on http://host:port/metrics (nothing else on that port)")
 	var svc serviceFlags
 	flag.StringVar(&svc.user, "user", "",
 		"after opening exports and sockets, switch to this user (name or uid; needs root)")
@@ -66,35 +76,64 @@ func main() {
 		fmt.Print(versionText(readBuildInfo()))
 		os.Exit(0)
 	}
-	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
-	log.SetPrefix("nbdring: ")
-	if flag.NArg() == 0 {
+	logger, err := newLogger(os.Stderr, *logFormat, *logLevel)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nbdring: %v\n", err)
+		os.Exit(2)
+	}
+	setLogger(logger)
+	if flag.NArg() == 0 && *configFile == "" {
 		usage()
 		os.Exit(2)
 	}
-	cfg := engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20, NoZeroCopy: !*zeroCopy}
-	tmpl := engine.ExportConfig{ReadOnly: *readOnly}
+	o := options{readOnly: *readOnly, svc: svc, sec: sec, run: *runCmd,
+		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
+			NoZeroCopy: !*zeroCopy}}
 	switch *inlineIO {
 	case "auto":
 	case "on":
-		tmpl.Inline = engine.InlineOn
+		o.inline = engine.InlineOn
 	case "off":
-		tmpl.Inline = engine.InlineOff
+		o.inline = engine.InlineOff
 	default:
-		log.Printf("-inline-io %q: want auto, on or off", *inlineIO)
+		slog.Error(fmt.Sprintf("-inline-io %q: want auto, on or off", *inlineIO))
 		os.Exit(2)
 	}
-	if err := run(*listen, tmpl, cfg, *pprofAddr, svc, sec, flag.Args()); err != nil {
-		log.Print(err)
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name == "listen" {
+			o.listen = []string{*listen}
+		}
+	})
+	if err := o.resolve(*configFile, flag.Args(), *shards, *arenaMiB); err != nil {
+		slog.Error(err.Error())
+		os.Exit(1)
+	}
+	o.listenDefault = *listen
+	o.obs = observability{pprof: *pprofAddr, metrics: *metricsAddr}
+	err = run(o)
+	var ce *captiveExit
+	switch {
+	case errors.As(err, &ce):
+		os.Exit(ce.status)
+	case err != nil:
+		slog.Error(err.Error())
 		os.Exit(1)
 	}
 }
 
 func usage() {
 	fmt.Fprintf(os.Stderr, `usage: nbdring [flags] EXPORT...
+       nbdring [flags] -config FILE
 
 Serves each EXPORT over NBD. EXPORT is PATH (the default export, name "")
-or NAME=PATH; PATH is a regular file or a block device, opened with O_DIRECT.
+or NAME=PATH; PATH is a regular file or a block device, opened with O_DIRECT
+and served raw: clients see its bytes as they are (an image in qcow2 or
+another container format gets a warning at start; convert it first with
+qemu-img convert -O raw).
+-config FILE describes listen addresses and exports in TOML instead
+(example: service/nbdring.toml). With -run CMD, nbdring serves (on a private
+Unix socket unless -listen is given) while CMD runs, as nbdkit --run:
+  nbdring -run 'qemu-img info "$uri"' disk.img
 
 Connect with, for example:
   nbdinfo nbd://localhost          qemu-img info nbd://localhost
@@ -109,16 +148,95 @@ flags:
 	flag.PrintDefaults()
 }
 
-func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, pprofAddr string,
-	svc serviceFlags, sec security, args []string) error {
-	log.Printf("nbdring %s", buildVersion(readBuildInfo()))
-	tlsOnly, err := sec.config(&cfg)
+// options are the flags and the -config file, resolved.
+type options struct {
+	listen []string // -listen if given, else the config's; empty: default or private
+	// listenDefault is -listen's default, used when neither names an
+	// address and the server is not captive (which uses a private socket).
+	listenDefault string
+	readOnly      bool
+	inline        engine.InlineMode // -inline-io, for every export
+	cfg           engine.Config
+	obs           observability // -pprof, -metrics
+	svc           serviceFlags
+	sec           security
+	run           string
+	exports       []engine.ExportConfig
+	exportsWhere  []string // where -config wrote each export, for open errors
+	tlsWhere      []string // where -config wrote each tls-required
+}
+
+// resolve reads the exports from -config or the arguments and checks
+// the flags, before anything is opened.
+func (o *options) resolve(configFile string, args []string, shards, arenaMiB int) error {
+	usable, err := engine.UsableCPUs()
 	if err != nil {
 		return err
 	}
-	mode, err := strconv.ParseUint(sec.socketMode, 8, 32)
+	if err := checkShards(shards, usable); err != nil {
+		return err
+	}
+	if err := checkArenaMiB(arenaMiB); err != nil {
+		return err
+	}
+	if configFile != "" {
+		if len(args) > 0 {
+			return fmt.Errorf("-config %s names the exports, so EXPORT arguments (%s) "+
+				"are not taken as well: put them in the file, or drop -config",
+				configFile, strings.Join(args, " "))
+		}
+		sc, err := loadConfig(configFile)
+		if err != nil {
+			return err
+		}
+		if len(o.listen) > 0 && len(sc.listen) > 0 {
+			return fmt.Errorf("-listen %s and %s's listen both say where to serve: "+
+				"keep one", o.listen[0], configFile)
+		}
+		if len(sc.listen) > 0 {
+			o.listen = sc.listen
+		}
+		o.exports, o.exportsWhere, o.tlsWhere = sc.exports, sc.where, sc.tlsWhere
+	} else {
+		o.exports = exportArgs(args)
+	}
+	for i := range o.exports {
+		o.exports[i].ReadOnly = o.exports[i].ReadOnly || o.readOnly
+		o.exports[i].Inline = o.inline
+	}
+	if o.run != "" && len(o.listen) == 0 && (o.svc.user != "" || o.svc.group != "") {
+		return errors.New("-run with -user or -group needs -listen: the private " +
+			"socket's directory belongs to the user nbdring starts as")
+	}
+	return nil
+}
+
+// exportArgs reads EXPORT arguments: PATH, or NAME=PATH when no file is
+// named like the whole argument.
+func exportArgs(args []string) []engine.ExportConfig {
+	var ecs []engine.ExportConfig
+	for _, a := range args {
+		ec := engine.ExportConfig{Path: a}
+		if _, err := os.Stat(a); err != nil {
+			if name, path, ok := strings.Cut(a, "="); ok {
+				ec.Name, ec.Path = name, path
+			}
+		}
+		ecs = append(ecs, ec)
+	}
+	return ecs
+}
+
+func run(o options) error {
+	slog.Info(fmt.Sprintf("nbdring %s", buildVersion(readBuildInfo())))
+	tlsOnly, err := o.sec.config(&o.cfg)
+	if err != nil {
+		return err
+	}
+	mode, err := strconv.ParseUint(o.sec.socketMode, 8, 32)
 	if err != nil || mode > 0o777 {
-		return fmt.Errorf("-socket-mode %q: want an octal file mode such as 0660", sec.socketMode)
+		return fmt.Errorf("-socket-mode %q: want an octal file mode such as 0660",
+			o.sec.socketMode)
 	}
 	ntf, err := newNotifier(os.Getenv)
 	if err != nil {
@@ -131,69 +249,35 @@ func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, pprofAddr s
 		return err
 	}
 	defer func() { closeListeners(lns) }() // the server closes them too; twice is harmless
-	var exports []*engine.Export
-	defer func() {
-		for _, e := range exports {
-			e.Close()
-		}
-	}()
-	for _, a := range args {
-		ec := tmpl
-		ec.Path = a
-		if _, err := os.Stat(a); err != nil {
-			if name, path, ok := strings.Cut(a, "="); ok {
-				ec.Name, ec.Path = name, path
-			}
-		}
-		ec.TLSOnly = tlsOnly[ec.Name]
-		delete(tlsOnly, ec.Name)
-		e, err := engine.OpenExport(ec)
-		if err != nil {
-			return err
-		}
-		exports = append(exports, e)
-	}
-	for n := range tlsOnly {
-		return fmt.Errorf("-tls-exports names %q, which is not an export", n)
-	}
-	srv, err := engine.New(cfg, exports)
+	listen, cleanup, err := o.listenAddrs(lns != nil)
 	if err != nil {
 		return err
 	}
+	defer cleanup()
+	exports, err := o.openExports(tlsOnly)
+	if err != nil {
+		return err
+	}
+	srv, err := engine.New(o.cfg, exports)
+	if err != nil {
+		for _, e := range exports {
+			e.Close()
+		}
+		return err
+	}
+	// From here on the server owns the exports: Stop closes them.
 	if lns == nil {
-		if lns, err = listenOn(listen); err != nil {
-			exports = nil // Stop closes them; a second close could hit a reused fd
+		if lns, err = listenOn(listen, os.FileMode(mode)); err != nil {
 			srv.Stop()
 			return err
 		}
-		if path, ok := strings.CutPrefix(listen, "unix:"); ok {
-			if err := os.Chmod(path, os.FileMode(mode)); err != nil {
-				exports = nil
-				srv.Stop()
-				return fmt.Errorf("-socket-mode: chmod %s: %w", path, err)
-			}
-		}
 	}
-	if pprofAddr != "" {
-		servePprof(pprofAddr, srv)
-	}
-	if err := dropPrivileges(svc.user, svc.group); err != nil {
-		exports = nil
+	if err := o.startSide(srv); err != nil {
 		srv.Stop()
 		return err
 	}
-	var names []string
-	for _, e := range exports {
-		io := "on the ring"
-		if e.Inline() {
-			io = "inline (no RWF_NOWAIT here, and reads answer in microseconds)"
-		}
-		log.Printf("export %q: %s, %d bytes, block size %d (direct I/O), read-only %v, "+
-			"I/O %s%s", e.Name, e.Path, e.Size(), e.Align(), tmpl.ReadOnly, io,
-			tlsNote(cfg.TLSMode, e.TLSOnly()))
-		names = append(names, e.Name)
-	}
-	announce(lns, uriExport(names), svc.printURI, cfg.TLSMode == wire.TLSRequire)
+	names := logExports(exports, o.cfg.TLSMode)
+	announce(lns, uriExport(names), o.svc.printURI, o.cfg.TLSMode == wire.TLSRequire)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	errc := make(chan error, len(lns))
@@ -201,46 +285,141 @@ func run(listen string, tmpl engine.ExportConfig, cfg engine.Config, pprofAddr s
 		go func() { errc <- srv.Serve(l.ln) }()
 	}
 	ntf.ready(fmt.Sprintf("serving %d exports on %d listeners", len(exports), len(lns)))
+	if o.run != "" {
+		env := captiveEnv(lns[0], uriExport(names), o.cfg.TLSMode)
+		return runCaptive(o.run, env, srv, sig, errc, ntf)
+	}
 	select {
 	case s := <-sig:
 		ntf.stopping()
-		log.Printf("%v: finishing requests in flight, then exiting (send it again to "+
-			"exit at once)", s)
+		slog.Info(fmt.Sprintf("%v: finishing requests in flight, then exiting (send it "+
+			"again to exit at once)", s))
 	case err := <-errc:
 		srv.Stop()
 		return err
 	}
-	exports = nil // the server closes them
+	return stop(srv, sig)
+}
+
+// listenAddrs is what to listen on when not socket-activated: -listen or
+// the config's listen, checked before anything is opened; for -run
+// without either, a private Unix socket in a fresh directory, which
+// cleanup removes; else -listen's default.
+func (o *options) listenAddrs(activated bool) ([]string, func(), error) {
+	none := func() {}
+	if activated {
+		if len(o.listen) > 0 {
+			slog.Warn(fmt.Sprintf("socket-activated: serving the inherited sockets; "+
+				"the listen addresses %q are not used", o.listen))
+		}
+		return nil, none, nil
+	}
+	for _, l := range o.listen {
+		if err := checkListen(l); err != nil {
+			return nil, none, fmt.Errorf("-listen %w", err)
+		}
+	}
+	switch {
+	case len(o.listen) > 0:
+		return o.listen, none, nil
+	case o.run != "":
+		dir, err := os.MkdirTemp("", "nbdring-run-")
+		if err != nil {
+			return nil, none, fmt.Errorf("-run: private socket directory: %w", err)
+		}
+		return []string{"unix:" + filepath.Join(dir, "nbd.sock")},
+			func() { os.RemoveAll(dir) }, nil
+	}
+	return []string{o.listenDefault}, none, nil
+}
+
+// openExports opens every export; on an error it closes those it opened.
+// tlsOnly (from -tls-exports) is consumed: a name left over is an error.
+func (o *options) openExports(tlsOnly map[string]bool) ([]*engine.Export, error) {
+	var exports []*engine.Export
+	fail := func(err error) ([]*engine.Export, error) {
+		for _, e := range exports {
+			e.Close()
+		}
+		return nil, err
+	}
+	for i, ec := range o.exports {
+		if ec.TLSOnly && o.cfg.TLSMode == wire.TLSOff && i < len(o.tlsWhere) {
+			return fail(fmt.Errorf("%stls-required = true needs -tls on (or -tls "+
+				"require, which requires TLS of every export) and -tls-certificates",
+				o.tlsWhere[i]))
+		}
+		ec.TLSOnly = ec.TLSOnly || tlsOnly[ec.Name]
+		delete(tlsOnly, ec.Name)
+		e, err := engine.OpenExport(ec)
+		if err != nil {
+			if i < len(o.exportsWhere) {
+				err = fmt.Errorf("%s%w", o.exportsWhere[i], err)
+			}
+			return fail(err)
+		}
+		exports = append(exports, e)
+	}
+	for n := range tlsOnly {
+		return fail(fmt.Errorf("-tls-exports names %q, which is not an export", n))
+	}
+	return exports, nil
+}
+
+// startSide starts -pprof and -metrics, then drops privileges: every
+// socket is bound by then.
+func (o *options) startSide(srv *engine.Server) error {
+	if o.obs.pprof != "" {
+		servePprof(o.obs.pprof, srv)
+	}
+	if o.obs.metrics != "" {
+		if err := serveMetrics(o.obs.metrics, srv); err != nil {
+			return err
+		}
+	}
+	return dropPrivileges(o.svc.user, o.svc.group)
+}
+
+// logExports logs one line per export and returns their names.
+func logExports(exports []*engine.Export, tls wire.TLSMode) []string {
+	var names []string
+	for _, e := range exports {
+		io := "on the ring"
+		if e.Inline() {
+			io = "inline (no RWF_NOWAIT here, and reads answer in microseconds)"
+		}
+		slog.Info(fmt.Sprintf("export %q: %s, %d bytes, block size %d (direct I/O), "+
+			"read-only %v, I/O %s%s", e.Name, e.Path, e.Size(), e.Align(), e.ReadOnly(), io,
+			tlsNote(tls, e.TLSOnly())), "export", e.Name)
+		names = append(names, e.Name)
+	}
+	return names
+}
+
+// stop shuts the server down gracefully; a signal meanwhile cuts it short.
+func stop(srv *engine.Server, sig <-chan os.Signal) error {
+	first := time.Now()
 	stopped := make(chan error, 1)
 	go func() { stopped <- srv.Stop() }()
-	select {
-	case err := <-stopped:
-		return err
-	case s := <-sig:
-		return fmt.Errorf("%v again: exiting at once, without waiting for connections "+
-			"or a final fdatasync", s)
+	for {
+		select {
+		case err := <-stopped:
+			return err
+		case s := <-sig:
+			if time.Since(first) < signalRepeatMin {
+				continue // the same request delivered twice (see signalRepeatMin)
+			}
+			return fmt.Errorf("%v again: exiting at once, without waiting for "+
+				"connections or a final fdatasync", s)
+		}
 	}
 }
 
-// servePprof serves net/http/pprof and srv's counters on addr. It binds
-// before returning, so a privileged port is bound before -user applies.
-func servePprof(addr string, srv *engine.Server) {
-	http.HandleFunc("/counters", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		srv.WriteCounters(w)
-	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		log.Printf("-pprof %s: %v", addr, err)
-		return
-	}
-	log.Printf("pprof and counters on http://%s/debug/pprof/ and /counters", ln.Addr())
-	go func() {
-		if err := http.Serve(ln, nil); err != nil {
-			log.Printf("-pprof %s: %v", addr, err)
-		}
-	}()
-}
+// signalRepeatMin: a second signal this soon after the first is the same
+// request delivered twice, not an operator insisting: a signal sent to a
+// whole process group reaches nbdring and its parent, and make (under
+// timeout, say) sends it on to its child again within microseconds.
+const signalRepeatMin = 200 * time.Millisecond
 
 // announce logs each listener with the URI to try, and with -print-uri
 // prints the URIs on stdout, for scripts; nbds:// when TLS is required
@@ -251,7 +430,7 @@ func announce(lns []listener, export string, printURI, tlsRequired bool) {
 		if tlsRequired {
 			uri = "nbds" + strings.TrimPrefix(uri, "nbd")
 		}
-		log.Printf("listening on %s; try: nbdinfo %s", l.label, shellQuote(uri))
+		slog.Info(fmt.Sprintf("listening on %s; try: nbdinfo %s", l.label, shellQuote(uri)))
 		if printURI {
 			fmt.Println(uri)
 		}
@@ -262,6 +441,11 @@ func announce(lns []listener, export string, printURI, tlsRequired bool) {
 type serviceFlags struct {
 	user, group string
 	printURI    bool
+}
+
+// observability are the HTTP side ports: -pprof and -metrics.
+type observability struct {
+	pprof, metrics string
 }
 
 // security is the TLS and access flags.

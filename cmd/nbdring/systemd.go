@@ -15,7 +15,7 @@ package main
 import (
 	"errors"
 	"fmt"
-	"log"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -136,8 +136,8 @@ type listener struct {
 func activationListeners(fdFirst int) ([]listener, error) {
 	socks, err := parseActivation(os.Getenv, os.Getpid(), fdFirst)
 	if pid := os.Getenv("LISTEN_PID"); err == nil && socks == nil && pid != "" {
-		log.Printf("LISTEN_PID=%s is not this process (%d): not socket-activated, "+
-			"using -listen", pid, os.Getpid())
+		slog.Info(fmt.Sprintf("LISTEN_PID=%s is not this process (%d): not socket-activated, "+
+			"using -listen", pid, os.Getpid()))
 	}
 	for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
 		os.Unsetenv(v)
@@ -182,17 +182,32 @@ func listenerFromFD(s activatedSocket, n int) (net.Listener, error) {
 	return ln, nil
 }
 
-// listenOn opens the one socket -listen names, when not socket-activated.
-func listenOn(listen string) ([]listener, error) {
-	ln, err := engine.Listen(listen)
-	if err != nil {
-		return nil, err
+// listenOn opens the sockets -listen (or -config's listen) names, when not
+// socket-activated; a Unix socket gets mode (-socket-mode), which decides
+// who may connect.
+func listenOn(addrs []string, mode os.FileMode) ([]listener, error) {
+	var lns []listener
+	for _, listen := range addrs {
+		ln, err := engine.Listen(listen)
+		if err == nil {
+			if path, ok := strings.CutPrefix(listen, "unix:"); ok {
+				if err = os.Chmod(path, mode); err != nil {
+					ln.Close()
+					err = fmt.Errorf("-socket-mode: chmod %s: %w", path, err)
+				}
+			}
+		}
+		if err != nil {
+			closeListeners(lns)
+			return nil, err
+		}
+		label := listen
+		if _, port, _ := net.SplitHostPort(listen); port == "0" {
+			label = ln.Addr().String() // the port the kernel chose
+		}
+		lns = append(lns, listener{ln: ln, listen: listen, label: label})
 	}
-	label := listen
-	if _, port, _ := net.SplitHostPort(listen); port == "0" {
-		label = ln.Addr().String() // the port the kernel chose
-	}
-	return []listener{{ln: ln, listen: listen, label: label}}, nil
+	return lns, nil
 }
 
 // closeListeners closes every listener; closing one twice is harmless.
@@ -242,8 +257,8 @@ func (n *notifier) send(state string) error {
 // listeners accept; status is shown by `systemctl status`.
 func (n *notifier) ready(status string) {
 	if err := n.send("READY=1\nSTATUS=" + status); err != nil {
-		log.Printf("%v: the service manager will not see nbdring as started "+
-			"(Type=notify)", err)
+		slog.Warn(fmt.Sprintf("%v: the service manager will not see nbdring as started "+
+			"(Type=notify)", err))
 	}
 }
 
@@ -251,6 +266,6 @@ func (n *notifier) ready(status string) {
 // calls it.
 func (n *notifier) stopping() {
 	if err := n.send("STOPPING=1"); err != nil {
-		log.Print(err)
+		slog.Warn(err.Error())
 	}
 }

@@ -1,0 +1,62 @@
+package engine
+
+import (
+	"log/slog"
+	"time"
+)
+
+// closeReason is why a connection closed, for its close line in the log.
+// beginClose records the first reason given; later ones are ignored, so
+// a send error after a protocol error still reports the protocol error.
+type closeReason uint8
+
+const (
+	closeUnknown  closeReason = iota // a defect: every beginClose names one
+	closeClient                      // the client hung up (EOF, ECONNRESET, EPIPE)
+	closeDisc                        // NBD_CMD_DISC, once its requests were answered
+	closeProtocol                    // a request the protocol cannot resync from
+	closeShutdown                    // server shutdown, after answering what was sent
+	closeCut                         // still open when the shutdown grace ran out
+	closeRecvErr                     // recv failed with another error
+	closeSendErr                     // send failed with another error
+	closeTLSErr                      // a TLS record or alert error
+)
+
+var closeReasonNames = [...]string{
+	closeUnknown: "unknown", closeClient: "client disconnect", closeDisc: "DISC",
+	closeProtocol: "protocol error", closeShutdown: "server shutdown",
+	closeCut: "cut at shutdown", closeRecvErr: "recv error", closeSendErr: "send error",
+	closeTLSErr: "TLS error",
+}
+
+func (r closeReason) String() string {
+	if int(r) < len(closeReasonNames) {
+		return closeReasonNames[r]
+	}
+	return "unknown"
+}
+
+// logConnect is a connection's first line: who, which export, which shard.
+// Once per connection, never per request.
+func (s *shard) logConnect(ci int32) {
+	c := &s.conns[ci]
+	slog.Info("connection", "client", c.peer, "export", c.exp.Name, "shard", s.id,
+		"tls", c.tls != nil)
+}
+
+// logClose is a connection's last line: what it did and why it ended.
+func (s *shard) logClose(ci int32) {
+	c := &s.conns[ci]
+	slog.Info("connection closed", "client", c.peer, "export", c.exp.Name, "shard", s.id,
+		"tls", c.tls != nil, "requests", c.served,
+		"duration", time.Since(c.started).Round(time.Millisecond).String(),
+		"reason", c.closeWhy.String())
+}
+
+// slotClient names the client whose request sl is, for device error lines.
+func (s *shard) slotClient(sl *slot) string {
+	if sl.conn < 0 || int(sl.conn) >= len(s.conns) {
+		return "" // no owner: not a request's slot
+	}
+	return s.conns[sl.conn].peer
+}

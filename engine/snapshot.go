@@ -1,0 +1,180 @@
+package engine
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nbdring/nbdring/wire"
+)
+
+// Snapshot is one reading of every counter of the server: the one source
+// both the -pprof page /counters and the -metrics page /metrics render.
+// Values are read without stopping the shards, so one may be a moment
+// older than the next; each counter on its own only grows.
+type Snapshot struct {
+	Exports    []ExportState
+	Shards     []ShardSnapshot
+	Handshakes [hsResults]uint64 // by result: ok, refused, timed_out, aborted, tls_failed
+}
+
+// ExportState is an export's server-wide state.
+type ExportState struct {
+	Name         string
+	Size         uint64
+	FlushFailing bool // an fdatasync failed: every later FLUSH fails
+}
+
+// ShardSnapshot is one shard's counters.
+type ShardSnapshot struct {
+	ID, CPU           int
+	Exports           []ExportCounts // by export index, as Snapshot.Exports
+	Inflight          int64          // slots in use, also those the kernel still holds
+	ArenaBytes        int64          // arena bytes held by requests
+	OpsInflight       int64          // kernel operations in flight (the ledger)
+	Stale             uint64         // completions dropped for a stale generation
+	SendsZC           uint64         // zero-copy sends issued
+	ZCCopied          uint64         // zero-copy sends the kernel copied after all
+	ZCRefused         uint64         // connections whose socket refused zero-copy
+	InlineOps         uint64         // device operations the shard did itself
+	BackpressureWaits uint64         // requests that waited for a slot or a buffer
+	RingEnters        uint64
+	RingSubmissions   uint64
+	RingCompletions   uint64
+	Latency           [cmdLabels]Histogram // by command
+}
+
+// ExportCounts are one shard's counters for one export, by command
+// (index: the wire.Cmd; the last entry counts unknown commands).
+type ExportCounts struct {
+	Conns    int64
+	Requests [cmdLabels]uint64
+	Errors   [cmdLabels]uint64
+	Bytes    [cmdLabels]uint64 // data of successful READs and WRITEs
+}
+
+// Histogram is a latency histogram: Counts per bucket (not cumulative),
+// the last past every bound, so Count is their sum.
+type Histogram struct {
+	Counts [latencyBuckets + 1]uint64
+	Count  uint64
+	Sum    time.Duration
+}
+
+// Snapshot reads every counter. It allocates; it is for the control plane.
+func (s *Server) Snapshot() *Snapshot {
+	sn := &Snapshot{}
+	for _, e := range s.exports {
+		sn.Exports = append(sn.Exports, ExportState{Name: e.Name, Size: e.size,
+			FlushFailing: e.syncFailed.Load()})
+	}
+	for i := range sn.Handshakes {
+		sn.Handshakes[i] = s.hsCount[i].Load()
+	}
+	for _, sh := range s.shards {
+		sn.Shards = append(sn.Shards, sh.snapshot())
+	}
+	return sn
+}
+
+func (sh *shard) snapshot() ShardSnapshot {
+	st, m := &sh.stats, &sh.m
+	ss := ShardSnapshot{ID: sh.id, CPU: sh.cpu,
+		Inflight: st.Inflight.Load(), ArenaBytes: st.ArenaBytes.Load(),
+		OpsInflight: st.OpsInflight.Load(), Stale: st.Stale.Load(),
+		SendsZC: st.SendsZC.Load(), ZCCopied: st.ZCCopied.Load(),
+		ZCRefused: st.ZCRefused.Load(), InlineOps: st.InlineOps.Load(),
+		BackpressureWaits: m.backpressure.Load()}
+	if r := sh.ring; r != nil {
+		ss.RingEnters, ss.RingSubmissions = r.Stats.Enters.Load(), r.Stats.Submitted.Load()
+		ss.RingCompletions = r.Stats.Completions.Load()
+	}
+	ss.Exports = make([]ExportCounts, len(m.exp))
+	for i := range m.exp {
+		e, out := &m.exp[i], &ss.Exports[i]
+		out.Conns = e.conns.Load()
+		for c := range cmdLabels {
+			out.Requests[c], out.Errors[c] = e.requests[c].Load(), e.errors[c].Load()
+			out.Bytes[c] = e.bytes[c].Load()
+		}
+	}
+	for c := range cmdLabels {
+		h, out := &m.latency[c], &ss.Latency[c]
+		for b := range h.counts {
+			out.Counts[b] = h.counts[b].Load()
+			out.Count += out.Counts[b]
+		}
+		out.Sum = time.Duration(h.sumNs.Load())
+	}
+	return ss
+}
+
+// Conns is the shard's connections over all exports.
+func (ss ShardSnapshot) Conns() int64 {
+	var n int64
+	for i := range ss.Exports {
+		n += ss.Exports[i].Conns
+	}
+	return n
+}
+
+// sum adds one per-command table over the shard's exports.
+func (ss *ShardSnapshot) sum(pick func(*ExportCounts) *[cmdLabels]uint64) [cmdLabels]uint64 {
+	var t [cmdLabels]uint64
+	for i := range ss.Exports {
+		for c, v := range pick(&ss.Exports[i]) {
+			t[c] += v
+		}
+	}
+	return t
+}
+
+func requestsOf(e *ExportCounts) *[cmdLabels]uint64 { return &e.Requests }
+func errorsOf(e *ExportCounts) *[cmdLabels]uint64   { return &e.Errors }
+func bytesOf(e *ExportCounts) *[cmdLabels]uint64    { return &e.Bytes }
+
+// WriteCounters renders the snapshot as the -pprof page /counters: one
+// block per shard, "name value" lines (tools/profile parses them).
+func (sn *Snapshot) WriteCounters(w io.Writer) {
+	for i := range sn.Shards {
+		ss := &sn.Shards[i]
+		reqs, errs, bytes := ss.sum(requestsOf), ss.sum(errorsOf), ss.sum(bytesOf)
+		var errTotal uint64
+		for _, n := range errs {
+			errTotal += n
+		}
+		fmt.Fprintf(w, "shard %d (cpu %d)\n", ss.ID, ss.CPU)
+		line := func(name string, v any) { fmt.Fprintf(w, "  %-21s %v\n", name, v) }
+		line("connections", ss.Conns())
+		line("in_flight", ss.Inflight)
+		line("arena_bytes_in_use", ss.ArenaBytes)
+		line("kernel_ops_in_flight", ss.OpsInflight)
+		line("stale_completions", ss.Stale)
+		line("sends_zerocopy", ss.SendsZC)
+		line("zerocopy_copied", ss.ZCCopied)
+		line("zerocopy_refused", ss.ZCRefused)
+		line("inline_ops", ss.InlineOps)
+		line("backpressure_waits", ss.BackpressureWaits)
+		for c, n := range reqs {
+			if n > 0 {
+				line("requests_"+strings.ToUpper(cmdLabel[c]), n)
+			}
+		}
+		line("bytes_read", bytes[wire.CmdRead])
+		line("bytes_written", bytes[wire.CmdWrite])
+		line("errors", errTotal)
+		line("ring_enters", ss.RingEnters)
+		line("ring_submissions", ss.RingSubmissions)
+		line("ring_completions", ss.RingCompletions)
+		if e := ss.RingEnters; e > 0 {
+			line("submissions_per_enter", fmt.Sprintf("%.2f",
+				float64(ss.RingSubmissions)/float64(e)))
+			line("completions_per_enter", fmt.Sprintf("%.2f",
+				float64(ss.RingCompletions)/float64(e)))
+		}
+	}
+}
+
+// Requests is the shard's count of cmd requests over all exports.
+func (ss ShardSnapshot) Requests(cmd wire.Cmd) uint64 { return ss.sum(requestsOf)[cmdIndex(cmd)] }
