@@ -21,13 +21,7 @@ func TestCompareShort(t *testing.T) {
 	if _, err := exec.LookPath("qemu-nbd"); err != nil {
 		t.Skip("qemu-nbd not installed (make test installs qemu-utils)")
 	}
-	bin := os.Getenv("NBDRING_BIN")
-	if bin == "" {
-		bin = "../bin/nbdring"
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("nbdring binary %s missing: run 'make build' or set NBDRING_BIN", bin)
-	}
+	bin := nbdringBin(t)
 	file := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(file, make([]byte, 16<<20), 0o644); err != nil {
 		t.Fatal(err)

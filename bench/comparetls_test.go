@@ -90,13 +90,7 @@ func TestCompareTLS(t *testing.T) {
 			t.Skipf("%s not installed (make test installs it)", bin)
 		}
 	}
-	bin := os.Getenv("NBDRING_BIN")
-	if bin == "" {
-		bin = "../bin/nbdring"
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("nbdring binary %s missing: run 'make build' or set NBDRING_BIN", bin)
-	}
+	bin := nbdringBin(t)
 	certs := testCertDir(t)
 	file := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(file, make([]byte, 16<<20), 0o644); err != nil {

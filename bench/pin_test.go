@@ -35,13 +35,7 @@ func TestPinning(t *testing.T) {
 	if _, err := exec.LookPath("taskset"); err != nil {
 		t.Skip("taskset not installed (util-linux)")
 	}
-	bin := os.Getenv("NBDRING_BIN")
-	if bin == "" {
-		bin = "../bin/nbdring"
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("nbdring binary %s missing: run 'make build' or set NBDRING_BIN", bin)
-	}
+	bin := nbdringBin(t)
 	file := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(file, make([]byte, 4<<20), 0o644); err != nil {
 		t.Fatal(err)

@@ -30,8 +30,9 @@ func startTestServer(t *testing.T, size int64) (uri, path string, pid int) {
 	return uri, path, pid
 }
 
-// startServerOn runs bin/nbdring on path and returns its URI and pid.
-func startServerOn(t *testing.T, path string) (uri string, pid int) {
+// nbdringBin is the nbdring binary the tests start: $NBDRING_BIN (make test
+// sets it), else the one make build leaves in bin/.
+func nbdringBin(t *testing.T) string {
 	t.Helper()
 	bin := os.Getenv("NBDRING_BIN")
 	if bin == "" {
@@ -40,6 +41,13 @@ func startServerOn(t *testing.T, path string) (uri string, pid int) {
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("nbdring binary %s missing: run 'make build' or set NBDRING_BIN", bin)
 	}
+	return bin
+}
+
+// startServerOn runs bin/nbdring on path and returns its URI and pid.
+func startServerOn(t *testing.T, path string) (uri string, pid int) {
+	t.Helper()
+	bin := nbdringBin(t)
 	sock := filepath.Join(t.TempDir(), "sock")
 	cmd := exec.Command(bin, "-listen", "unix:"+sock, "-arena-mib", "128", path)
 	var log strings.Builder

@@ -8,29 +8,10 @@ import (
 // hsDriveDenied runs options against a handshake that denies export 1
 // ("ro" of hsExports) to this client, as the server does for an export
 // whose allow rules leave out the client's address.
-func hsDriveDenied(in []byte) transcript {
-	tr := transcript{h: NewServerHandshake(hsExports())}
-	tr.h.Deny(1)
-	if tr.err = tr.h.ClientFlags(in[:4]); tr.err != nil {
-		return tr
-	}
-	in = in[4:]
-	for len(in) >= OptionHeaderSize {
-		opt, n, err := tr.h.OptionHeader(in[:OptionHeaderSize])
-		if err != nil {
-			tr.err = err
-			break
-		}
-		data := in[OptionHeaderSize : OptionHeaderSize+int(n)]
-		in = in[OptionHeaderSize+int(n):]
-		out, step := tr.h.Option(opt, data)
-		tr.out, tr.step = append(tr.out, out...), step
-		tr.opts++
-		if step != StepContinue {
-			break
-		}
-	}
-	return tr
+func hsDriveDenied(in []byte) tlsTranscript {
+	h := NewServerHandshake(hsExports())
+	h.Deny(1)
+	return hsDriveWith(h, in)
 }
 
 // TestDeniedExport: an export denied to this client is not listed, INFO

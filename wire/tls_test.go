@@ -22,8 +22,14 @@ type tlsTranscript struct {
 }
 
 func hsDriveTLS(exports []Export, mode TLSMode, in []byte) tlsTranscript {
-	tr := tlsTranscript{transcript: transcript{h: NewServerHandshake(exports)}}
-	tr.h.SetTLS(mode)
+	h := NewServerHandshake(exports)
+	h.SetTLS(mode)
+	return hsDriveWith(h, in)
+}
+
+// hsDriveWith is hsDriveTLS on a handshake the caller has set up.
+func hsDriveWith(h *ServerHandshake, in []byte) tlsTranscript {
+	tr := tlsTranscript{transcript: transcript{h: h}}
 	if tr.err = tr.h.ClientFlags(in[:4]); tr.err != nil {
 		return tr
 	}
