@@ -176,12 +176,7 @@ func (s *shard) onSend(ci int32, res int32) {
 		return
 	}
 	if c.closing || res < 0 {
-		why := closeClient
-		if res < 0 && !c.closing && res != -int32(unix.EPIPE) &&
-			res != -int32(unix.ECONNRESET) {
-			slog.Warn("send: "+unix.Errno(-res).Error(), "client", c.peer, "shard", s.id)
-			why = closeSendErr
-		}
+		why := s.sendCloseWhy(c, res)
 		s.freeBatch(ci)
 		if c.closing {
 			s.maybeRelease(ci)
@@ -218,4 +213,15 @@ func (s *shard) freeBatch(ci int32) {
 		si = next
 	}
 	c.sendHead = -1
+}
+
+// sendCloseWhy says why a send that failed (or completed on a closing
+// connection) ends its connection, and logs an error the client did not
+// cause by hanging up.
+func (s *shard) sendCloseWhy(c *conn, res int32) closeReason {
+	if res < 0 && !c.closing && res != -int32(unix.EPIPE) && res != -int32(unix.ECONNRESET) {
+		slog.Warn("send: "+unix.Errno(-res).Error(), "client", c.peer, "shard", s.id)
+		return closeSendErr
+	}
+	return closeClient
 }

@@ -460,12 +460,7 @@ func (s *shard) onSendTLS(ci int32, res int32) {
 	c := &s.conns[ci]
 	c.sending = false
 	if c.closing || res < 0 {
-		why := closeClient
-		if res < 0 && !c.closing && res != -int32(unix.EPIPE) &&
-			res != -int32(unix.ECONNRESET) {
-			slog.Warn("send: "+unix.Errno(-res).Error(), "client", c.peer, "shard", s.id)
-			why = closeSendErr
-		}
+		why := s.sendCloseWhy(c, res)
 		if c.closing {
 			s.maybeRelease(ci)
 		} else {
