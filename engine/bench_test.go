@@ -13,6 +13,11 @@ import (
 func BenchmarkRequest(b *testing.B) {
 	_, sock, _ := testServer(b, 64<<20, 1)
 	tc := dial(b, sock, wire.ClientOptions{BlockSize: true})
+	benchRoundTrips(b, tc)
+}
+
+// benchRoundTrips times one READ or WRITE at a time through tc, per size.
+func benchRoundTrips(b *testing.B, tc *testClient) {
 	for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
 		data := make([]byte, size)
 		buf := make([]byte, size)

@@ -335,14 +335,7 @@ func TestRequestCountersCountOnce(t *testing.T) {
 	tc := dial(t, sock, wire.ClientOptions{BlockSize: true})
 	// All requests in one write, no reply read until they are all sent:
 	// far more than inflightPerConnMax wait in the server.
-	var reqs []byte
-	for i := 0; i < reads; i++ {
-		var b [wire.RequestSize]byte
-		wire.EncodeRequest(b[:], &wire.Request{Type: wire.CmdRead, Cookie: uint64(i),
-			Offset: uint64(i%512) * n, Length: n})
-		reqs = append(reqs, b[:]...)
-	}
-	if _, err := tc.c.Write(reqs); err != nil {
+	if _, err := tc.c.Write(pipelinedReads(reads, n)); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond) // let the server stall on the full socket

@@ -32,26 +32,7 @@ func twoExportServer(t *testing.T, size int64, shards int) (*Server, string) {
 		}
 		exps = append(exps, e)
 	}
-	srv, err := New(Config{Shards: shards, ArenaSize: arenaSizeMin}, exps)
-	if err != nil {
-		t.Skipf("engine unavailable here: %v", err)
-	}
-	sock := filepath.Join(dir, "sock")
-	ln, err := Listen("unix:" + sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-		if err := <-errc; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return srv, sock
+	return serveOn(t, dir, Config{Shards: shards, ArenaSize: arenaSizeMin}, exps)
 }
 
 // exportTotals sums one export's counters over the shards.

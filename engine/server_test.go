@@ -52,11 +52,19 @@ func testServerConfig(t testing.TB, size int64, mode InlineMode, cfg Config) (sr
 	if err != nil {
 		t.Skipf("cannot serve a file here: %v", err)
 	}
-	srv, err = New(cfg, []*Export{exp})
+	srv, sock = serveOn(t, dir, cfg, []*Export{exp})
+	return srv, sock, path
+}
+
+// serveOn starts a server for exps on a Unix socket in dir, stopped when
+// the test ends.
+func serveOn(t testing.TB, dir string, cfg Config, exps []*Export) (*Server, string) {
+	t.Helper()
+	srv, err := New(cfg, exps)
 	if err != nil {
 		t.Skipf("engine unavailable here: %v", err)
 	}
-	sock = filepath.Join(dir, "sock")
+	sock := filepath.Join(dir, "sock")
 	ln, err := Listen("unix:" + sock)
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +79,20 @@ func testServerConfig(t testing.TB, size int64, mode InlineMode, cfg Config) (sr
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return srv, sock, path
+	return srv, sock
+}
+
+// pipelinedReads encodes count READs of n bytes each (cookie i at offset
+// (i mod 512) x n), to be sent in one write.
+func pipelinedReads(count int, n uint64) []byte {
+	var reqs []byte
+	for i := 0; i < count; i++ {
+		var b [wire.RequestSize]byte
+		wire.EncodeRequest(b[:], &wire.Request{Type: wire.CmdRead, Cookie: uint64(i),
+			Offset: uint64(i%512) * n, Length: n})
+		reqs = append(reqs, b[:]...)
+	}
+	return reqs
 }
 
 type testClient struct {

@@ -17,14 +17,7 @@ func TestShutdownAnswersESHUTDOWN(t *testing.T) {
 	ds := serveFile(t, sparseFile(t, 64<<20), 1)
 	tc := dial(t, ds.sock, wire.ClientOptions{BlockSize: true})
 	const reads, n = 400, 64 << 10
-	var reqs []byte
-	for i := 0; i < reads; i++ {
-		var b [wire.RequestSize]byte
-		wire.EncodeRequest(b[:], &wire.Request{Type: wire.CmdRead, Cookie: uint64(i),
-			Offset: uint64(i%512) * n, Length: n})
-		reqs = append(reqs, b[:]...)
-	}
-	if _, err := tc.c.Write(reqs); err != nil {
+	if _, err := tc.c.Write(pipelinedReads(reads, n)); err != nil {
 		t.Fatal(err)
 	}
 	// The shard takes 128 at most (inflightPerConnMax) while nobody reads

@@ -11,7 +11,6 @@ import (
 	"encoding/binary"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"io"
 	"math/big"
 	rand2 "math/rand/v2"
@@ -353,28 +352,7 @@ func BenchmarkTLSRequest(b *testing.B) {
 	_, sock, client := testTLSServer(b, 64<<20, wire.TLSRequire)
 	tc := dialTLS(b, sock, client, wire.ClientOptions{BlockSize: true})
 	_ = tc.c.SetDeadline(time.Time{}) // the whole run may take longer than dial's 20 s
-	for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
-		data := make([]byte, size)
-		buf := make([]byte, size)
-		for _, op := range []string{"read", "write"} {
-			b.Run(fmt.Sprintf("%s/size=%d", op, size), func(b *testing.B) {
-				b.ReportAllocs()
-				b.SetBytes(int64(size))
-				for i := 0; i < b.N; i++ {
-					off := uint64(i%16) * uint64(size)
-					var errno wire.Errno
-					if op == "read" {
-						errno = tc.do(wire.CmdRead, 0, off, uint32(size), nil, buf)
-					} else {
-						errno = tc.do(wire.CmdWrite, 0, off, uint32(size), data, nil)
-					}
-					if errno != 0 {
-						b.Fatal(errno)
-					}
-				}
-			})
-		}
-	}
+	benchRoundTrips(b, tc)
 }
 
 // TestTLS12: a TLS 1.2 client (the spec's minimum) is served too; its
