@@ -175,6 +175,13 @@ func (g *gate) enter(addr net.Addr) (netip.Addr, string) {
 	return ip, ""
 }
 
+// count is how many handshakes are under way.
+func (g *gate) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.total
+}
+
 func (g *gate) leave(ip netip.Addr) {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -58,13 +58,15 @@ type conn struct {
 	closeWhy closeReason // the first reason beginClose was given
 }
 
-func (c *conn) reset(h handoff) {
+// reset readies the connection for h; blockMax is the largest request
+// its shard serves.
+func (c *conn) reset(h handoff, blockMax uint32) {
 	*c = conn{gen: c.gen + 1, fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
 		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1,
 		started: time.Now()}
 	c.sess = wire.Session{
 		Size: h.exp.size, Flags: h.neg.Flags, BlockMin: h.exp.align,
-		Strict: h.neg.BlockSizeAsked, Structured: h.neg.Structured,
+		BlockMax: blockMax, Strict: h.neg.BlockSizeAsked, Structured: h.neg.Structured,
 		Extended: h.neg.Extended, BaseAllocation: h.neg.BaseAllocation,
 	}
 	c.style, c.reqSize = h.neg.Style(), wire.RequestSize

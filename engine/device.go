@@ -22,7 +22,58 @@ const (
 	fadvWillNeed    = 3    // POSIX_FADV_WILLNEED
 	// rwfDSync is RWF_DSYNC: the write is durable before it completes (FUA).
 	rwfDSync = 0x2
+	// rwfNoWait is RWF_NOWAIT: fail with EAGAIN rather than block. The ring
+	// would hand a blocking read or write to an io-wq thread silently; with
+	// it the shard sees the EAGAIN, counts the punt and issues it again.
+	rwfNoWait = 0x8
 )
+
+// Reasons a device operation runs on an io-wq thread rather than in the
+// submitting enter, counted per shard (ShardStats.Punts).
+const (
+	// puntEAGAIN: a read or write with RWF_NOWAIT would have blocked (a
+	// full device queue, a filesystem that must allocate or take a lock),
+	// so it was issued again without it.
+	puntEAGAIN = iota
+	// puntNoNowait: the export refuses RWF_NOWAIT (zram, tmpfs), so the
+	// ring hands every read and write to io-wq, unless the shard does it
+	// itself (Export.inline).
+	puntNoNowait
+	// puntAlways: fdatasync, fallocate and fadvise, which io_uring always
+	// runs on io-wq.
+	puntAlways
+	puntReasons
+)
+
+// puntLabel names each punt reason for the counters page and Prometheus.
+var puntLabel = [puntReasons]string{"eagain", "no_nowait", "always"}
+
+// rwFlags returns the RWF_* flags for a ring read or write of slot sl
+// (rwf: RWF_DSYNC or 0) and counts a punt the ring will make.
+func (s *shard) rwFlags(sl *slot, rwf uint32) uint32 {
+	switch {
+	case !sl.exp.nowait:
+		s.stats.Punts[puntNoNowait].Add(1)
+	case !sl.blocking:
+		rwf |= rwfNoWait
+	}
+	return rwf
+}
+
+// retryBlocking issues slot si's read or write again without RWF_NOWAIT
+// after res, if res is the EAGAIN that flag asked for (or EOPNOTSUPP: a
+// filesystem that takes it for reads but not writes); false otherwise.
+func (s *shard) retryBlocking(si int32, res int32, again func(int32)) bool {
+	sl := &s.slots[si]
+	if res != -int32(unix.EAGAIN) && res != -int32(unix.EOPNOTSUPP) || !sl.exp.nowait ||
+		sl.blocking {
+		return false
+	}
+	sl.blocking = true
+	s.stats.Punts[puntEAGAIN].Add(1)
+	again(si)
+	return true
+}
 
 // zeroSteps are WRITE_ZEROES strategies, tried in order while the
 // filesystem answers EOPNOTSUPP, indexed by zeroPlan. Without NO_HOLE a
@@ -54,11 +105,14 @@ func (s *shard) submitRead(si int32) {
 			int64(off))))
 		return
 	}
+	rwf := s.rwFlags(sl, 0)
+	e := s.issue(opIO, si)
 	if s.fixedBufs {
-		ring.PrepReadFixed(s.issue(opIO, si), sl.exp.fd, p, n, off, 0)
-		return
+		ring.PrepReadFixed(e, sl.exp.fd, p, n, off, 0)
+	} else {
+		ring.PrepRead(e, sl.exp.fd, p, n, off)
 	}
-	ring.PrepRead(s.issue(opIO, si), sl.exp.fd, p, n, off)
+	e.OpcodeFlags = rwf
 }
 
 func (s *shard) submitWrite(si int32) {
@@ -74,6 +128,7 @@ func (s *shard) submitWrite(si int32) {
 			int64(off), int(rwf))))
 		return
 	}
+	rwf = s.rwFlags(sl, rwf)
 	if s.fixedBufs {
 		ring.PrepWriteFixed(s.issue(opIO, si), sl.exp.fd, p, n, off, rwf, 0)
 		return
@@ -82,6 +137,7 @@ func (s *shard) submitWrite(si int32) {
 }
 
 func (s *shard) submitFallocate(si int32, mode uint32, off, n uint64) {
+	s.stats.Punts[puntAlways].Add(1)
 	ring.PrepFallocate(s.issue(opIO, si), s.slots[si].exp.fd, mode, off, n)
 }
 
@@ -91,7 +147,7 @@ func (s *shard) submitZeroWrite(si int32) {
 	sl := &s.slots[si]
 	n := min(sl.req.Length-sl.done, uint64(len(s.zeros)))
 	ring.PrepWrite(s.issue(opIO, si), sl.exp.fd, bytesAt(s.zeros), uint32(n),
-		sl.req.Offset+sl.done, 0)
+		sl.req.Offset+sl.done, s.rwFlags(sl, 0))
 }
 
 // sysResult turns a system call's outcome into a CQE result: bytes done,
@@ -171,6 +227,10 @@ func (s *shard) syncFailed(sl *slot, res int32) {
 
 func (s *shard) onReadWrite(si int32, res int32) {
 	sl := &s.slots[si]
+	if sl.phase == phWrite && s.retryBlocking(si, res, s.submitWrite) ||
+		sl.phase != phWrite && s.retryBlocking(si, res, s.submitRead) {
+		return
+	}
 	if res <= 0 {
 		if res == 0 {
 			res = -int32(unix.EIO) // the file shrank under us
@@ -307,6 +367,9 @@ func (s *shard) zeroByWriting(si int32) {
 
 func (s *shard) onZeroWrite(si int32, res int32) {
 	sl := &s.slots[si]
+	if s.retryBlocking(si, res, s.submitZeroWrite) {
+		return
+	}
 	if res <= 0 {
 		if res == 0 {
 			res = -int32(unix.EIO)

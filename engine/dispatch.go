@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"fmt"
+
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
 	"golang.org/x/sys/unix"
@@ -55,6 +57,7 @@ func (s *shard) dispatch(ci int32) bool {
 		return s.startZero(si)
 	case wire.CmdCache:
 		sl.phase = phCache
+		s.stats.Punts[puntAlways].Add(1)
 		ring.PrepFadvise(s.issue(opIO, si), sl.exp.fd, r.Offset, r.Length, fadvWillNeed)
 	case wire.CmdBlockStatus:
 		return s.blockStatus(si)
@@ -162,6 +165,7 @@ func (s *shard) startSync(si int32, phase uint8) {
 		s.issueInline(si, sysResult(0, unix.Fdatasync(sl.exp.fd)))
 		return
 	}
+	s.stats.Punts[puntAlways].Add(1)
 	ring.PrepFdatasync(s.issue(opIO, si), sl.exp.fd)
 }
 
@@ -229,9 +233,10 @@ func (s *shard) startZero(si int32) bool {
 // range and writing the span back, under the range lock.
 func (s *shard) startZeroRMW(si int32) bool {
 	sl := &s.slots[si]
-	if sl.req.Length > blockSizeMax {
-		s.replyErr(si, wire.EINVAL, "unaligned zeroing over 32 MiB where the export "+
-			"cannot zero by itself; align the request to the block size")
+	if sl.req.Length > uint64(s.srv.sz.blockMax) {
+		s.replyErr(si, wire.EINVAL, fmt.Sprintf("unaligned zeroing over %d MiB where "+
+			"the export cannot zero by itself; align the request to the block size",
+			s.srv.sz.blockMax>>20))
 		return true
 	}
 	s.setSpan(sl, sl.req.Offset, sl.req.Length)

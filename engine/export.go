@@ -72,6 +72,10 @@ type Export struct {
 	// from RAM; so where a read answers in microseconds (inlineLatencyMax)
 	// the shard does it itself.
 	inline bool
+	// nowait: reads and writes accept RWF_NOWAIT (block devices with a
+	// queue, ext4 and xfs with O_DIRECT), so the ring issues them with it
+	// and a would-block is seen and counted (rwFlags); probed at open.
+	nowait bool
 	// sparse: the file may have holes (it had some when opened, or a TRIM
 	// or WRITE_ZEROES punched one since); only then are holes looked for.
 	sparse atomic.Bool
@@ -117,7 +121,7 @@ func OpenExport(c ExportConfig) (*Export, error) {
 			"first (qemu-img convert -O raw %s disk.raw) or serve it with qemu-nbd",
 			c.Path, format, format, c.Path), "export", c.Name, "path", c.Path)
 	}
-	if e.inline, err = e.probeInline(c.Inline); err != nil {
+	if err = e.probeIO(c.Inline); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -200,38 +204,45 @@ func (e *Export) warnSize() {
 	e.size -= rem
 }
 
-// probeInline decides Export.inline: a read with RWF_NOWAIT that the
-// kernel refuses (EOPNOTSUPP) means every ring operation on the export
-// would go to an io-wq thread; then, if the median of a few plain reads
-// is within inlineLatencyMax, the shards do the I/O themselves.
-func (e *Export) probeInline(mode InlineMode) (bool, error) {
-	switch mode {
-	case InlineOn:
-		return true, nil
-	case InlineOff:
-		return false, nil
-	}
+// probeIO decides Export.nowait and Export.inline. A read with RWF_NOWAIT
+// that the kernel refuses (EOPNOTSUPP) means every ring operation on the
+// export would go to an io-wq thread; then, if the median of a few plain
+// reads is within inlineLatencyMax, the shards do the I/O themselves.
+func (e *Export) probeIO(mode InlineMode) error {
 	n := alignDown(min(uint64(directIOAlignMax), e.size), uint64(e.align))
 	if n == 0 {
-		return false, nil
+		e.inline = mode == InlineOn
+		return nil
 	}
 	buf, err := unix.Mmap(-1, 0, directIOAlignMax, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
-		return false, fmt.Errorf("probe %s: %w", e.Path, err)
+		return fmt.Errorf("probe %s: %w", e.Path, err)
 	}
 	defer unix.Munmap(buf)
 	iov := []unix.Iovec{{Base: &buf[0], Len: n}}
 	_, _, errno := unix.Syscall6(unix.SYS_PREADV2, uintptr(e.fd), uintptr(unsafe.Pointer(&iov[0])),
 		1, 0, 0, unix.RWF_NOWAIT)
-	if errno != unix.EOPNOTSUPP {
+	e.nowait = errno != unix.EOPNOTSUPP
+	e.inline, err = e.probeInline(mode, buf[:n])
+	return err
+}
+
+// probeInline decides Export.inline once probeIO has read with buf.
+func (e *Export) probeInline(mode InlineMode, buf []byte) (bool, error) {
+	switch {
+	case mode == InlineOn:
+		return true, nil
+	case mode == InlineOff:
+		return false, nil
+	case e.nowait:
 		return false, nil // the ring starts its I/O without a thread switch
 	}
 	var took [inlineProbeReads]time.Duration
 	step := alignDown(e.size/inlineProbeReads, uint64(e.align))
 	for i := range took {
 		t0 := time.Now()
-		if _, err := unix.Pread(e.fd, buf[:n], int64(uint64(i)*step)); err != nil {
+		if _, err := unix.Pread(e.fd, buf, int64(uint64(i)*step)); err != nil {
 			return false, nil
 		}
 		took[i] = time.Since(t0)
@@ -281,11 +292,12 @@ func (e *Export) Inline() bool { return e.inline }
 // Align is the advertised minimum block size: the O_DIRECT alignment.
 func (e *Export) Align() uint32 { return e.align }
 
-// Wire describes the export for the handshake.
-func (e *Export) Wire() wire.Export {
+// Wire describes the export for the handshake, with blockMax the largest
+// request the server's shards serve.
+func (e *Export) Wire(blockMax uint32) wire.Export {
 	return wire.Export{
 		Name: e.Name, Description: e.desc, Size: e.size, Flags: e.flags, TLSOnly: e.tlsOnly,
-		BlockMin: e.align, BlockPreferred: blockSizePreferred, BlockMax: blockSizeMax,
+		BlockMin: e.align, BlockPreferred: blockSizePreferred, BlockMax: blockMax,
 	}
 }
 

@@ -78,9 +78,10 @@ const (
 	// once the client is gone.
 	fuzzReleaseWait = 2 * time.Second
 	fuzzReleasePoll = time.Millisecond
-	// fuzzExportSize and the arena: small, and the arena at New's minimum.
+	// fuzzExportSize and the arena: small, and the arena the smallest that
+	// serves 32 MiB requests (the model's largest).
 	fuzzExportSize = 64 << 20
-	fuzzArenaSize  = arenaSizeMin
+	fuzzArenaSize  = arenaSizeDefault
 	// fuzzOutMax: buffered requests are written once they reach this.
 	fuzzOutMax = 1 << 20
 )

@@ -13,7 +13,11 @@ import (
 // order of events the kernel could produce.
 func ledgerShard(t *testing.T) (*shard, int32) {
 	t.Helper()
-	s, err := newShard(&Server{}, 0, 0, 128<<20)
+	sz, err := sizeShards(Config{}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newShard(&Server{sz: sz}, 0, 0)
 	if err != nil {
 		t.Skipf("cannot map shard memory here: %v", err)
 	}
@@ -21,7 +25,7 @@ func ledgerShard(t *testing.T) (*shard, int32) {
 	exp := &Export{Name: "t", fd: -1, size: 1 << 20, align: 512}
 	ci := s.connFree[len(s.connFree)-1]
 	s.connFree = s.connFree[:len(s.connFree)-1]
-	s.conns[ci].reset(handoff{fd: -1, exp: exp, peer: "test"})
+	s.conns[ci].reset(handoff{fd: -1, exp: exp, peer: "test"}, wire.PayloadMax)
 	return s, ci
 }
 

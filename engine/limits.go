@@ -11,9 +11,6 @@ const (
 	// blockSizePreferred is advertised as NBD_INFO_BLOCK_SIZE's preferred
 	// size: the page size, below which clients pay read-modify-write.
 	blockSizePreferred = 4096
-	// blockSizeMax is the largest READ/WRITE payload advertised and served:
-	// the spec's 32 MiB, which every client honours.
-	blockSizeMax = wire.PayloadMax
 	// directIOAlignMax: alignments above a page are refused at start; no
 	// real device needs more and the arena's smallest buffer is a page.
 	directIOAlignMax = 4096
@@ -21,15 +18,27 @@ const (
 	// arenaBlockSize is the arena's smallest buffer: a page, so every
 	// buffer is aligned for O_DIRECT and for registration.
 	arenaBlockSize = 4096
-	// arenaSizeDefault per shard: the minimum, which is enough for 4k QD32
-	// on hundreds of connections.
-	arenaSizeDefault = arenaSizeMin
-	// arenaSizeMin: one unaligned 32 MiB WRITE needs its span (32 MiB and a
-	// block, which the buddy allocator rounds to 64 MiB) and its payload
-	// (32 MiB) at once: 96 MiB, so the smallest power of two that holds it.
-	// A smaller arena could never serve it, and the request would wait
-	// forever (FuzzShard found that with 64 MiB).
-	arenaSizeMin = 128 << 20
+	// arenaSizeDefault is the largest arena a shard gets from the memory
+	// budget (more only through -arena-mib): enough for 32 MiB requests and
+	// for 4k QD32 on hundreds of connections.
+	arenaSizeDefault = 128 << 20
+	// arenaPerBlockMax: a shard serves requests up to a quarter of its
+	// arena. One unaligned WRITE of n bytes needs its span (n and a block,
+	// which the buddy allocator rounds to 2n) and its payload (n) at once:
+	// 3n, and the arena is a power of two. A smaller share could never
+	// serve it and the request would wait forever (FuzzShard found that
+	// with 32 MiB requests in a 64 MiB arena).
+	arenaPerBlockMax = 4
+	// arenaSizeMin: requests up to 1 MiB, which every client splits its
+	// I/O into when told (qemu and libnbd honour the advertised maximum).
+	arenaSizeMin = 4 << 20
+	// memoryDefault is the buffer memory all shards share unless -memory-mib
+	// says otherwise: 128 MiB a shard on up to 8 shards, and a share of the
+	// same 1 GiB beyond that, so a 64-core host pins 1 GiB, not 8.
+	memoryDefault = 1 << 30
+	// maxConnsDefault bounds connections in all unless -max-connections
+	// says otherwise; each shard's metadata is sized for its share.
+	maxConnsDefault = 256
 	// recvBufSize is each connection's receive staging buffer: many request
 	// headers and small WRITE payloads per recv; larger payloads are
 	// received straight into their data buffer.
@@ -39,21 +48,24 @@ const (
 	// the staging buffer.
 	recvDirectMin = 16 << 10
 
-	// connBufBytesMax bounds the arena bytes one connection's requests may
-	// hold, so a client that stops reading replies cannot starve the other
-	// connections of its shard. A single request may exceed it when it is
-	// the connection's only one (a 32 MiB unaligned write needs 96 MiB).
-	connBufBytesMax = arenaSizeDefault / 4
+	// connBufShare: one connection's requests may hold at most this share
+	// of its shard's arena, so a client that stops reading replies cannot
+	// starve the other connections of its shard. A single request may
+	// exceed it when it is the connection's only one (an unaligned write
+	// of the largest size needs three quarters of the arena).
+	connBufShare = 4
 
 	// slotsPerShardMax bounds requests in flight on one shard (each needs a
 	// slot); with 128 per connection that is 8 busy connections at full
-	// depth, more at usual depths.
+	// depth, more at usual depths. A shard with fewer connections gets 128
+	// slots for each.
 	slotsPerShardMax = 1024
 	// inflightPerConnMax bounds one connection's requests in flight so it
 	// cannot take every slot of its shard; clients rarely exceed 64.
 	inflightPerConnMax = 128
-	// connsPerShardMax bounds connections per shard; each holds a 64 KiB
-	// receive buffer and a send vector.
+	// connsPerShardMax bounds connections per shard (-max-connections is
+	// spread over the shards); each holds a 64 KiB receive buffer and a
+	// send vector.
 	connsPerShardMax = 256
 	// iovecsPerSendMax bounds one sendmsg's vector: up to 63 replies
 	// (header + data each) gathered into one syscall; far below IOV_MAX.
@@ -80,11 +92,6 @@ const (
 	// are a 64 KiB buffer, and clients ask again for the rest.
 	blockStatusExtentsMax = 4096
 
-	// ringEntries is each shard's submission queue; the completion queue is
-	// twice that, above the most operations a shard can have in flight
-	// (a device operation per slot + a recv and a send per connection +
-	// the wake-up read and the timer).
-	ringEntries = 2048
 	// reapBatch is how many completions one loop iteration handles at most.
 	reapBatch = 256
 
@@ -154,8 +161,7 @@ const ArenaSizeMin = arenaSizeMin
 
 // Compile-time checks of relations the code relies on.
 var (
-	_ [ringEntries*2 - (slotsPerShardMax + 2*connsPerShardMax + 2)]struct{}
-	_ [arenaSizeMin - (2*blockSizeMax + blockSizeMax)]struct{}
+	_ [arenaPerBlockMax - 3]struct{}
 	_ [recvBufSize - recvDirectMin]struct{}
 	_ [replyHeaderSize - wire.ReplyHeaderMax]struct{}
 	_ [replyHeaderSize - readSegmentsMax*(wire.ExtReplySize+12)]struct{}

@@ -58,6 +58,9 @@ func (sn *Snapshot) WritePrometheus(w io.Writer) error {
 	sn.promRequests(p)
 	sn.promLatency(p)
 	sn.promShards(p)
+	p.family("nbdring_iowq_workers", "gauge",
+		"io-wq worker threads (iou-wrk) the process has now.")
+	p.sample("nbdring_iowq_workers", float64(sn.IOWorkers))
 	p.family("nbdring_handshakes_total", "counter", "Handshakes by how they ended.")
 	for r, n := range sn.Handshakes {
 		p.sample("nbdring_handshakes_total", float64(n), "result", hsLabel[r])
@@ -154,6 +157,15 @@ func (sn *Snapshot) promLatency(p promWriter) {
 
 // promShards: the per-shard engine and ring counters.
 func (sn *Snapshot) promShards(p promWriter) {
+	p.family("nbdring_iowq_punts_total", "counter", "Device operations run on an io-wq "+
+		"thread, by reason: eagain (RWF_NOWAIT would have blocked), no_nowait (the "+
+		"export refuses RWF_NOWAIT), always (fdatasync, fallocate, fadvise).")
+	for _, ss := range sn.Shards {
+		for r, n := range ss.Punts {
+			p.sample("nbdring_iowq_punts_total", float64(n), "reason", puntLabel[r],
+				"shard", strconv.Itoa(ss.ID))
+		}
+	}
 	p.family("nbdring_shard_info", "gauge", "1 per shard, with the CPU it is pinned to.")
 	for _, ss := range sn.Shards {
 		p.sample("nbdring_shard_info", 1, "shard", strconv.Itoa(ss.ID),

@@ -16,6 +16,7 @@
 package engine
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -38,7 +39,9 @@ import (
 // Config is the server's configuration.
 type Config struct {
 	Shards     int  // 0: one per CPU this process may run on
-	ArenaSize  int  // bytes of buffer arena per shard; 0: the default
+	ArenaSize  int  // bytes of buffer arena per shard; 0: Memory's share
+	Memory     int  // bytes of buffer arena in all shards; 0: memoryDefault
+	MaxConns   int  // connections at once in all; 0: maxConnsDefault
 	NoZeroCopy bool // never send zero-copy (SENDMSG_ZC), even where the kernel can
 	// TLSMode is the TLS policy; TLS (from LoadTLS) is needed unless it
 	// is wire.TLSOff. Exports with ExportConfig.TLSOnly need TLSOn.
@@ -64,6 +67,8 @@ type Server struct {
 	lns      []net.Listener        // every listener Serve was given; Shutdown closes them
 	hs       map[net.Conn]struct{} // connections in their handshake
 	noZC     bool
+	sz       sizing // every shard's sizing (sizing.go)
+	maxConns int    // -max-connections: at most this many open at once
 	err      error
 	hsCount  [hsResults]atomic.Uint64 // handshakes by result (metrics.go)
 }
@@ -79,31 +84,26 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	}
 	cpus := topo.ShardCPUs(cfg.Shards)
 	n := len(cpus)
-	arenaSize := cfg.ArenaSize
-	if arenaSize == 0 {
-		arenaSize = arenaSizeDefault
-	}
-	if arenaSize < arenaSizeMin {
-		return nil, fmt.Errorf("-arena-mib %d: the buffer arena per shard must be at "+
-			"least %d MiB, what one unaligned 32 MiB write needs", arenaSize>>20,
-			arenaSizeMin>>20)
+	sz, err := sizeShards(cfg, n)
+	if err != nil {
+		return nil, err
 	}
 	if err := checkSecurity(cfg, exports); err != nil {
 		return nil, err
 	}
 	s := &Server{exports: exports, tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
 		gate: gate{byAddr: map[netip.Addr]int{}}, hs: map[net.Conn]struct{}{},
-		noZC: cfg.NoZeroCopy}
+		noZC: cfg.NoZeroCopy, sz: sz, maxConns: cmp.Or(cfg.MaxConns, maxConnsDefault)}
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if seen[e.Name] {
 			return nil, fmt.Errorf("export name %q given twice", e.Name)
 		}
 		seen[e.Name] = true
-		s.wireExps = append(s.wireExps, e.Wire())
+		s.wireExps = append(s.wireExps, e.Wire(sz.blockMax))
 	}
 	for i := 0; i < n; i++ {
-		sh, err := newShard(s, i, cpus[i], arenaSize)
+		sh, err := newShard(s, i, cpus[i])
 		if err != nil {
 			s.abort()
 			return nil, err
@@ -120,12 +120,9 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		s.shards = append(s.shards, sh)
 	}
 	slog.Info(fmt.Sprintf("machine: %v", topo))
-	meta := shardMemSize(slotsPerShardMax, connsPerShardMax) + zeroWriteMax
-	slog.Info(fmt.Sprintf("%d shards on CPUs %v; per shard: %d MiB arena + %d KiB metadata "+
-		"(%d slots x %d B headers + %d conns x (%d KiB recv + send vector) + %d KiB "+
-		"zeros); %d MiB in all", n, cpus, arenaSize>>20, meta>>10, slotsPerShardMax,
-		replyHeaderSize, connsPerShardMax, recvBufSize>>10, zeroWriteMax>>10,
-		n*(arenaSize+meta)>>20), "shards", n)
+	slog.Info(fmt.Sprintf("%d shards on CPUs %v, for %d connections; memory: %d MiB in "+
+		"all, per shard %v", n, cpus, n*sz.conns, n*(sz.arena+sz.metaSize())>>20, sz),
+		"shards", n, "pinned_bytes", n*(sz.arena+sz.metaSize()))
 	return s, nil
 }
 
@@ -254,6 +251,13 @@ func (s *Server) Serve(ln net.Listener) error {
 			nc.Close()
 			continue
 		}
+		if n := s.connections(); n >= s.maxConns {
+			s.hsCount[hsRefused].Add(1)
+			s.refusals.printf("refusing %v: %d connections already (-max-connections %d)",
+				nc.RemoteAddr(), n, s.maxConns)
+			nc.Close()
+			continue
+		}
 		ip, why := s.gate.enter(nc.RemoteAddr())
 		if why != "" {
 			s.hsCount[hsRefused].Add(1)
@@ -341,7 +345,18 @@ func (s *Server) shardDone(sh *shard, err error) {
 // the socket to a shard. Options are read exactly (no read-ahead), so the
 // bytes after NBD_OPT_STARTTLS reach crypto/tls untouched.
 func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
-	defer s.gate.leave(ip)
+	// The gate is left before the hand-off counts the connection on its
+	// shard, so connections never counts one twice (and refuses a client
+	// below -max-connections); the shard's own bound covers the moment
+	// between.
+	inGate := true
+	leave := func() {
+		if inGate {
+			inGate = false
+			s.gate.leave(ip)
+		}
+	}
+	defer leave()
 	if !s.track(nc, true) {
 		s.hsCount[hsRefused].Add(1)
 		nc.Close()
@@ -411,6 +426,7 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 			}
 			rw = t.tc
 		case wire.StepServe:
+			leave()
 			handed = s.handOff(nc, h.Result, t)
 			return
 		}
@@ -536,6 +552,16 @@ func peerName(nc net.Conn) string {
 		}
 	})
 	return peer
+}
+
+// connections counts the connections open now: those in their handshake
+// and those on a shard.
+func (s *Server) connections() int {
+	n := s.gate.count()
+	for _, sh := range s.shards {
+		n += int(sh.assigned.Load())
+	}
+	return n
 }
 
 // leastLoaded is the shard a new connection goes to: the one with the

@@ -70,6 +70,9 @@ type ShardStats struct {
 	ZCCopied    atomic.Uint64 // their notifications that said the kernel copied
 	ZCRefused   atomic.Uint64 // connections whose socket refused zero-copy
 	InlineOps   atomic.Uint64 // device operations the shard did itself (Export.inline)
+	// Punts counts device operations the ring runs on an io-wq thread, by
+	// reason (puntEAGAIN...).
+	Punts [puntReasons]atomic.Uint64
 }
 
 type handoff struct {
@@ -81,14 +84,16 @@ type handoff struct {
 	tls  *tlsState // nil: plaintext
 }
 
-func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
-	s := &shard{id: id, cpu: cpu, srv: srv, inbox: make(chan handoff, connsPerShardMax)}
+// newShard builds shard id, for CPU cpu, as srv.sz says.
+func newShard(srv *Server, id, cpu int) (*shard, error) {
+	sz := srv.sz
+	s := &shard{id: id, cpu: cpu, srv: srv, inbox: make(chan handoff, sz.conns)}
 	s.m.init(len(srv.exports))
 	var err error
-	if s.arena, err = newArena(arenaSize); err != nil {
+	if s.arena, err = newArena(sz.arena); err != nil {
 		return nil, err
 	}
-	if s.mem, err = newShardMem(slotsPerShardMax, connsPerShardMax); err != nil {
+	if s.mem, err = newShardMem(sz.slots, sz.conns); err != nil {
 		s.close()
 		return nil, err
 	}
@@ -103,28 +108,28 @@ func newShard(srv *Server, id, cpu, arenaSize int) (*shard, error) {
 		s.close()
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	s.slots = make([]slot, slotsPerShardMax)
-	s.slotFree = make([]int32, 0, slotsPerShardMax)
-	for i := slotsPerShardMax - 1; i >= 0; i-- {
+	s.slots = make([]slot, sz.slots)
+	s.slotFree = make([]int32, 0, sz.slots)
+	for i := sz.slots - 1; i >= 0; i-- {
 		sl := &s.slots[i]
 		sl.hdr = s.mem.hdrs[i][:]
 		sl.buf, sl.pbuf, sl.conn = -1, -1, -1
 		s.slotFree = append(s.slotFree, int32(i))
 	}
-	s.conns = make([]conn, connsPerShardMax)
-	s.connFree = make([]int32, 0, connsPerShardMax)
-	for i := connsPerShardMax - 1; i >= 0; i-- {
+	s.conns = make([]conn, sz.conns)
+	s.connFree = make([]int32, 0, sz.conns)
+	for i := sz.conns - 1; i >= 0; i-- {
 		s.conns[i].mem, s.conns[i].fd = &s.mem.conns[i], -1
 		s.connFree = append(s.connFree, int32(i))
 	}
 	s.mem.words.timeout = unix.NsecToTimespec(rangeLockRetry.Nanoseconds())
-	s.waiting = make([]int32, 0, connsPerShardMax)
-	s.waitingSpare = make([]int32, 0, connsPerShardMax)
-	s.rmwWait = make([]int32, 0, slotsPerShardMax)
-	s.rmwSpare = make([]int32, 0, slotsPerShardMax)
-	s.dirty = make([]int32, 0, connsPerShardMax)
-	s.local = make([]ring.CQE, 0, slotsPerShardMax)
-	s.localSpare = make([]ring.CQE, 0, slotsPerShardMax)
+	s.waiting = make([]int32, 0, sz.conns)
+	s.waitingSpare = make([]int32, 0, sz.conns)
+	s.rmwWait = make([]int32, 0, sz.slots)
+	s.rmwSpare = make([]int32, 0, sz.slots)
+	s.dirty = make([]int32, 0, sz.conns)
+	s.local = make([]ring.CQE, 0, sz.slots)
+	s.localSpare = make([]ring.CQE, 0, sz.slots)
 	return s, nil
 }
 
@@ -155,7 +160,7 @@ func (s *shard) run(ready chan<- error) {
 		ready <- fmt.Errorf("shard %d: pin to CPU %d: %w", s.id, s.cpu, err)
 		return
 	}
-	r, err := ring.New(ringEntries, reapBatch)
+	r, err := ring.New(s.srv.sz.ring, reapBatch)
 	if err != nil {
 		ready <- fmt.Errorf("shard %d: %w", s.id, err)
 		return
@@ -249,7 +254,8 @@ func (s *shard) attach(h handoff) {
 				"client", h.peer, "shard", s.id)
 		} else {
 			slog.Warn(fmt.Sprintf("refusing connection: %d connections already "+
-				"(the most a shard takes); add -shards", connsPerShardMax),
+				"(this shard's share of -max-connections); raise -max-connections",
+				s.srv.sz.conns),
 				"client", h.peer, "shard", s.id)
 		}
 		unix.Close(h.fd)
@@ -261,7 +267,7 @@ func (s *shard) attach(h handoff) {
 	}
 	ci := s.connFree[len(s.connFree)-1]
 	s.connFree = s.connFree[:len(s.connFree)-1]
-	s.conns[ci].reset(h)
+	s.conns[ci].reset(h, s.srv.sz.blockMax)
 	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
 	s.live++
 	s.connAttached(ci, h.neg.Export)

@@ -29,6 +29,9 @@ type slot struct {
 	phase   uint8
 	step    uint8 // WRITE_ZEROES: which fallocate strategy is running
 	lock    int   // range lock held during read-modify-write, or -1
+	// blocking: a read or write of this request met EAGAIN with RWF_NOWAIT;
+	// the rest of it is issued without (it runs on io-wq).
+	blocking bool
 
 	// A sparse READ's reply pieces, in order (see planRead).
 	segs  [readSegmentsMax]segment
@@ -86,7 +89,7 @@ func (s *shard) allocSlot(ci int32) int32 {
 	sl.gen++
 	sl.state, sl.conn, sl.next, sl.lock = slotLive, ci, -1, -1
 	sl.exp = s.conns[ci].exp
-	sl.done, sl.phase, sl.step, sl.nout, sl.nsegs = 0, 0, 0, 0, 0
+	sl.done, sl.phase, sl.step, sl.nout, sl.nsegs, sl.blocking = 0, 0, 0, 0, 0, false
 	s.conns[ci].inflight++
 	s.stats.Inflight.Add(1)
 	return i
@@ -130,7 +133,7 @@ func (s *shard) freeSlot(si int32) {
 func (s *shard) allocArena(si int32, n int) ([]byte, int32, bool) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
-	if c.bufBytes+n > connBufBytesMax && c.inflight > 1 {
+	if c.bufBytes+n > s.srv.sz.connBuf && c.inflight > 1 {
 		return nil, -1, false
 	}
 	b, h, ok := s.arena.alloc(n)

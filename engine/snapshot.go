@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -17,6 +18,9 @@ type Snapshot struct {
 	Exports    []ExportState
 	Shards     []ShardSnapshot
 	Handshakes [hsResults]uint64 // by result: ok, refused, timed_out, aborted, tls_failed
+	// IOWorkers is how many io-wq worker threads (iou-wrk-*) the process
+	// has now: the kernel starts them for operations it punts.
+	IOWorkers int
 }
 
 // ExportState is an export's server-wide state.
@@ -29,16 +33,17 @@ type ExportState struct {
 // ShardSnapshot is one shard's counters.
 type ShardSnapshot struct {
 	ID, CPU           int
-	Exports           []ExportCounts // by export index, as Snapshot.Exports
-	Inflight          int64          // slots in use, also those the kernel still holds
-	ArenaBytes        int64          // arena bytes held by requests
-	OpsInflight       int64          // kernel operations in flight (the ledger)
-	Stale             uint64         // completions dropped for a stale generation
-	SendsZC           uint64         // zero-copy sends issued
-	ZCCopied          uint64         // zero-copy sends the kernel copied after all
-	ZCRefused         uint64         // connections whose socket refused zero-copy
-	InlineOps         uint64         // device operations the shard did itself
-	BackpressureWaits uint64         // requests that waited for a slot or a buffer
+	Exports           []ExportCounts      // by export index, as Snapshot.Exports
+	Inflight          int64               // slots in use, also those the kernel still holds
+	ArenaBytes        int64               // arena bytes held by requests
+	OpsInflight       int64               // kernel operations in flight (the ledger)
+	Stale             uint64              // completions dropped for a stale generation
+	SendsZC           uint64              // zero-copy sends issued
+	ZCCopied          uint64              // zero-copy sends the kernel copied after all
+	ZCRefused         uint64              // connections whose socket refused zero-copy
+	InlineOps         uint64              // device operations the shard did itself
+	Punts             [puntReasons]uint64 // device operations run on io-wq, by reason
+	BackpressureWaits uint64              // requests that waited for a slot or a buffer
 	RingEnters        uint64
 	RingSubmissions   uint64
 	RingCompletions   uint64
@@ -75,7 +80,25 @@ func (s *Server) Snapshot() *Snapshot {
 	for _, sh := range s.shards {
 		sn.Shards = append(sn.Shards, sh.snapshot())
 	}
+	sn.IOWorkers = ioWorkers()
 	return sn
+}
+
+// ioWorkers counts this process's io-wq worker threads: the kernel names
+// them iou-wrk-<tid> (0 when /proc cannot say).
+func ioWorkers() int {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, t := range tasks {
+		comm, err := os.ReadFile("/proc/self/task/" + t.Name() + "/comm")
+		if err == nil && strings.HasPrefix(string(comm), "iou-wrk-") {
+			n++
+		}
+	}
+	return n
 }
 
 func (sh *shard) snapshot() ShardSnapshot {
@@ -86,6 +109,9 @@ func (sh *shard) snapshot() ShardSnapshot {
 		SendsZC: st.SendsZC.Load(), ZCCopied: st.ZCCopied.Load(),
 		ZCRefused: st.ZCRefused.Load(), InlineOps: st.InlineOps.Load(),
 		BackpressureWaits: m.backpressure.Load()}
+	for i := range ss.Punts {
+		ss.Punts[i] = st.Punts[i].Load()
+	}
 	if r := sh.ring; r != nil {
 		ss.RingEnters, ss.RingSubmissions = r.Stats.Enters.Load(), r.Stats.Submitted.Load()
 		ss.RingCompletions = r.Stats.Completions.Load()
@@ -155,6 +181,9 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 		line("zerocopy_copied", ss.ZCCopied)
 		line("zerocopy_refused", ss.ZCRefused)
 		line("inline_ops", ss.InlineOps)
+		for r, n := range ss.Punts {
+			line("iowq_punts_"+puntLabel[r], n)
+		}
 		line("backpressure_waits", ss.BackpressureWaits)
 		for c, n := range reqs {
 			if n > 0 {

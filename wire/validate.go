@@ -7,6 +7,9 @@ type Session struct {
 	Flags TxFlags // transmission flags advertised to the client
 	// BlockMin is the advertised minimum block size (a power of two).
 	BlockMin uint32
+	// BlockMax is the advertised maximum READ/WRITE length (at most
+	// PayloadMax); a longer one is EINVAL, its payload drained. 0: PayloadMax.
+	BlockMax uint32
 	// Strict is true when the client asked for block sizes (NBD_INFO_BLOCK_SIZE
 	// in NBD_OPT_GO), so it promised aligned requests and an unaligned one is
 	// EINVAL. A client that never asked is served byte-exactly.
@@ -16,6 +19,13 @@ type Session struct {
 	// BaseAllocation: the base:allocation context was selected for this
 	// export, so NBD_CMD_BLOCK_STATUS may be used.
 	BaseAllocation bool
+}
+
+func (s *Session) blockMax() uint64 {
+	if s.BlockMax == 0 {
+		return PayloadMax
+	}
+	return uint64(s.BlockMax)
 }
 
 // cmdFlagsAllowed lists, per command, the flags it may carry (besides
@@ -90,7 +100,7 @@ func (s *Session) Validate(r *Request) Errno {
 		// is the answer no client can misread.
 		return EINVAL
 	}
-	if (r.Type == CmdRead || r.Type == CmdWrite) && r.Length > PayloadMax {
+	if (r.Type == CmdRead || r.Type == CmdWrite) && r.Length > s.blockMax() {
 		return EINVAL
 	}
 	if r.Offset > s.Size || r.Length > s.Size-r.Offset {

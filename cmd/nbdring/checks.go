@@ -43,13 +43,17 @@ func checkShards(n int, usable []int) error {
 	return nil
 }
 
-// checkArenaMiB checks -arena-mib, which is in MiB.
+// checkArenaMiB checks -arena-mib, which is in MiB; 0 leaves the arena
+// to -memory-mib.
 func checkArenaMiB(n int) error {
 	min := engine.ArenaSizeMin >> 20
 	switch {
+	case n == 0:
+		return nil
 	case n < min:
-		return fmt.Errorf("-arena-mib %d: below the minimum of %d MiB per shard (what "+
-			"one unaligned 32 MiB write needs at once)", n, min)
+		return fmt.Errorf("-arena-mib %d: below the minimum of %d MiB per shard (a "+
+			"quarter of the arena is the largest request served); or 0 for a share "+
+			"of -memory-mib", n, min)
 	case n > arenaMiBMax:
 		return fmt.Errorf("-arena-mib %d: above %d MiB per shard; the value is in MiB "+
 			"(128 is 128 MiB)", n, arenaMiBMax)
@@ -60,6 +64,21 @@ func checkArenaMiB(n int) error {
 		}
 		return fmt.Errorf("-arena-mib %d: not a power of two (the arena is split in "+
 			"halves); use %d or %d (MiB)", n, lo, lo*2)
+	}
+	return nil
+}
+
+// checkMemoryMiB checks -memory-mib, which is in MiB: at least one
+// smallest arena, and not so large that it is surely a typo.
+func checkMemoryMiB(n int) error {
+	min := engine.ArenaSizeMin >> 20
+	switch {
+	case n < min:
+		return fmt.Errorf("-memory-mib %d: below the minimum of %d MiB (one shard's "+
+			"smallest arena)", n, min)
+	case n > arenaMiBMax:
+		return fmt.Errorf("-memory-mib %d: above %d MiB; the value is in MiB "+
+			"(1024 is 1 GiB)", n, arenaMiBMax)
 	}
 	return nil
 }

@@ -32,7 +32,7 @@ func TestCheckShards(t *testing.T) {
 // TestCheckArenaMiB: the flag and the unit are named, and the nearest
 // valid values suggested.
 func TestCheckArenaMiB(t *testing.T) {
-	for _, n := range []int{128, 256, 1024} {
+	for _, n := range []int{0, 4, 128, 256, 1024} {
 		if err := checkArenaMiB(n); err != nil {
 			t.Errorf("-arena-mib %d: %v", n, err)
 		}
@@ -42,8 +42,8 @@ func TestCheckArenaMiB(t *testing.T) {
 		want []string
 	}{
 		{200, []string{"-arena-mib 200", "not a power of two", "128 or 256", "MiB"}},
-		{64, []string{"-arena-mib 64", "below the minimum of 128 MiB"}},
-		{0, []string{"-arena-mib 0", "below the minimum"}},
+		{2, []string{"-arena-mib 2", "below the minimum of 4 MiB", "or 0"}},
+		{-1, []string{"-arena-mib -1", "below the minimum"}},
 		{128 << 20, []string{"in MiB"}},
 	}
 	for _, c := range cases {

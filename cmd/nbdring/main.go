@@ -27,8 +27,15 @@ func main() {
 	shards := flag.Int("shards", 0,
 		"number of shards (pinned goroutines, one io_uring each), at most one per usable "+
 			"CPU; 0: one per core")
-	arenaMiB := flag.Int("arena-mib", 128,
-		"buffer arena per shard in MiB (a power of two, at least 128)")
+	arenaMiB := flag.Int("arena-mib", 0,
+		"buffer arena per shard in MiB (a power of two, at least 4; a quarter of it is the "+
+			"largest request served); 0: the -memory-mib share, at most 128")
+	memoryMiB := flag.Int("memory-mib", 1024,
+		"buffer memory of all shards in MiB, pinned at start: each shard's arena is its "+
+			"share rounded down to a power of two, at most 128 (unless -arena-mib)")
+	maxConns := flag.Int("max-connections", 256,
+		"connections served at once in all; each shard's metadata is sized for its share, "+
+			"and a connection past it is closed at once")
 	inlineIO := flag.String("inline-io", "auto",
 		"auto: the shard does an export's I/O itself where the kernel would hand it to an "+
 			"io-wq thread (no RWF_NOWAIT) and it answers in microseconds; on; off")
@@ -88,7 +95,7 @@ func main() {
 	}
 	o := options{readOnly: *readOnly, svc: svc, sec: sec, run: *runCmd,
 		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
-			NoZeroCopy: !*zeroCopy}}
+			Memory: *memoryMiB << 20, MaxConns: *maxConns, NoZeroCopy: !*zeroCopy}}
 	switch *inlineIO {
 	case "auto":
 	case "on":
@@ -104,7 +111,7 @@ func main() {
 			o.listen = []string{*listen}
 		}
 	})
-	if err := o.resolve(*configFile, flag.Args(), *shards, *arenaMiB); err != nil {
+	if err := o.resolve(*configFile, flag.Args(), *shards, *arenaMiB, *memoryMiB); err != nil {
 		slog.Error(err.Error())
 		os.Exit(1)
 	}
@@ -168,7 +175,8 @@ type options struct {
 
 // resolve reads the exports from -config or the arguments and checks
 // the flags, before anything is opened.
-func (o *options) resolve(configFile string, args []string, shards, arenaMiB int) error {
+func (o *options) resolve(configFile string, args []string, shards, arenaMiB,
+	memoryMiB int) error {
 	usable, err := engine.UsableCPUs()
 	if err != nil {
 		return err
@@ -178,6 +186,12 @@ func (o *options) resolve(configFile string, args []string, shards, arenaMiB int
 	}
 	if err := checkArenaMiB(arenaMiB); err != nil {
 		return err
+	}
+	if err := checkMemoryMiB(memoryMiB); err != nil {
+		return err
+	}
+	if o.cfg.MaxConns < 1 {
+		return fmt.Errorf("-max-connections %d: want at least 1", o.cfg.MaxConns)
 	}
 	if configFile != "" {
 		if len(args) > 0 {

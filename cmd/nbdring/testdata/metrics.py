@@ -33,6 +33,8 @@ FAMILIES = {
     "nbdring_zerocopy_copied": ("counter", {"shard"}),
     "nbdring_zerocopy_refused": ("counter", {"shard"}),
     "nbdring_inline_ops": ("counter", {"shard"}),
+    "nbdring_iowq_punts": ("counter", {"reason", "shard"}),
+    "nbdring_iowq_workers": ("gauge", set()),
     "nbdring_ring_enters": ("counter", {"shard"}),
     "nbdring_ring_submissions": ("counter", {"shard"}),
     "nbdring_ring_completions": ("counter", {"shard"}),
