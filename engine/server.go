@@ -32,16 +32,22 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
 	"golang.org/x/sys/unix"
 )
 
 // Config is the server's configuration.
 type Config struct {
-	Shards     int  // 0: one per CPU this process may run on
-	ArenaSize  int  // bytes of buffer arena per shard; 0: Memory's share
-	Memory     int  // bytes of buffer arena in all shards; 0: memoryDefault
-	MaxConns   int  // connections at once in all; 0: maxConnsDefault
+	Shards    int // 0: one per CPU this process may run on
+	ArenaSize int // bytes of buffer arena per shard; 0: Memory's share
+	Memory    int // bytes of buffer arena in all shards; 0: memoryDefault
+	MaxConns  int // connections at once in all; 0: maxConnsDefault
+	// BatchWait (microseconds, 0: off): with more than one request in
+	// flight a shard waits for batchWaitNr completions, or this long for
+	// fewer (io_uring min-wait, Linux 6.12; ignored, with a warning, where
+	// the kernel lacks it).
+	BatchWait  uint32
 	NoZeroCopy bool // never send zero-copy (SENDMSG_ZC), even where the kernel can
 	// TLSMode is the TLS policy; TLS (from LoadTLS) is needed unless it
 	// is wire.TLSOff. Exports with ExportConfig.TLSOnly need TLSOn.
@@ -69,8 +75,10 @@ type Server struct {
 	noZC     bool
 	sz       sizing // every shard's sizing (sizing.go)
 	maxConns int    // -max-connections: at most this many open at once
-	err      error
-	hsCount  [hsResults]atomic.Uint64 // handshakes by result (metrics.go)
+	// batchWait: Config.BatchWait where the kernel has min-wait, else 0.
+	batchWait uint32
+	err       error
+	hsCount   [hsResults]atomic.Uint64 // handshakes by result (metrics.go)
 }
 
 // New starts the shards (pinned, each with its ring) for exports.
@@ -88,12 +96,20 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	feat, err := ring.ProbeFeatures()
+	if err != nil {
+		return nil, err
+	}
+	batchWait, err := batchWaitFor(cfg.BatchWait, feat)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkSecurity(cfg, exports); err != nil {
 		return nil, err
 	}
 	s := &Server{exports: exports, tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
 		gate: gate{byAddr: map[netip.Addr]int{}}, hs: map[net.Conn]struct{}{},
-		noZC: cfg.NoZeroCopy, sz: sz, maxConns: cmp.Or(cfg.MaxConns, maxConnsDefault)}
+		noZC: cfg.NoZeroCopy, sz: sz, batchWait: batchWait, maxConns: cmp.Or(cfg.MaxConns, maxConnsDefault)}
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if seen[e.Name] {
@@ -120,10 +136,41 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		s.shards = append(s.shards, sh)
 	}
 	slog.Info(fmt.Sprintf("machine: %v", topo))
+	slog.Info(fmt.Sprintf("io_uring: min-wait %s, recv bundles %s; batch wait %s",
+		yesNo(feat.MinWait), yesNo(feat.Bundles), batchWaitString(batchWait)))
 	slog.Info(fmt.Sprintf("%d shards on CPUs %v, for %d connections; memory: %d MiB in "+
 		"all, per shard %v", n, cpus, n*sz.conns, n*(sz.arena+sz.metaSize())>>20, sz),
 		"shards", n, "pinned_bytes", n*(sz.arena+sz.metaSize()))
 	return s, nil
+}
+
+// batchWaitFor is the batch wait the shards use for -batch-wait-us us on a
+// kernel with feat: us, or 0 (plain waits) where the kernel cannot.
+func batchWaitFor(us uint32, feat ring.Features) (uint32, error) {
+	switch {
+	case us > batchWaitMax:
+		return 0, fmt.Errorf("-batch-wait-us %d: at most %d (a millisecond); 0 turns it "+
+			"off", us, batchWaitMax)
+	case us > 0 && !feat.MinWait:
+		slog.Warn(fmt.Sprintf("-batch-wait-us %d: this kernel's io_uring has no min-wait "+
+			"(IORING_FEAT_MIN_TIMEOUT, Linux 6.12); waiting for each completion instead", us))
+		return 0, nil
+	}
+	return us, nil
+}
+
+func batchWaitString(us uint32) string {
+	if us == 0 {
+		return "off"
+	}
+	return fmt.Sprintf("%d us for up to %d completions", us, batchWaitNr)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 // checkSecurity refuses TLS and access settings that cannot work together.

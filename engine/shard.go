@@ -199,7 +199,7 @@ func (s *shard) loop() error {
 		if len(s.local) > 0 {
 			wait = 0 // inline completions are waiting already
 		}
-		if err := s.ring.SubmitAndWait(wait); err != nil {
+		if err := s.submitAndWait(wait); err != nil {
 			return err
 		}
 		cqes := s.ring.Reap()
@@ -210,6 +210,16 @@ func (s *shard) loop() error {
 		s.completeLocal()
 	}
 	return nil
+}
+
+// submitAndWait submits what the loop queued and waits for wait
+// completions (0 or 1); with a batch wait and more than one request in
+// flight it waits for a batch instead (Server.batchWait).
+func (s *shard) submitAndWait(wait uint32) error {
+	if n := s.stats.Inflight.Load(); wait == 1 && s.srv.batchWait > 0 && n > 1 {
+		return s.ring.SubmitAndWaitMin(uint32(min(n, batchWaitNr)), s.srv.batchWait)
+	}
+	return s.ring.SubmitAndWait(wait)
 }
 
 func (s *shard) armWake() {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
 )
 
@@ -145,4 +146,56 @@ func TestMaxConnections(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestBatchWait: with a batch wait, pipelined requests on two connections
+// and requests one at a time are all answered; a kernel without min-wait
+// falls back to plain waits, and a wait past the bound is refused.
+func TestBatchWait(t *testing.T) {
+	feat, err := ring.ProbeFeatures()
+	if err != nil {
+		t.Skipf("io_uring unavailable here: %v", err)
+	}
+	if us, err := batchWaitFor(20, ring.Features{}); us != 0 || err != nil {
+		t.Errorf("without min-wait: %d us, %v; want plain waits", us, err)
+	}
+	if _, err := batchWaitFor(batchWaitMax+1, feat); err == nil ||
+		!strings.Contains(err.Error(), "-batch-wait-us 1001: at most 1000") {
+		t.Errorf("a wait past the bound: %v", err)
+	}
+	if !feat.MinWait {
+		t.Skip("this kernel has no io_uring min-wait (Linux 6.12)")
+	}
+	srv, sock, _ := testServerConfig(t, 4<<20, InlineOff,
+		Config{Shards: 1, ArenaSize: arenaSizeMin, BatchWait: 200})
+	if srv.batchWait != 200 {
+		t.Fatalf("batch wait %d, want 200", srv.batchWait)
+	}
+	const reads = 256
+	var conns []*testClient
+	for range 2 {
+		tc := dial(t, sock, wire.ClientOptions{})
+		if _, err := tc.c.Write(pipelinedReads(reads, 4096)); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, tc)
+	}
+	buf := make([]byte, 4096)
+	for _, tc := range conns {
+		seen := make([]bool, reads)
+		for range reads {
+			cookie, e := tc.simple(buf)
+			if e != wire.EOK || cookie >= reads || seen[cookie] {
+				t.Fatalf("reply %d: %v", cookie, e)
+			}
+			seen[cookie] = true
+		}
+	}
+	for i := range 50 {
+		if e := conns[0].do(wire.CmdRead, 0, uint64(i)*4096, 4096, nil, buf); e != wire.EOK {
+			t.Fatalf("READ %d alone: %v", i, e)
+		}
+	}
+	r := srv.Snapshot().Shards[0]
+	t.Logf("%d completions in %d enters", r.RingCompletions, r.RingEnters)
 }

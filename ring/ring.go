@@ -42,6 +42,7 @@ type Ring struct {
 	// SendZC: the kernel has IORING_OP_SENDMSG_ZC (Linux 6.1), probed at
 	// start; callers fall back to SENDMSG without it.
 	SendZC bool
+	arg    getEventsArg // SubmitAndWaitMin's, kept here so a wait allocates nothing
 }
 
 // required lists the opcodes every shard uses; the probe checks them once

@@ -36,6 +36,9 @@ func main() {
 	maxConns := flag.Int("max-connections", 256,
 		"connections served at once in all; each shard's metadata is sized for its share, "+
 			"and a connection past it is closed at once")
+	batchWait := flag.Uint("batch-wait-us", 0,
+		"with more than one request in flight, a shard waits up to this many microseconds "+
+			"for a batch of completions (io_uring min-wait, Linux 6.12); 0: off")
 	inlineIO := flag.String("inline-io", "auto",
 		"auto: the shard does an export's I/O itself where the kernel would hand it to an "+
 			"io-wq thread (no RWF_NOWAIT) and it answers in microseconds; on; off")
@@ -95,7 +98,8 @@ func main() {
 	}
 	o := options{readOnly: *readOnly, svc: svc, sec: sec, run: *runCmd,
 		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
-			Memory: *memoryMiB << 20, MaxConns: *maxConns, NoZeroCopy: !*zeroCopy}}
+			Memory: *memoryMiB << 20, MaxConns: *maxConns, NoZeroCopy: !*zeroCopy,
+			BatchWait: uint32(min(*batchWait, 1<<31))}}
 	switch *inlineIO {
 	case "auto":
 	case "on":
