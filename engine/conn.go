@@ -4,36 +4,45 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
-	"unsafe"
 
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
 	"golang.org/x/sys/unix"
 )
 
-// conn is one client connection in the transmission phase. Its receive
-// side is libnbd's shape: want N bytes into a buffer; one recv is in flight
-// at a time, into the staging buffer or straight into a WRITE's data.
+// conn is one client connection in the transmission phase. One recv is in
+// flight at a time: into the shard's receive pool (recvpool.go), or
+// straight into a WRITE's data, or (TLS) into its ciphertext buffer.
 type conn struct {
 	gen  uint32
 	fd   int
 	exp  *Export
 	sess wire.Session
 	peer string    // the client's address, for logs
-	mem  *connMem  // staging buffer and send vector (shard metadata memory)
+	mem  *connMem  // send vector (shard metadata memory)
 	tls  *tlsState // nil: plaintext
 
-	rlo, rhi   int   // unparsed bytes are mem.rbuf[rlo:rhi]
-	recvOn     bool  // a recv is in flight
-	recvSlot   int32 // the slot that recv receives a payload into, or -1
-	pslot      int32 // slot whose WRITE payload is arriving, or -1
-	pgot       uint32
-	drain      uint64 // bytes of a rejected request's payload still to discard
-	req        wire.Request
-	reqHeld    bool   // req is decoded and waits for a slot or buffer
-	payloadLen uint64 // payload bytes following req's header
-	style      wire.ReplyStyle
-	reqSize    int // request header size: compact or extended
+	// Received bytes not yet parsed: win[rlo:rhi], then the pool buffers
+	// queued from rxHead to rxTail (queued bytes in all). win is a pool
+	// buffer (winBid), the carry (a header split across buffers, or left
+	// incomplete), or a TLS connection's plaintext staging buffer.
+	win            []byte
+	rlo, rhi       int
+	winBid         int32 // the pool buffer win is, or -1
+	rxHead, rxTail int32 // pool buffers queued, or -1
+	queued         int
+	carry          [carryMax]byte
+	starved        bool  // its receive found the pool empty (shard.starved)
+	recvOn         bool  // a recv is in flight
+	recvSlot       int32 // the slot that recv receives a payload into, or -1
+	pslot          int32 // slot whose WRITE payload is arriving, or -1
+	pgot           uint32
+	drain          uint64 // bytes of a rejected request's payload still to discard
+	req            wire.Request
+	reqHeld        bool   // req is decoded and waits for a slot or buffer
+	payloadLen     uint64 // payload bytes following req's header
+	style          wire.ReplyStyle
+	reqSize        int // request header size: compact or extended
 
 	inflight int // live slots (from decode until the reply is sent)
 	ops      int // ledger: kernel operations holding the connection (recv, send)
@@ -62,8 +71,12 @@ type conn struct {
 // its shard serves.
 func (c *conn) reset(h handoff, blockMax uint32) {
 	*c = conn{gen: c.gen + 1, fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
-		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1,
+		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1, winBid: -1,
+		rxHead: -1, rxTail: -1,
 		started: time.Now()}
+	if h.tls != nil {
+		c.win = h.tls.pipe.stage
+	}
 	c.sess = wire.Session{
 		Size: h.exp.size, Flags: h.neg.Flags, BlockMin: h.exp.align,
 		BlockMax: blockMax, Strict: h.neg.BlockSizeAsked, Structured: h.neg.Structured,
@@ -86,27 +99,17 @@ func (s *shard) armRecv(ci int32) {
 		s.armRecvTLS(ci)
 		return
 	}
-	rbuf := c.mem.rbuf[:]
-	var p unsafe.Pointer
-	var n int
-	if c.pslot >= 0 && c.rlo == c.rhi {
+	if c.pslot >= 0 && c.avail() == 0 {
 		pl := s.payload(c.pslot)
 		if rest := len(pl) - int(c.pgot); rest >= recvDirectMin {
-			p, n, c.recvSlot = bytesAt(pl[c.pgot:]), rest, c.pslot
+			c.recvSlot, c.recvOn = c.pslot, true
+			ring.PrepRecv(s.issue(opRecv, ci), c.fd, bytesAt(pl[c.pgot:]), uint32(rest))
+			return
 		}
 	}
-	if p == nil {
-		if c.rlo > 0 {
-			c.rhi = copy(rbuf, rbuf[c.rlo:c.rhi])
-			c.rlo = 0
-		}
-		if c.rhi == len(rbuf) {
-			return // full: parse must make progress first
-		}
-		p, n = bytesAt(rbuf[c.rhi:]), len(rbuf)-c.rhi
-	}
+	assert(c.rxHead < 0, "receive armed with pool buffers still queued")
 	c.recvOn = true
-	ring.PrepRecv(s.issue(opRecv, ci), c.fd, p, uint32(n))
+	ring.PrepRecvSelect(s.issue(opRecv, ci), c.fd, recvBufSize, recvPoolGroup, s.pool.bundles)
 }
 
 // payload is where a WRITE's data is received.
@@ -119,12 +122,23 @@ func (s *shard) payload(si int32) []byte {
 }
 
 // onRecv: the ledger has already dropped the recv's hold on its payload
-// slot (recvSlot), so direct tells where the bytes went.
-func (s *shard) onRecv(ci int32, res int32, direct bool) {
+// slot (recvSlot), so direct tells where the bytes went; flags are the
+// CQE's (which pool buffers it filled).
+func (s *shard) onRecv(ci int32, res int32, direct bool, flags uint32) {
 	c := &s.conns[ci]
 	c.recvOn = false
+	pooled := flags&ring.CQEBuffer != 0
 	if c.closing {
+		if pooled {
+			s.dropRecvBuffers(ring.CQEBufferID(flags), int(res))
+		}
 		s.maybeRelease(ci)
+		return
+	}
+	if res == -int32(unix.ENOBUFS) && !direct && c.tls == nil {
+		s.stats.RecvNoBufs.Add(1)
+		c.starved = true
+		s.starved = append(s.starved, ci)
 		return
 	}
 	if res <= 0 {
@@ -151,7 +165,8 @@ func (s *shard) onRecv(ci int32, res int32, direct bool) {
 			s.payloadDone(ci)
 		}
 	default:
-		c.rhi += int(res)
+		assert(pooled, "a plaintext receive completed without pool buffers")
+		s.onRecvPooled(c, ring.CQEBufferID(flags), int(res))
 	}
 	s.parse(ci)
 }
@@ -160,13 +175,9 @@ func (s *shard) onRecv(ci int32, res int32, direct bool) {
 // payload, decodes and dispatches requests; then re-arms the receive.
 func (s *shard) parse(ci int32) {
 	c := &s.conns[ci]
-	rbuf := c.mem.rbuf[:]
 	for !c.disc && !c.closing {
-		avail := c.rhi - c.rlo
 		if c.drain > 0 {
-			n := min(uint64(avail), c.drain)
-			c.rlo += int(n)
-			c.drain -= n
+			c.drain -= uint64(s.consume(c, nil, int(min(c.drain, uint64(c.avail())))))
 			if c.drain > 0 {
 				break
 			}
@@ -174,9 +185,7 @@ func (s *shard) parse(ci int32) {
 		}
 		if c.pslot >= 0 {
 			pl := s.payload(c.pslot)
-			n := copy(pl[c.pgot:], rbuf[c.rlo:c.rhi])
-			c.rlo += n
-			c.pgot += uint32(n)
+			c.pgot += uint32(s.consume(c, pl[c.pgot:], len(pl)-int(c.pgot)))
 			if int(c.pgot) < len(pl) {
 				break
 			}
@@ -184,7 +193,7 @@ func (s *shard) parse(ci int32) {
 			continue
 		}
 		if !c.reqHeld {
-			if avail < c.reqSize {
+			if c.avail() < c.reqSize {
 				break
 			}
 			if !s.decode(ci) {
@@ -199,27 +208,31 @@ func (s *shard) parse(ci int32) {
 		}
 		c.reqHeld = false
 	}
+	if !c.closing {
+		s.settleRecv(c)
+	}
 	s.armRecv(ci)
 }
 
-// decode takes the next request header off the staging buffer and counts
+// decode takes the next request header off the received bytes and counts
 // it (once: a request held under backpressure is dispatched again, not
 // decoded again). A header the protocol cannot resync from closes the
 // connection; false then.
 func (s *shard) decode(ci int32) bool {
 	c := &s.conns[ci]
+	hdr := s.peek(c, c.reqSize)
 	var err error
 	if c.style == wire.StyleExtended {
-		err = wire.DecodeExtendedRequest(c.mem.rbuf[c.rlo:c.rhi], &c.req)
+		err = wire.DecodeExtendedRequest(hdr, &c.req)
 	} else {
-		err = wire.DecodeRequest(c.mem.rbuf[c.rlo:c.rhi], &c.req)
+		err = wire.DecodeRequest(hdr, &c.req)
 	}
 	if err != nil {
 		slog.Warn(err.Error()+"; disconnecting it", "client", c.peer, "shard", s.id)
 		s.beginClose(ci, closeProtocol)
 		return false
 	}
-	c.rlo += c.reqSize
+	s.consume(c, nil, c.reqSize)
 	c.served++
 	s.countRequest(ci)
 	var ok bool
@@ -319,6 +332,9 @@ func (s *shard) maybeRelease(ci int32) {
 		}
 	}
 	c.pslot, c.qHead, c.qTail, c.sendHead = -1, -1, -1, -1
+	if c.tls == nil {
+		s.releaseRecv(c)
+	}
 	assert(c.inflight == 0, "connection released with slots still owned")
 	assert(c.bufBytes == 0, "connection released with buffers still held")
 	s.logClose(ci)

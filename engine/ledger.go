@@ -18,7 +18,9 @@ import (
 // Owners and what an operation holds until its last CQE:
 //
 //	op       index   generation  holds
-//	opRecv   conn    conn's      the conn's staging buffer, or the payload
+//	opRecv   conn    conn's      nothing of the conn's when it receives into
+//	                             the shard's pool (the buffers it fills are
+//	                             handed over with its CQE); else the payload
 //	                             slot it receives straight into, or (TLS)
 //	                             the conn's ciphertext buffer
 //	opSend   slot    slot's      the first slot of the batch it sends: the
@@ -138,6 +140,9 @@ func (s *shard) complete(cqe *ring.CQE) {
 	case opRecv:
 		c := &s.conns[idx]
 		if c.gen&ring.GenMask != gen {
+			if cqe.Flags&ring.CQEBuffer != 0 {
+				s.dropRecvBuffers(ring.CQEBufferID(cqe.Flags), int(res))
+			}
 			s.dropStale(op, gen, idx)
 			return
 		}
@@ -149,7 +154,7 @@ func (s *shard) complete(cqe *ring.CQE) {
 				c.recvSlot = -1
 			}
 		}
-		s.onRecv(int32(idx), res, direct)
+		s.onRecv(int32(idx), res, direct, cqe.Flags)
 	case opSend:
 		head := &s.slots[idx]
 		if head.gen&ring.GenMask != gen {

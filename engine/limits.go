@@ -39,13 +39,29 @@ const (
 	// maxConnsDefault bounds connections in all unless -max-connections
 	// says otherwise; each shard's metadata is sized for its share.
 	maxConnsDefault = 256
-	// recvBufSize is each connection's receive staging buffer: many request
-	// headers and small WRITE payloads per recv; larger payloads are
-	// received straight into their data buffer.
+	// recvBufSize is the most one receive takes: many request headers and
+	// small WRITE payloads per recv (larger payloads are received straight
+	// into their data buffer); also a TLS connection's plaintext staging.
 	recvBufSize = 64 << 10
+	// recvPoolBufSize is a receive pool buffer (recvpool.go): a page, so a
+	// receive of a few headers takes one and a bundle of 64 KiB sixteen.
+	recvPoolBufSize = 4096
+	// recvPoolPerConn: pool buffers per connection of the shard. Buffers
+	// are held only between a receive and its parse, so a quarter of what
+	// a 64 KiB staging buffer each would take serves them all at once.
+	recvPoolPerConn = 4
+	// recvPoolMin is the smallest pool: one whole 64 KiB receive.
+	recvPoolMin = recvBufSize / recvPoolBufSize
+	// recvPoolMax bounds a pool at 16 MiB (the ring holds up to 32768).
+	recvPoolMax = 4096
+	// recvPoolGroup is the pool's buffer group id in its shard's ring.
+	recvPoolGroup = 0
+	// carryMax is a connection's carry: a request header split across
+	// pool buffers, or left incomplete, is gathered there.
+	carryMax = wire.ExtRequestSize
 	// recvDirectMin: a WRITE payload with at least this much still to come
 	// is received straight into its data buffer rather than copied through
-	// the staging buffer.
+	// the receive pool.
 	recvDirectMin = 16 << 10
 
 	// connBufShare: one connection's requests may hold at most this share
@@ -170,6 +186,9 @@ const ArenaSizeMin = arenaSizeMin
 var (
 	_ [arenaPerBlockMax - 3]struct{}
 	_ [recvBufSize - recvDirectMin]struct{}
+	_ [carryMax - wire.RequestSize]struct{}
+	_ [1<<16 - recvPoolMax]struct{}     // buffer ids are 16 bits
+	_ [1<<16 - recvPoolBufSize]struct{} // so are a seg's offsets
 	_ [replyHeaderSize - wire.ReplyHeaderMax]struct{}
 	_ [replyHeaderSize - readSegmentsMax*(wire.ExtReplySize+12)]struct{}
 	_ [iovecsPerSendMax - replyIovecsMax]struct{}

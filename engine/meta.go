@@ -12,7 +12,7 @@ import (
 // completion), laid out as typed regions rather than by offsets:
 //
 //	hdrs   [slots]replyHeader   reply headers, one per slot
-//	conns  [conns]connMem       receive staging buffer and send vector
+//	conns  [conns]connMem       send vector
 //	words  shardWords           the eventfd word and the timer's timespec
 type shardMem struct {
 	raw   []byte
@@ -24,11 +24,11 @@ type shardMem struct {
 // replyHeader is a slot's space for the reply's headers.
 type replyHeader [replyHeaderSize]byte
 
-// connMem is one connection's memory the kernel reads or writes.
+// connMem is one connection's memory the kernel reads (what it receives
+// into is the shard's pool, recvpool.go).
 type connMem struct {
-	rbuf [recvBufSize]byte            // receive staging buffer
-	msg  unix.Msghdr                  // the connection's one sendmsg
-	iov  [iovecsPerSendMax]unix.Iovec // its vector
+	msg unix.Msghdr                  // the connection's one sendmsg
+	iov [iovecsPerSendMax]unix.Iovec // its vector
 }
 
 // shardWords are the shard's own kernel-visible words.

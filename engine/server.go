@@ -4,7 +4,7 @@
 //
 // Request life cycle on a shard:
 //
-//	recv (staging buffer) -> decode + validate -> slot + arena buffer
+//	recv (receive pool buffers) -> decode + validate -> slot + arena buffer
 //	  -> [WRITE: payload recv, straight into the buffer when large]
 //	  -> O_DIRECT read / write / fdatasync / fallocate on the ring
 //	  -> reply header built -> queued -> one sendmsg (header + data iovecs,
@@ -47,8 +47,11 @@ type Config struct {
 	// flight a shard waits for batchWaitNr completions, or this long for
 	// fewer (io_uring min-wait, Linux 6.12; ignored, with a warning, where
 	// the kernel lacks it).
-	BatchWait  uint32
-	NoZeroCopy bool // never send zero-copy (SENDMSG_ZC), even where the kernel can
+	BatchWait uint32
+	// NoRecvBundles: each receive fills one pool buffer, even where the
+	// kernel can fill several (IORING_RECVSEND_BUNDLE, Linux 6.10).
+	NoRecvBundles bool
+	NoZeroCopy    bool // never send zero-copy (SENDMSG_ZC), even where the kernel can
 	// TLSMode is the TLS policy; TLS (from LoadTLS) is needed unless it
 	// is wire.TLSOff. Exports with ExportConfig.TLSOnly need TLSOn.
 	TLSMode wire.TLSMode
@@ -77,8 +80,11 @@ type Server struct {
 	maxConns int    // -max-connections: at most this many open at once
 	// batchWait: Config.BatchWait where the kernel has min-wait, else 0.
 	batchWait uint32
-	err       error
-	hsCount   [hsResults]atomic.Uint64 // handshakes by result (metrics.go)
+	// bundles: receives fill several pool buffers (the kernel has bundles,
+	// and Config.NoRecvBundles is off).
+	bundles bool
+	err     error
+	hsCount [hsResults]atomic.Uint64 // handshakes by result (metrics.go)
 }
 
 // New starts the shards (pinned, each with its ring) for exports.
@@ -109,7 +115,8 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	}
 	s := &Server{exports: exports, tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
 		gate: gate{byAddr: map[netip.Addr]int{}}, hs: map[net.Conn]struct{}{},
-		noZC: cfg.NoZeroCopy, sz: sz, batchWait: batchWait, maxConns: cmp.Or(cfg.MaxConns, maxConnsDefault)}
+		noZC: cfg.NoZeroCopy, sz: sz, batchWait: batchWait,
+		bundles: feat.Bundles && !cfg.NoRecvBundles, maxConns: cmp.Or(cfg.MaxConns, maxConnsDefault)}
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if seen[e.Name] {
@@ -136,8 +143,9 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		s.shards = append(s.shards, sh)
 	}
 	slog.Info(fmt.Sprintf("machine: %v", topo))
-	slog.Info(fmt.Sprintf("io_uring: min-wait %s, recv bundles %s; batch wait %s",
-		yesNo(feat.MinWait), yesNo(feat.Bundles), batchWaitString(batchWait)))
+	slog.Info(fmt.Sprintf("io_uring: min-wait %s, recv bundles %s; batch wait %s, "+
+		"receives fill %s", yesNo(feat.MinWait), yesNo(feat.Bundles),
+		batchWaitString(batchWait), bufsPerRecv(s.bundles)))
 	slog.Info(fmt.Sprintf("%d shards on CPUs %v, for %d connections; memory: %d MiB in "+
 		"all, per shard %v", n, cpus, n*sz.conns, n*(sz.arena+sz.metaSize())>>20, sz),
 		"shards", n, "pinned_bytes", n*(sz.arena+sz.metaSize()))
@@ -164,6 +172,13 @@ func batchWaitString(us uint32) string {
 		return "off"
 	}
 	return fmt.Sprintf("%d us for up to %d completions", us, batchWaitNr)
+}
+
+func bufsPerRecv(bundles bool) string {
+	if bundles {
+		return "several pool buffers (bundles)"
+	}
+	return "one pool buffer"
 }
 
 func yesNo(b bool) string {

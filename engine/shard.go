@@ -22,7 +22,8 @@ type shard struct {
 	ring  *ring.Ring
 	arena *arena
 	mem   *shardMem
-	zeros []byte // read-only zeros, the source of writes of zeros
+	pool  *recvPool // receive buffers (made with the ring, in run)
+	zeros []byte    // read-only zeros, the source of writes of zeros
 
 	slots    []slot
 	slotFree []int32
@@ -36,6 +37,10 @@ type shard struct {
 	waitingSpare []int32
 	rmwSpare     []int32
 	dirty        []int32 // connections with replies queued but not yet sent
+	// starved: connections whose receive found the pool empty, armed again
+	// once buffers are back (retryStarved); starvedSpare swaps with it.
+	starved      []int32
+	starvedSpare []int32
 	// local holds the completions of inline operations (issueInline) until
 	// the loop hands them to complete; localSpare swaps with it meanwhile.
 	local      []ring.CQE
@@ -62,14 +67,18 @@ type shard struct {
 // ShardStats are one shard's counters (per request ones: shardMetrics),
 // read by Snapshot.
 type ShardStats struct {
-	Inflight    atomic.Int64  // slots in use, also those the kernel still holds
-	ArenaBytes  atomic.Int64  // arena bytes held by requests
-	OpsInflight atomic.Int64  // kernel operations in flight (the ledger)
-	Stale       atomic.Uint64 // completions dropped for a stale generation: a defect
-	SendsZC     atomic.Uint64 // zero-copy sends issued
-	ZCCopied    atomic.Uint64 // their notifications that said the kernel copied
-	ZCRefused   atomic.Uint64 // connections whose socket refused zero-copy
-	InlineOps   atomic.Uint64 // device operations the shard did itself (Export.inline)
+	Inflight     atomic.Int64  // slots in use, also those the kernel still holds
+	ArenaBytes   atomic.Int64  // arena bytes held by requests
+	OpsInflight  atomic.Int64  // kernel operations in flight (the ledger)
+	Stale        atomic.Uint64 // completions dropped for a stale generation: a defect
+	SendsZC      atomic.Uint64 // zero-copy sends issued
+	ZCCopied     atomic.Uint64 // their notifications that said the kernel copied
+	ZCRefused    atomic.Uint64 // connections whose socket refused zero-copy
+	InlineOps    atomic.Uint64 // device operations the shard did itself (Export.inline)
+	Recvs        atomic.Uint64 // receives into the pool that brought data
+	RecvBufs     atomic.Uint64 // pool buffers they filled (more than Recvs: bundles)
+	RecvNoBufs   atomic.Uint64 // receives that found the pool empty (ENOBUFS)
+	RecvBufsFree atomic.Int64  // pool buffers the kernel may fill now
 	// Punts counts device operations the ring runs on an io-wq thread, by
 	// reason (puntEAGAIN...).
 	Punts [puntReasons]atomic.Uint64
@@ -128,6 +137,8 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	s.rmwWait = make([]int32, 0, sz.slots)
 	s.rmwSpare = make([]int32, 0, sz.slots)
 	s.dirty = make([]int32, 0, sz.conns)
+	s.starved = make([]int32, 0, sz.conns)
+	s.starvedSpare = make([]int32, 0, sz.conns)
 	s.local = make([]ring.CQE, 0, sz.slots)
 	s.localSpare = make([]ring.CQE, 0, sz.slots)
 	return s, nil
@@ -166,6 +177,11 @@ func (s *shard) run(ready chan<- error) {
 		return
 	}
 	s.ring = r
+	if s.pool, err = newRecvPool(r, s.srv.sz.recvBufs, s.srv.bundles); err != nil {
+		r.Close()
+		ready <- fmt.Errorf("shard %d: %w", s.id, err)
+		return
+	}
 	// The arena as fixed buffer 0: O_DIRECT I/O then skips pinning its
 	// pages per request. Without it (RLIMIT_MEMLOCK too low for a non-root
 	// user) the plain opcodes work the same, only slower.
@@ -180,6 +196,7 @@ func (s *shard) run(ready chan<- error) {
 	ready <- nil
 	err = s.loop()
 	s.ring.Close()
+	s.pool.close()
 	s.close()
 	s.srv.shardDone(s, err)
 }
@@ -190,6 +207,7 @@ func (s *shard) run(ready chan<- error) {
 func (s *shard) loop() error {
 	for !s.stopping || s.live > 0 || s.ioOps > 0 {
 		s.retryWaiting()
+		s.retryStarved()
 		s.flushDirty()
 		if len(s.rmwWait) > 0 && !s.timerOn {
 			ring.PrepTimeout(s.issue(opTimer, 0), &s.mem.words.timeout)
@@ -199,6 +217,8 @@ func (s *shard) loop() error {
 		if len(s.local) > 0 {
 			wait = 0 // inline completions are waiting already
 		}
+		s.pool.publish()
+		s.stats.RecvBufsFree.Store(int64(s.pool.free))
 		if err := s.submitAndWait(wait); err != nil {
 			return err
 		}

@@ -17,6 +17,7 @@ type sizing struct {
 	blockMax uint32 // largest READ/WRITE payload advertised and served
 	ring     uint32 // submission queue entries (the completion queue is twice that)
 	connBuf  int    // arena bytes one connection's requests may hold (connBufShare)
+	recvBufs int    // receive pool buffers per shard (recvPoolBufs)
 }
 
 // sizeShards derives the shards' sizing. The connections are spread by
@@ -60,16 +61,21 @@ func sizeShards(cfg Config, shards int) (sizing, error) {
 	}
 	sz.blockMax = uint32(min(wire.PayloadMax, sz.arena/arenaPerBlockMax))
 	sz.connBuf = sz.arena / connBufShare
+	sz.recvBufs = recvPoolBufs(sz.conns)
 	return sz, nil
 }
 
-// metaSize is the metadata one shard maps besides its arena (its zeros
-// are the kernel's zero page, mapped read-only, and cost nothing).
-func (sz sizing) metaSize() int { return shardMemSize(sz.slots, sz.conns) }
+// metaSize is the memory one shard maps besides its arena: metadata and
+// the receive pool with its ring (its zeros are the kernel's zero page,
+// mapped read-only, and cost nothing).
+func (sz sizing) metaSize() int {
+	return shardMemSize(sz.slots, sz.conns) + sz.recvBufs*(recvPoolBufSize+16)
+}
 
 // String describes the sizing for the start-up line.
 func (sz sizing) String() string {
-	return fmt.Sprintf("%d MiB arena (requests up to %d MiB) + %d KiB metadata (%d slots, "+
-		"%d connections with %d KiB receive buffers)", sz.arena>>20, sz.blockMax>>20,
-		sz.metaSize()>>10, sz.slots, sz.conns, recvBufSize>>10)
+	return fmt.Sprintf("%d MiB arena (requests up to %d MiB) + %d KiB metadata and "+
+		"receive pool (%d slots, %d connections, %d receive buffers of %d KiB)",
+		sz.arena>>20, sz.blockMax>>20, sz.metaSize()>>10, sz.slots, sz.conns, sz.recvBufs,
+		recvPoolBufSize>>10)
 }

@@ -43,6 +43,10 @@ type ShardSnapshot struct {
 	ZCRefused         uint64              // connections whose socket refused zero-copy
 	InlineOps         uint64              // device operations the shard did itself
 	Punts             [puntReasons]uint64 // device operations run on io-wq, by reason
+	Recvs             uint64              // receives into the pool that brought data
+	RecvBufs          uint64              // pool buffers they filled
+	RecvNoBufs        uint64              // receives that found the pool empty
+	RecvBufsFree      int64               // pool buffers free now
 	BackpressureWaits uint64              // requests that waited for a slot or a buffer
 	RingEnters        uint64
 	RingSubmissions   uint64
@@ -108,7 +112,9 @@ func (sh *shard) snapshot() ShardSnapshot {
 		OpsInflight: st.OpsInflight.Load(), Stale: st.Stale.Load(),
 		SendsZC: st.SendsZC.Load(), ZCCopied: st.ZCCopied.Load(),
 		ZCRefused: st.ZCRefused.Load(), InlineOps: st.InlineOps.Load(),
-		BackpressureWaits: m.backpressure.Load()}
+		BackpressureWaits: m.backpressure.Load(), Recvs: st.Recvs.Load(),
+		RecvBufs: st.RecvBufs.Load(), RecvNoBufs: st.RecvNoBufs.Load(),
+		RecvBufsFree: st.RecvBufsFree.Load()}
 	for i := range ss.Punts {
 		ss.Punts[i] = st.Punts[i].Load()
 	}
@@ -185,6 +191,10 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 			line("iowq_punts_"+puntLabel[r], n)
 		}
 		line("backpressure_waits", ss.BackpressureWaits)
+		line("recvs", ss.Recvs)
+		line("recv_buffers", ss.RecvBufs)
+		line("recv_no_buffers", ss.RecvNoBufs)
+		line("recv_buffers_free", ss.RecvBufsFree)
 		for c, n := range reqs {
 			if n > 0 {
 				line("requests_"+strings.ToUpper(cmdLabel[c]), n)
@@ -196,6 +206,10 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 		line("ring_enters", ss.RingEnters)
 		line("ring_submissions", ss.RingSubmissions)
 		line("ring_completions", ss.RingCompletions)
+		if ss.Recvs > 0 {
+			line("requests_per_recv", fmt.Sprintf("%.2f", float64(ss.sumRequests())/
+				float64(ss.Recvs)))
+		}
 		if e := ss.RingEnters; e > 0 {
 			line("submissions_per_enter", fmt.Sprintf("%.2f",
 				float64(ss.RingSubmissions)/float64(e)))
@@ -203,6 +217,15 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 				float64(ss.RingCompletions)/float64(e)))
 		}
 	}
+}
+
+// sumRequests is the shard's requests of every command.
+func (ss *ShardSnapshot) sumRequests() uint64 {
+	var n uint64
+	for _, v := range ss.sum(requestsOf) {
+		n += v
+	}
+	return n
 }
 
 // Requests is the shard's count of cmd requests over all exports.

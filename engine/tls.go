@@ -15,9 +15,11 @@ package engine
 // bounded by connsPerShardMax per shard): a ciphertext receive buffer
 // (tlsInBufSize), a ciphertext send buffer (tlsOutBufSize plus
 // tlsOutReserve for what crypto/tls writes on its own: alerts, KeyUpdate
-// answers) and one record's plaintext (tlsRecordPlainMax), where reply
+// answers), one record's plaintext (tlsRecordPlainMax), where reply
 // headers and data are gathered so that each record is full and a slot
-// is released as soon as its bytes are copied.
+// is released as soon as its bytes are copied, and the received plaintext
+// the connection parses (recvBufSize; plaintext connections parse the
+// shard's receive pool instead).
 
 import (
 	"crypto/tls"
@@ -185,6 +187,7 @@ type tlsPipe struct {
 	outHi      int
 	sendEnd    int    // the send in flight covers out[outLo:sendEnd]
 	plain      []byte // one record's plaintext, gathered from replies
+	stage      []byte // received plaintext, parsed as conn.win
 	plainN     int
 }
 
@@ -270,7 +273,8 @@ type tlsState struct {
 }
 
 // tlsMemSize is the mapping one TLS connection takes at hand-off.
-const tlsMemSize = tlsInBufSize + tlsOutBufSize + tlsOutReserve + tlsRecordPlainMax
+const tlsMemSize = tlsInBufSize + tlsOutBufSize + tlsOutReserve + tlsRecordPlainMax +
+	recvBufSize
 
 // newTLSPipe wraps the socket for the handshake.
 func newTLSPipe(nc net.Conn) *tlsPipe { return &tlsPipe{nc: nc} }
@@ -287,14 +291,16 @@ func (p *tlsPipe) handOff() error {
 	p.in = mem[:tlsInBufSize:tlsInBufSize]
 	mem = mem[tlsInBufSize:]
 	p.out = mem[: tlsOutBufSize+tlsOutReserve : tlsOutBufSize+tlsOutReserve]
-	p.plain = mem[tlsOutBufSize+tlsOutReserve:]
+	mem = mem[tlsOutBufSize+tlsOutReserve:]
+	p.plain = mem[:tlsRecordPlainMax:tlsRecordPlainMax]
+	p.stage = mem[tlsRecordPlainMax:]
 	return nil
 }
 
 func (p *tlsPipe) release() {
 	if p.mem != nil {
 		_ = unix.Munmap(p.mem)
-		p.mem, p.in, p.out, p.plain = nil, nil, nil, nil
+		p.mem, p.in, p.out, p.plain, p.stage = nil, nil, nil, nil, nil
 	}
 }
 
@@ -311,7 +317,7 @@ func (s *shard) armRecvTLS(ci int32) {
 		return
 	}
 	if t.more {
-		if c.rhi-c.rlo < len(c.mem.rbuf) {
+		if c.rhi-c.rlo < len(c.win) {
 			c.waiting = true
 			s.waiting = append(s.waiting, ci)
 		}
@@ -337,7 +343,7 @@ func (s *shard) armRecvTLS(ci int32) {
 func (s *shard) tlsPump(ci int32) bool {
 	c := &s.conns[ci]
 	t := c.tls
-	rbuf := c.mem.rbuf[:]
+	rbuf := c.win
 	if c.rlo > 0 {
 		c.rhi = copy(rbuf, rbuf[c.rlo:c.rhi])
 		c.rlo = 0

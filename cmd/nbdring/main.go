@@ -39,6 +39,9 @@ func main() {
 	batchWait := flag.Uint("batch-wait-us", 0,
 		"with more than one request in flight, a shard waits up to this many microseconds "+
 			"for a batch of completions (io_uring min-wait, Linux 6.12); 0: off")
+	recvBundles := flag.Bool("recv-bundles", true,
+		"a receive fills several pool buffers where the kernel can (IORING_RECVSEND_BUNDLE, "+
+			"Linux 6.10); false: one buffer a receive")
 	inlineIO := flag.String("inline-io", "auto",
 		"auto: the shard does an export's I/O itself where the kernel would hand it to an "+
 			"io-wq thread (no RWF_NOWAIT) and it answers in microseconds; on; off")
@@ -99,7 +102,7 @@ func main() {
 	o := options{readOnly: *readOnly, svc: svc, sec: sec, run: *runCmd,
 		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
 			Memory: *memoryMiB << 20, MaxConns: *maxConns, NoZeroCopy: !*zeroCopy,
-			BatchWait: uint32(min(*batchWait, 1<<31))}}
+			BatchWait: uint32(min(*batchWait, 1<<31)), NoRecvBundles: !*recvBundles}}
 	switch *inlineIO {
 	case "auto":
 	case "on":
