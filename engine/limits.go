@@ -115,6 +115,10 @@ const (
 	// completions are there (or fewer, once the time is up); 8 took
 	// completions per enter from 3.4 to 8 at 4k QD32 here.
 	batchWaitNr = 8
+	// controlProcs: Ps beyond one per shard for the rest of the process
+	// (procs.go): accept and handshakes, and the garbage collector's
+	// worker, which takes a quarter of the Ps while it marks.
+	controlProcs = 2
 	// reapBatch is how many completions one loop iteration handles at most.
 	reapBatch = 256
 
@@ -173,6 +177,13 @@ const (
 	// in a few microseconds, below the cost of handing it to an io-wq thread
 	// and back; a device this slow or slower would stall its shard instead.
 	inlineLatencyMax = 50 * time.Microsecond
+	// waitHold bounds how long a shard waits for a completion as a raw
+	// system call, keeping its P (ring.Ring.enterOnce), before it waits the
+	// ordinary way: above the gap between requests of a client at queue
+	// depth 1 on a LAN (tens of microseconds), so those waits never hand
+	// the P over, and short enough that anything starved of a P (a process
+	// with GOMAXPROCS lowered under the shards) waits a millisecond at most.
+	waitHold = time.Millisecond
 	// rangeLockRetry: how soon a request waiting for another request's
 	// read-modify-write span looks again; such waits last one device write.
 	rangeLockRetry = 100 * time.Microsecond

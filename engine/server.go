@@ -125,9 +125,13 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		seen[e.Name] = true
 		s.wireExps = append(s.wireExps, e.Wire(sz.blockMax))
 	}
+	shardsStarting(n)
 	for i := 0; i < n; i++ {
 		sh, err := newShard(s, i, cpus[i])
 		if err != nil {
+			for range n - i {
+				shardStopped() // this one and those not started
+			}
 			s.abort()
 			return nil, err
 		}
@@ -137,6 +141,9 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 		if err := <-ready; err != nil {
 			s.done.Done()
 			sh.close()
+			for range n - i {
+				shardStopped() // this one and those not started
+			}
 			s.abort()
 			return nil, err
 		}
@@ -394,6 +401,7 @@ func (s *Server) ioInflight() int64 {
 }
 
 func (s *Server) shardDone(sh *shard, err error) {
+	shardStopped()
 	if err != nil {
 		slog.Error(fmt.Sprintf("shard %d stopped: %v", sh.id, err), "shard", sh.id)
 		s.mu.Lock()

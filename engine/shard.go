@@ -171,7 +171,7 @@ func (s *shard) run(ready chan<- error) {
 		ready <- fmt.Errorf("shard %d: pin to CPU %d: %w", s.id, s.cpu, err)
 		return
 	}
-	r, err := ring.New(s.srv.sz.ring, reapBatch)
+	r, err := ring.New(s.srv.sz.ring, reapBatch, waitHold)
 	if err != nil {
 		ready <- fmt.Errorf("shard %d: %w", s.id, err)
 		return

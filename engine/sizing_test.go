@@ -2,6 +2,7 @@ package engine
 
 import (
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -198,4 +199,32 @@ func TestBatchWait(t *testing.T) {
 	}
 	r := srv.Snapshot().Shards[0]
 	t.Logf("%d completions in %d enters", r.RingCompletions, r.RingEnters)
+}
+
+// TestShardsKeepProcs: shards wait in io_uring_enter holding their P, so
+// with a shard on every CPU the rest of the process still runs: a client
+// is served, and a garbage collection (which must stop every P) ends.
+func TestShardsKeepProcs(t *testing.T) {
+	n := runtime.NumCPU()
+	_, sock, _ := testServerConfig(t, 1<<20, InlineOff, Config{Shards: n,
+		ArenaSize: arenaSizeMin})
+	if p := runtime.GOMAXPROCS(0); p < n+controlProcs {
+		t.Errorf("GOMAXPROCS %d with %d shards waiting", p, n)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 5 {
+			runtime.GC()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("5 garbage collections took over 10 s with every shard waiting")
+	}
+	tc := dial(t, sock, wire.ClientOptions{})
+	if e := tc.do(wire.CmdRead, 0, 0, 4096, nil, make([]byte, 4096)); e != wire.EOK {
+		t.Fatalf("READ: %v", e)
+	}
 }

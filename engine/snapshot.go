@@ -51,6 +51,7 @@ type ShardSnapshot struct {
 	RingEnters        uint64
 	RingSubmissions   uint64
 	RingCompletions   uint64
+	RingHoldTimeouts  uint64               // waits that outlasted waitHold
 	Latency           [cmdLabels]Histogram // by command
 }
 
@@ -121,6 +122,7 @@ func (sh *shard) snapshot() ShardSnapshot {
 	if r := sh.ring; r != nil {
 		ss.RingEnters, ss.RingSubmissions = r.Stats.Enters.Load(), r.Stats.Submitted.Load()
 		ss.RingCompletions = r.Stats.Completions.Load()
+		ss.RingHoldTimeouts = r.Stats.HoldTimeouts.Load()
 	}
 	ss.Exports = make([]ExportCounts, len(m.exp))
 	for i := range m.exp {
@@ -206,6 +208,7 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 		line("ring_enters", ss.RingEnters)
 		line("ring_submissions", ss.RingSubmissions)
 		line("ring_completions", ss.RingCompletions)
+		line("ring_hold_timeouts", ss.RingHoldTimeouts)
 		if ss.Recvs > 0 {
 			line("requests_per_recv", fmt.Sprintf("%.2f", float64(ss.sumRequests())/
 				float64(ss.Recvs)))

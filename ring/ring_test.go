@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -20,7 +21,7 @@ func newTestRing(t *testing.T) *Ring {
 	t.Helper()
 	runtime.LockOSThread()
 	t.Cleanup(runtime.UnlockOSThread)
-	r, err := New(64, 16)
+	r, err := New(64, 16, time.Millisecond)
 	if err != nil {
 		t.Skipf("io_uring unavailable here: %v", err)
 	}

@@ -67,8 +67,9 @@ func (rg *Ring) SubmitAndWaitMin(wait, minWaitUsec uint32) error {
 	for {
 		submit := flushSQ(rg.r)
 		rg.Stats.Enters.Add(1)
-		n, err := rg.r.Enter2(submit, wait, giouring.EnterGetEvents|giouring.EnterExtArg,
-			unsafe.Pointer(&rg.arg), int(unsafe.Sizeof(rg.arg)))
+		n, err := rg.enter(unix.Syscall6, submit, wait,
+			giouring.EnterGetEvents|giouring.EnterExtArg, unsafe.Pointer(&rg.arg),
+			int(unsafe.Sizeof(rg.arg)))
 		switch {
 		case err == nil:
 			rg.Stats.Submitted.Add(uint64(n))

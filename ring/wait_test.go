@@ -52,3 +52,31 @@ func TestSubmitAndWaitMin(t *testing.T) {
 		t.Errorf("the batch wait took %v: it waited for the timeout, not 1 ms", took)
 	}
 }
+
+// TestWaitHold: a wait that outlasts the ring's hold goes on as an
+// ordinary system call and still gets its completion; one that ends
+// within the hold does not count as a timeout.
+func TestWaitHold(t *testing.T) {
+	r := newTestRing(t) // hold: 1 ms
+	ts := unix.NsecToTimespec((20 * time.Millisecond).Nanoseconds())
+	PrepTimeout(r.SQE(), &ts)
+	if err := r.SubmitAndWait(1); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r.Reap()); n != 1 {
+		t.Fatalf("reaped %d completions after a wait for the 20 ms timeout", n)
+	}
+	r.Advance(1)
+	if n := r.Stats.HoldTimeouts.Load(); n != 1 {
+		t.Fatalf("%d hold timeouts for a 20 ms wait, want 1", n)
+	}
+	e := r.SQE()
+	e.PrepareNop()
+	if err := r.SubmitAndWait(1); err != nil {
+		t.Fatal(err)
+	}
+	r.Advance(len(r.Reap()))
+	if n := r.Stats.HoldTimeouts.Load(); n != 1 {
+		t.Fatalf("%d hold timeouts after a NOP, want still 1", n)
+	}
+}
