@@ -187,12 +187,16 @@ func (rg *Ring) enterOnce(wait uint32) (uint, error) {
 		n, err := rg.enter(unix.RawSyscall6, submit, wait,
 			giouring.EnterGetEvents|giouring.EnterExtArg, unsafe.Pointer(&rg.holdArg),
 			int(unsafe.Sizeof(rg.holdArg)))
-		if !errors.Is(err, syscall.ETIME) {
+		// A wait that timed out says ETIME, or, when the enter submitted
+		// something, the count: then only an empty queue tells.
+		timedOut := errors.Is(err, syscall.ETIME) || err == nil && rg.r.CQReady() == 0
+		if !timedOut {
 			return n, err
 		}
 		rg.Stats.Enters.Add(1)
 		rg.Stats.HoldTimeouts.Add(1)
-		submit = flushSQ(rg.r) // what the timed-out enter left (it says ETIME only then)
+		m, err := rg.enter(unix.Syscall6, flushSQ(rg.r), wait, giouring.EnterGetEvents, nil, 0)
+		return n + m, err
 	}
 	return rg.enter(unix.Syscall6, submit, wait, giouring.EnterGetEvents, nil, 0)
 }
