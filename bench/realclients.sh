@@ -32,7 +32,7 @@ done
 size=$(/usr/bin/python3 -c "import os,sys; f=os.open(sys.argv[1], os.O_RDONLY); \
 print(os.lseek(f, 0, 2))" "$file")
 work=$(mktemp -d /dev/shm/realclients.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 src=$work/src.img
 head -c "$size" /dev/urandom >"$src"
 port=$((20000 + RANDOM % 20000))
