@@ -89,22 +89,3 @@ func TestBufRingReceive(t *testing.T) {
 		}
 	}
 }
-
-// waitCQE submits and waits for the completion with user data ud.
-func waitCQE(t *testing.T, r *Ring, ud uint64) CQE {
-	t.Helper()
-	for {
-		if err := r.SubmitAndWait(1); err != nil {
-			t.Fatal(err)
-		}
-		cqes := r.Reap()
-		for _, c := range cqes {
-			if c.UserData == ud {
-				got := *c
-				r.Advance(len(cqes))
-				return got
-			}
-		}
-		r.Advance(len(cqes))
-	}
-}

@@ -30,7 +30,10 @@ func newTestRing(t *testing.T) *Ring {
 }
 
 // wait submits and returns the result of the single completion with ud.
-func wait(t *testing.T, r *Ring, ud uint64) int32 {
+func wait(t *testing.T, r *Ring, ud uint64) int32 { return waitCQE(t, r, ud).Res }
+
+// waitCQE submits and returns the single completion, which must be ud's.
+func waitCQE(t *testing.T, r *Ring, ud uint64) CQE {
 	t.Helper()
 	for {
 		if err := r.SubmitAndWait(1); err != nil {
@@ -41,9 +44,9 @@ func wait(t *testing.T, r *Ring, ud uint64) int32 {
 			if c.UserData != ud {
 				t.Fatalf("completion for %#x, want %#x", c.UserData, ud)
 			}
-			res := c.Res
+			got := *c
 			r.Advance(len(cqes))
-			return res
+			return got
 		}
 	}
 }
