@@ -118,7 +118,7 @@ func (s *shard) sendQueued(ci int32) {
 		s.sendQueuedTLS(ci)
 		return
 	}
-	n, last := 0, int32(-1)
+	n, last, replies := 0, int32(-1), 0
 	var bytes uint64
 	si := c.qHead
 	for si >= 0 && n+s.slots[si].nout <= iovecsPerSendMax {
@@ -126,7 +126,10 @@ func (s *shard) sendQueued(ci int32) {
 		n += copy(c.mem.iov[n:], sl.out[:sl.nout])
 		bytes += sl.outLen
 		last, si = si, sl.next
+		replies++
 	}
+	s.stats.Sends.Add(1)
+	s.stats.SentReplies.Add(uint64(replies))
 	s.slots[last].next = -1
 	c.sendHead, c.qHead = c.qHead, si
 	if si < 0 {

@@ -75,6 +75,8 @@ type ShardStats struct {
 	ZCCopied     atomic.Uint64 // their notifications that said the kernel copied
 	ZCRefused    atomic.Uint64 // connections whose socket refused zero-copy
 	InlineOps    atomic.Uint64 // device operations the shard did itself (Export.inline)
+	Sends        atomic.Uint64 // reply batches sent (plaintext; a TLS reply is records)
+	SentReplies  atomic.Uint64 // replies in them
 	Recvs        atomic.Uint64 // receives into the pool that brought data
 	RecvBufs     atomic.Uint64 // pool buffers they filled (more than Recvs: bundles)
 	RecvNoBufs   atomic.Uint64 // receives that found the pool empty (ENOBUFS)

@@ -198,7 +198,11 @@ func TestBatchWait(t *testing.T) {
 		}
 	}
 	r := srv.Snapshot().Shards[0]
-	t.Logf("%d completions in %d enters", r.RingCompletions, r.RingEnters)
+	t.Logf("%d completions in %d enters; %d replies in %d sends", r.RingCompletions,
+		r.RingEnters, r.SentReplies, r.Sends)
+	if r.SentReplies != 2*reads+50 || r.Sends == 0 || r.Sends > r.SentReplies {
+		t.Errorf("%d replies in %d sends, want %d replies", r.SentReplies, r.Sends, 2*reads+50)
+	}
 }
 
 // TestShardsKeepProcs: shards wait in io_uring_enter holding their P, so

@@ -43,6 +43,8 @@ type ShardSnapshot struct {
 	ZCRefused         uint64              // connections whose socket refused zero-copy
 	InlineOps         uint64              // device operations the shard did itself
 	Punts             [puntReasons]uint64 // device operations run on io-wq, by reason
+	Sends             uint64              // reply batches sent (plaintext)
+	SentReplies       uint64              // replies in them
 	Recvs             uint64              // receives into the pool that brought data
 	RecvBufs          uint64              // pool buffers they filled
 	RecvNoBufs        uint64              // receives that found the pool empty
@@ -114,6 +116,7 @@ func (sh *shard) snapshot() ShardSnapshot {
 		SendsZC: st.SendsZC.Load(), ZCCopied: st.ZCCopied.Load(),
 		ZCRefused: st.ZCRefused.Load(), InlineOps: st.InlineOps.Load(),
 		BackpressureWaits: m.backpressure.Load(), Recvs: st.Recvs.Load(),
+		Sends: st.Sends.Load(), SentReplies: st.SentReplies.Load(),
 		RecvBufs: st.RecvBufs.Load(), RecvNoBufs: st.RecvNoBufs.Load(),
 		RecvBufsFree: st.RecvBufsFree.Load()}
 	for i := range ss.Punts {
@@ -209,6 +212,12 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 		line("ring_submissions", ss.RingSubmissions)
 		line("ring_completions", ss.RingCompletions)
 		line("ring_hold_timeouts", ss.RingHoldTimeouts)
+		line("sends", ss.Sends)
+		line("sent_replies", ss.SentReplies)
+		if ss.Sends > 0 {
+			line("replies_per_send", fmt.Sprintf("%.2f", float64(ss.SentReplies)/
+				float64(ss.Sends)))
+		}
 		if ss.Recvs > 0 {
 			line("requests_per_recv", fmt.Sprintf("%.2f", float64(ss.sumRequests())/
 				float64(ss.Recvs)))
