@@ -208,8 +208,8 @@ func (s *shard) parse(ci int32) {
 		}
 		c.reqHeld = false
 	}
-	if !c.closing {
-		s.settleRecv(c)
+	if !c.closing && !c.disc {
+		s.settleRecv(c) // after DISC what is left is never parsed; release drops it
 	}
 	s.armRecv(ci)
 }

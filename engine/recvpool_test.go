@@ -246,3 +246,27 @@ func TestRecvPoolOrder(t *testing.T) {
 		t.Fatal("data written after buffers came back out of order differs")
 	}
 }
+
+// TestRecvPoolAfterDisc: bytes a client sends after NBD_CMD_DISC, in the
+// same receive, are dropped with the connection, and their buffers
+// come back.
+func TestRecvPoolAfterDisc(t *testing.T) {
+	srv, sock, _ := testServerConfig(t, 1<<20, InlineOff,
+		Config{Shards: 1, ArenaSize: arenaSizeMin})
+	tc := dial(t, sock, wire.ClientOptions{})
+	var h [wire.RequestSize]byte
+	wire.EncodeRequest(h[:], &wire.Request{Type: wire.CmdDisc, Cookie: 1})
+	// Requests in flight when DISC arrives keep the connection open.
+	out := append(pipelinedReads(10, 4096), h[:]...)
+	out = append(out, pipelinedReads(300, 4096)...)
+	if _, err := tc.c.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	if err := drainReplies(tc.c, 10, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := tc.c.Read(make([]byte, 16)); err != io.EOF {
+		t.Fatalf("after DISC and more requests: read %d bytes, %v; want EOF", n, err)
+	}
+	waitPoolFull(t, srv)
+}
