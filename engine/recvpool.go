@@ -31,8 +31,8 @@ type recvPool struct {
 	bundles bool     // receives fill several buffers
 	// A connection's received buffers are a list through next (-1 ends
 	// it), each holding bytes [off, fill) still to parse. One receive may
-	// fill any number: the kernel retries a bundle that came back full
-	// into the same completion.
+	// fill more than its length asks for (a 64 KiB receive filled 17 on
+	// Linux 6.18; 1 MiB writes, 50 on average), so no fixed bound holds.
 	next      []int32
 	off, fill []uint16
 }
