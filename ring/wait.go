@@ -12,7 +12,9 @@ import (
 
 // flushSQ publishes the queued SQEs to the kernel's tail without entering
 // and returns how many are pending: giouring's own step of every submit,
-// reached here because its SubmitAndWaitTimeout has no min_wait field.
+// reached here (giouring keeps it private; its version is pinned) because
+// the ring enters io_uring itself: as a raw system call (enterOnce), and
+// with a min_wait that giouring's getevents argument has no field for.
 //
 //go:linkname flushSQ github.com/pawelgaczynski/giouring.(*Ring).internalFlushSQ
 func flushSQ(r *giouring.Ring) uint32
