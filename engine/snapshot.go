@@ -176,13 +176,15 @@ func bytesOf(e *ExportCounts) *[cmdLabels]uint64    { return &e.Bytes }
 func (sn *Snapshot) WriteCounters(w io.Writer) {
 	for i := range sn.Shards {
 		ss := &sn.Shards[i]
-		reqs, errs, bytes := ss.sum(requestsOf), ss.sum(errorsOf), ss.sum(bytesOf)
-		var errTotal uint64
-		for _, n := range errs {
-			errTotal += n
-		}
+		reqs, bytes := ss.sum(requestsOf), ss.sum(bytesOf)
 		fmt.Fprintf(w, "shard %d (cpu %d)\n", ss.ID, ss.CPU)
 		line := func(name string, v any) { fmt.Fprintf(w, "  %-21s %v\n", name, v) }
+		// ratio prints num per den, once there is a den.
+		ratio := func(name string, num, den uint64) {
+			if den > 0 {
+				line(name, fmt.Sprintf("%.2f", float64(num)/float64(den)))
+			}
+		}
 		line("connections", ss.Conns())
 		line("in_flight", ss.Inflight)
 		line("arena_bytes_in_use", ss.ArenaBytes)
@@ -207,34 +209,24 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 		}
 		line("bytes_read", bytes[wire.CmdRead])
 		line("bytes_written", bytes[wire.CmdWrite])
-		line("errors", errTotal)
+		line("errors", total(ss.sum(errorsOf)))
 		line("ring_enters", ss.RingEnters)
 		line("ring_submissions", ss.RingSubmissions)
 		line("ring_completions", ss.RingCompletions)
 		line("ring_hold_timeouts", ss.RingHoldTimeouts)
 		line("sends", ss.Sends)
 		line("sent_replies", ss.SentReplies)
-		if ss.Sends > 0 {
-			line("replies_per_send", fmt.Sprintf("%.2f", float64(ss.SentReplies)/
-				float64(ss.Sends)))
-		}
-		if ss.Recvs > 0 {
-			line("requests_per_recv", fmt.Sprintf("%.2f", float64(ss.sumRequests())/
-				float64(ss.Recvs)))
-		}
-		if e := ss.RingEnters; e > 0 {
-			line("submissions_per_enter", fmt.Sprintf("%.2f",
-				float64(ss.RingSubmissions)/float64(e)))
-			line("completions_per_enter", fmt.Sprintf("%.2f",
-				float64(ss.RingCompletions)/float64(e)))
-		}
+		ratio("replies_per_send", ss.SentReplies, ss.Sends)
+		ratio("requests_per_recv", total(reqs), ss.Recvs)
+		ratio("submissions_per_enter", ss.RingSubmissions, ss.RingEnters)
+		ratio("completions_per_enter", ss.RingCompletions, ss.RingEnters)
 	}
 }
 
-// sumRequests is the shard's requests of every command.
-func (ss *ShardSnapshot) sumRequests() uint64 {
+// total adds a per-command table.
+func total(t [cmdLabels]uint64) uint64 {
 	var n uint64
-	for _, v := range ss.sum(requestsOf) {
+	for _, v := range t {
 		n += v
 	}
 	return n
