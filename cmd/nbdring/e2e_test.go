@@ -511,6 +511,23 @@ func TestE2ENbdcopy(t *testing.T) {
 	e2eSameBytes(t, "nbdcopy round trip", e2eReadFile(t, back), e2eReadFile(t, src))
 }
 
+// e2eFioJobs parses fio's JSON report, which must list jobs jobs.
+func e2eFioJobs(t *testing.T, out string, jobs int) e2eFioOutput {
+	t.Helper()
+	var rep e2eFioOutput
+	// fio may print notes before the JSON document.
+	if i := strings.Index(out, "{"); i >= 0 {
+		out = out[i:]
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("fio JSON: %v\n%s", err, out)
+	}
+	if len(rep.Jobs) != jobs {
+		t.Fatalf("fio reported %d jobs, want %d", len(rep.Jobs), jobs)
+	}
+	return rep
+}
+
 // e2eFioOutput is the part of fio's JSON report these tests read.
 type e2eFioOutput struct {
 	Jobs []struct {
@@ -542,17 +559,7 @@ func TestE2EFio(t *testing.T) {
 		"--size="+strconv.Itoa(jobSize), "--offset_increment="+strconv.Itoa(jobSize),
 		"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--verify_state_save=0",
 		"--output-format=json")
-	var rep e2eFioOutput
-	// fio may print notes before the JSON document.
-	if i := strings.Index(out, "{"); i >= 0 {
-		out = out[i:]
-	}
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
-		t.Fatalf("fio JSON: %v\n%s", err, out)
-	}
-	if len(rep.Jobs) != jobs {
-		t.Fatalf("fio reported %d jobs, want %d", len(rep.Jobs), jobs)
-	}
+	rep := e2eFioJobs(t, out, jobs)
 	for i, j := range rep.Jobs {
 		if j.Error != 0 {
 			t.Errorf("fio job %d: error %d", i, j.Error)

@@ -12,7 +12,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"io"
@@ -313,17 +312,7 @@ func TestE2ETLSFio(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("fio over TLS: %v\n%s\n%s", err, e.String(), o.String())
 	}
-	out := o.String()
-	var rep e2eFioOutput
-	if i := strings.Index(out, "{"); i >= 0 {
-		out = out[i:]
-	}
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
-		t.Fatalf("fio JSON: %v\n%s", err, out)
-	}
-	if len(rep.Jobs) != jobs {
-		t.Fatalf("fio reported %d jobs, want %d", len(rep.Jobs), jobs)
-	}
+	rep := e2eFioJobs(t, o.String(), jobs)
 	for i, j := range rep.Jobs {
 		if j.Error != 0 || j.Write.IOBytes != jobSize || j.Read.IOBytes != jobSize {
 			t.Errorf("fio job %d over TLS: error %d, wrote %d, verified %d; want %d each",
