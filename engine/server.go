@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nbdring/nbdring/engine/topology"
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
 	"golang.org/x/sys/unix"
@@ -92,7 +93,7 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	if len(exports) == 0 {
 		return nil, errors.New("no exports: name at least one file or block device")
 	}
-	topo, err := ReadTopology()
+	topo, err := topology.Read()
 	if err != nil {
 		return nil, err
 	}
@@ -219,21 +220,6 @@ func (s *Server) abort() {
 	s.stopping.Store(true)
 	s.wakeAll()
 	s.done.Wait()
-}
-
-// UsableCPUs lists the CPUs this process may run on.
-func UsableCPUs() ([]int, error) {
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		return nil, fmt.Errorf("sched_getaffinity: %w", err)
-	}
-	var cpus []int
-	for i := 0; i < len(set)*64; i++ {
-		if set.IsSet(i) {
-			cpus = append(cpus, i)
-		}
-	}
-	return cpus, nil
 }
 
 // Listen opens ADDR: host:port for TCP, unix:/path for a Unix socket. A

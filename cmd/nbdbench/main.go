@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/nbdring/nbdring/bench"
-	"github.com/nbdring/nbdring/engine"
+	"github.com/nbdring/nbdring/engine/topology"
 )
 
 func main() {
@@ -94,7 +94,7 @@ func runCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	if topo, err := engine.ReadTopology(); err == nil {
+	if topo, err := topology.Read(); err == nil {
 		res.Machine = topo.String()
 	}
 	if *asJSON {
@@ -211,7 +211,7 @@ func compareCmd(args []string) error {
 		return err
 	}
 	machine := ""
-	if topo, err := engine.ReadTopology(); err == nil {
+	if topo, err := topology.Read(); err == nil {
 		machine = topo.String()
 	}
 	if *svg != "" {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nbdring/nbdring/engine"
+	"github.com/nbdring/nbdring/engine/topology"
 	"github.com/nbdring/nbdring/wire"
 )
 
@@ -184,7 +185,7 @@ type options struct {
 // the flags, before anything is opened.
 func (o *options) resolve(configFile string, args []string, shards, arenaMiB,
 	memoryMiB int) error {
-	usable, err := engine.UsableCPUs()
+	usable, err := topology.UsableCPUs()
 	if err != nil {
 		return err
 	}

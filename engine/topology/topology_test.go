@@ -1,4 +1,4 @@
-package engine
+package topology
 
 import (
 	"slices"
@@ -24,7 +24,7 @@ func TestShardCPUs(t *testing.T) {
 }
 
 func TestReadTopologyCoversUsableCPUs(t *testing.T) {
-	topo, err := ReadTopology()
+	topo, err := Read()
 	if err != nil {
 		t.Fatal(err)
 	}

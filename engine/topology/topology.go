@@ -1,4 +1,8 @@
-package engine
+// Package topology is the machine as nbdring's shards and nbdbench see it:
+// the CPUs this process may use, grouped into physical cores, and the CPU
+// model and caches. It imports no project package, so nbdbench can print the
+// machine line without linking the engine.
+package topology
 
 import (
 	"fmt"
@@ -7,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/klauspost/cpuid/v2"
+	"golang.org/x/sys/unix"
 )
 
 // Topology is the machine as the shards see it: the CPUs this process may
@@ -23,9 +28,8 @@ type Topology struct {
 	Hypervisor bool
 }
 
-// ReadTopology combines sched_getaffinity, /sys/devices/system/cpu and
-// cpuid.
-func ReadTopology() (Topology, error) {
+// Read combines sched_getaffinity, /sys/devices/system/cpu and cpuid.
+func Read() (Topology, error) {
 	cpus, err := UsableCPUs()
 	if err != nil {
 		return Topology{}, err
@@ -92,4 +96,19 @@ func (t Topology) String() string {
 	return fmt.Sprintf("%s; %d usable CPUs on %d cores (machine: %d threads, %d cores); "+
 		"L1d %d KiB, L2 %d KiB, L3 %d MiB%s", t.Model, len(t.CPUs), len(t.Cores), t.Threads,
 		t.Physical, t.L1D>>10, t.L2>>10, t.L3>>20, vm)
+}
+
+// UsableCPUs lists the CPUs this process may run on.
+func UsableCPUs() ([]int, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil, fmt.Errorf("sched_getaffinity: %w", err)
+	}
+	var cpus []int
+	for i := 0; i < len(set)*64; i++ {
+		if set.IsSet(i) {
+			cpus = append(cpus, i)
+		}
+	}
+	return cpus, nil
 }
