@@ -41,6 +41,12 @@ type stressOp struct {
 	off   uint64
 	n     uint64
 	data  []byte // WRITE payload
+	// echo: an unaligned request inside another connection's whole-block
+	// WRITE, WRITE_ZEROES or (where TRIM zeroes) TRIM of the same round
+	// that puts the same bytes there; every order of the two leaves the
+	// blocks as the model says, but an RMW that read them before the
+	// whole-block request and wrote them back after it does not.
+	echo bool
 }
 
 // stressModel is what every byte of the region should hold: val, or, where
@@ -62,6 +68,9 @@ func (m *stressModel) ok(i int, b byte) bool {
 
 // apply records a round's completed request in the model.
 func (m *stressModel) apply(op *stressOp, conn int) {
+	if op.echo {
+		return // it agrees with the request it echoes
+	}
 	what := fmt.Sprintf("conn %d %v flags %#x %d+%d", conn, op.typ, op.flags, op.off, op.n)
 	for i := op.off; i < op.off+op.n; i++ {
 		switch op.typ {
@@ -84,12 +93,16 @@ func (m *stressModel) apply(op *stressOp, conn int) {
 
 // stressRound cuts the region into pieces and gives each a request: ops[c]
 // are connection c's.
-func stressRound(rng *rand.Rand, region, align uint64, round int) [stressConns][]stressOp {
+func stressRound(rng *rand.Rand, m *stressModel, round int) [stressConns][]stressOp {
 	var ops [stressConns][]stressOp
+	region, align := uint64(len(m.val)), m.align
 	for p, k := uint64(0), 0; p < region; k++ {
 		n := 1 + uint64(rng.Int63n(int64(align+align/2)))
-		if p%align == 0 && rng.Intn(3) == 0 {
+		switch {
+		case p%align == 0 && rng.Intn(3) == 0:
 			n = align * uint64(1+rng.Intn(3)) // whole blocks: the aligned fast path
+		case p%align != 0 && rng.Intn(3) == 0:
+			n = align - p%align // up to the block's end, so whole blocks follow
 		}
 		n = min(n, region-p)
 		op := stressOp{off: p, n: n}
@@ -114,9 +127,36 @@ func stressRound(rng *rand.Rand, region, align uint64, round int) [stressConns][
 		}
 		c := (k + round) % stressConns // neighbours differ: k and k+1
 		ops[c] = append(ops[c], op)
+		if e, ok := stressEcho(rng, m, &op); ok {
+			c = (c + 1 + rng.Intn(stressConns-1)) % stressConns
+			ops[c] = append(ops[c], e)
+		}
 		p += n
 	}
 	return ops
+}
+
+// stressEcho makes, for half the whole-block requests that leave known
+// bytes, an unaligned request on part of them that puts the same bytes
+// there (stressOp.echo).
+func stressEcho(rng *rand.Rand, m *stressModel, op *stressOp) (stressOp, bool) {
+	zeroes := op.typ == wire.CmdWriteZeroes || op.typ == wire.CmdTrim && m.trimZeroes
+	if op.typ != wire.CmdWrite && !zeroes || op.off%m.align != 0 || op.n%m.align != 0 ||
+		rng.Intn(2) == 0 {
+		return stressOp{}, false
+	}
+	a := uint64(rng.Int63n(int64(op.n - 1)))
+	b := a + 1 + uint64(rng.Int63n(int64(op.n-a-1)))
+	e := stressOp{typ: wire.CmdWrite, off: op.off + a, n: b - a, echo: true}
+	switch {
+	case !zeroes:
+		e.data = op.data[a:b]
+	case rng.Intn(2) == 0:
+		e.typ = wire.CmdWriteZeroes
+	default:
+		e.data = make([]byte, b-a)
+	}
+	return e, true
 }
 
 // stressSend sends a connection's requests of a round in one stream and
@@ -235,14 +275,19 @@ func stressRun(t *testing.T, srv *Server, sock string, exp *Export, trimZeroes b
 		m.last[i] = "no request (the initial contents)"
 	}
 	rng := rand.New(rand.NewSource(16))
-	var wrongBytes, wrongBlocks, reqs int
+	var wrongBytes, wrongBlocks, reqs, echoes int
 	stressCheck(t, cs[0], m, -1) // the initial contents
 	for r := 0; r < stressRounds; r++ {
-		ops := stressRound(rng, region, align, r)
+		ops := stressRound(rng, m, r)
 		var wg sync.WaitGroup
 		errs := make([]error, stressConns)
 		for c := range cs {
 			reqs += len(ops[c])
+			for i := range ops[c] {
+				if ops[c][i].echo {
+					echoes++
+				}
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -263,9 +308,9 @@ func stressRun(t *testing.T, srv *Server, sock string, exp *Export, trimZeroes b
 		by, bl := stressCheck(t, cs[0], m, r)
 		wrongBytes, wrongBlocks = wrongBytes+by, wrongBlocks+bl
 	}
-	t.Logf("%d rounds, %d requests on %d connections over %d shards, %d-byte blocks: "+
-		"%d wrong bytes in %d wrong blocks", stressRounds, reqs, stressConns,
-		len(srv.shards), align, wrongBytes, wrongBlocks)
+	t.Logf("%d rounds, %d requests (%d echoes) on %d connections over %d shards, "+
+		"%d-byte blocks: %d wrong bytes in %d wrong blocks", stressRounds, reqs, echoes,
+		stressConns, len(srv.shards), align, wrongBytes, wrongBlocks)
 	if wrongBlocks > 0 {
 		t.Errorf("%d bytes in %d blocks lost an acknowledged write, zero or trim "+
 			"(blocks checked: %d a round, %d rounds)", wrongBytes, wrongBlocks,
