@@ -266,10 +266,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 		sl.phase, sl.done = phWrite, 0
 		s.submitWrite(si)
 	case phWrite:
-		if sl.lock >= 0 {
-			sl.exp.locks.unlock(sl.lock)
-			sl.lock = -1
-		}
+		s.unlockSpan(sl)
 		if sl.req.Type == wire.CmdWrite {
 			s.countBytes(sl)
 		}
@@ -353,10 +350,12 @@ func (s *shard) onZero(si int32, res int32) {
 func (s *shard) zeroByWriting(si int32) {
 	sl := &s.slots[si]
 	if sl.req.Flags&wire.CmdFlagFastZero != 0 {
+		s.unlockSpan(sl) // refused: nothing more changes its blocks
 		s.replyErr(si, wire.ENOTSUP, "fast zeroing is not supported by this export")
 		return
 	}
 	if !isAligned(sl.req.Offset|sl.req.Length, uint64(sl.exp.align)) {
+		s.unlockSpan(sl)
 		s.replyErr(si, wire.ENOTSUP, "the export's filesystem cannot zero ranges and this "+
 			"one is not aligned to the block size for writing zeros; write zeros instead")
 		return
@@ -385,8 +384,10 @@ func (s *shard) onZeroWrite(si int32, res int32) {
 	s.afterFallocate(si)
 }
 
-// afterFallocate finishes TRIM and WRITE_ZEROES, syncing first for FUA.
+// afterFallocate finishes TRIM and WRITE_ZEROES, syncing first for FUA;
+// the blocks are changed, so their range lock goes before the sync.
 func (s *shard) afterFallocate(si int32) {
+	s.unlockSpan(&s.slots[si])
 	if s.slots[si].req.Flags&wire.CmdFlagFUA != 0 {
 		s.startSync(si, phSync)
 		return
@@ -397,10 +398,7 @@ func (s *shard) afterFallocate(si int32) {
 // deviceError logs the real errno, then replies with the protocol's code.
 func (s *shard) deviceError(si int32, res int32, what string) {
 	sl := &s.slots[si]
-	if sl.lock >= 0 {
-		sl.exp.locks.unlock(sl.lock)
-		sl.lock = -1
-	}
+	s.unlockSpan(sl)
 	errno := unix.Errno(-res)
 	if now := time.Now(); now.After(s.errLogNext) {
 		more := ""

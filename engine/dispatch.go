@@ -124,30 +124,60 @@ func (s *shard) startWrite(si int32) bool {
 	return true
 }
 
-// payloadDone: a WRITE's payload is all here; write it, or merge it first.
+// payloadDone: a WRITE's payload is all here; write it, or merge it first,
+// once it holds its blocks (startLocked).
 func (s *shard) payloadDone(ci int32) {
 	c := &s.conns[ci]
 	si := c.pslot
 	c.pslot = -1
-	if s.slots[si].pbuf >= 0 {
-		s.startRMW(si)
-		return
+	sl := &s.slots[si]
+	sl.phase = phWrite
+	if sl.pbuf >= 0 {
+		sl.phase = phRMWRead
 	}
-	s.slots[si].phase = phWrite
-	s.submitWrite(si)
+	s.startLocked(si)
 }
 
-// startRMW locks the span across shards and reads it, so the unaligned
-// bytes can be merged into whole blocks.
-func (s *shard) startRMW(si int32) {
+// startLocked takes the range lock over slot si's blocks that its next
+// phase needs (rangeLocks says which), then starts the phase: an RMW's
+// read (phRMWRead), a write (phWrite), a zeroing (phZero) or a trim
+// (phTrim). A slot that cannot take it waits in rmwWait and comes back
+// here on a later turn of the loop.
+func (s *shard) startLocked(si int32) {
 	sl := &s.slots[si]
-	lock, ok := sl.exp.locks.tryLock(sl.spanOff, sl.spanOff+uint64(sl.spanLen))
+	a := uint64(sl.exp.align)
+	start, end := alignDown(sl.req.Offset, a), alignUp(sl.req.Offset+sl.req.Length, a)
+	var ok bool
+	if sl.phase == phRMWRead {
+		ok = sl.exp.locks.lockRMW(start, end, &sl.lock)
+	} else {
+		ok = sl.exp.locks.lockPlain(s.id, start, end, &sl.lock)
+	}
 	if !ok {
 		s.rmwWait = append(s.rmwWait, si)
 		return
 	}
-	sl.lock, sl.phase, sl.done = lock, phRMWRead, 0
-	s.submitRead(si)
+	switch sl.phase {
+	case phRMWRead:
+		sl.done = 0
+		s.submitRead(si)
+	case phWrite:
+		s.submitWrite(si)
+	case phZero:
+		s.submitZeroStep(si)
+	case phTrim:
+		s.submitTrim(si)
+	default:
+		assert(false, "range lock taken for a phase that changes no data")
+	}
+}
+
+// unlockSpan gives up slot sl's range lock, if it holds one, once the
+// device operation that changed its blocks has completed.
+func (s *shard) unlockSpan(sl *slot) {
+	if sl.lock != lockNone {
+		sl.exp.locks.release(s.id, &sl.lock)
+	}
 }
 
 // startSync runs fdatasync for FLUSH, or after a FUA TRIM or WRITE_ZEROES.
@@ -187,6 +217,13 @@ func (s *shard) startTrim(si int32) {
 		s.afterFallocate(si)
 		return
 	}
+	s.startLocked(si)
+}
+
+// submitTrim issues a TRIM's discard (device) or hole punch (file).
+func (s *shard) submitTrim(si int32) {
+	sl := &s.slots[si]
+	off, end := s.trimRange(sl)
 	if sl.exp.isDevice {
 		ring.PrepDiscard(s.issue(opIO, si), sl.exp.fd, off, end-off)
 		return
@@ -225,12 +262,12 @@ func (s *shard) startZero(si int32) bool {
 		}
 	}
 	sl.phase, sl.step = phZero, 0
-	s.submitZeroStep(si)
+	s.startLocked(si)
 	return true
 }
 
 // startZeroRMW zeroes an unaligned range by reading its span, clearing the
-// range and writing the span back, under the range lock.
+// range and writing the span back, holding the span alone (rangeLocks).
 func (s *shard) startZeroRMW(si int32) bool {
 	sl := &s.slots[si]
 	if sl.req.Length > uint64(s.srv.sz.blockMax) {
@@ -243,6 +280,7 @@ func (s *shard) startZeroRMW(si int32) bool {
 	if !s.allocData(si, int(sl.spanLen)) {
 		return false
 	}
-	s.startRMW(si)
+	sl.phase = phRMWRead
+	s.startLocked(si)
 	return true
 }

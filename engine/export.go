@@ -304,20 +304,125 @@ func (e *Export) Wire(blockMax uint32) wire.Export {
 // ReadOnly reports whether the export refuses writes.
 func (e *Export) ReadOnly() bool { return e.readOnly }
 
-// rangeLocks serialises read-modify-write of the same aligned blocks across
-// all shards, so two unaligned writes to disjoint bytes of one block both
-// survive. It is on the slow path only (unaligned requests from clients
-// that never asked for block sizes); a shard never blocks on it: tryLock
-// fails and the request waits its turn in the shard's loop.
+// rangeLocks orders every request that changes part of a block against
+// every other request that changes the same blocks, on all shards.
+//
+// Why: a read-modify-write (RMW: an unaligned WRITE, or an unaligned
+// WRITE_ZEROES on a device) reads whole blocks, merges its bytes and
+// writes the blocks back. Any write-class request (WRITE, WRITE_ZEROES,
+// TRIM, aligned or not) that lands on those blocks between the read and
+// the write-back is undone by it: the write-back restores the bytes it
+// read (issue 16: a fallocate's zeroes came back as the old data).
+//
+// The rule, over each request's aligned span (its bytes rounded out to
+// whole blocks):
+//   - an RMW holds its span alone, from before its read until its
+//     write-back completes;
+//   - every other write-class request holds its span while its device
+//     operation is in flight (until the fallocate, discard or write
+//     completes, not across a FUA fdatasync), so no RMW reads under it,
+//     and it waits while an RMW holds any of its blocks.
+//
+// Reads take nothing: a read racing a write may see either.
+//
+// Holding is cheap while no RMW is about. A plain request counts itself in
+// its shard's stripe and then checks rmw; an RMW counts itself in rmw and
+// then waits until every stripe is empty before it takes its span. Each
+// side writes its counter before it reads the other's (Go's atomics are
+// sequentially consistent), so at least one sees the other: the plain
+// request goes to the span table, or the RMW waits for it. While an RMW
+// is active or waiting, plain requests take table spans instead, so the
+// stripes drain within one device operation and the RMW cannot starve.
+//
+// A shard never blocks here: a request that cannot hold its span now
+// waits in its shard's rmwWait and tries again (rangeLockRetry); none
+// fails, and a full table is waited for like a conflict. A slot's hold
+// is its lock field: lockNone, lockFast, lockRMWWait or a table index.
 type rangeLocks struct {
-	mu   sync.Mutex
+	// fast: plain requests in flight outside the table, striped by shard
+	// so the aligned fast path bounces no cache line between shards.
+	fast [rangeLockStripes]struct {
+		n atomic.Int32
+		_ [60]byte
+	}
+	// rmw: RMWs holding a span or waiting for one.
+	rmw atomic.Int32
+	_   [60]byte
+	mu  sync.Mutex
+	// span is the table; rmw marks an RMW's span, which releases rmw.
 	span [rangeLocksMax]struct {
 		start, end uint64
-		used       bool
+		used, rmw  bool
 	}
 }
 
+// A slot's hold besides a table index (slot.lock).
+const (
+	lockNone    = -1 // holds nothing
+	lockFast    = -2 // counted in its shard's stripe of rangeLocks.fast
+	lockRMWWait = -3 // an RMW counted in rangeLocks.rmw, waiting for its span
+)
+
+// lockPlain takes, for a write-class request on shard that is not an RMW,
+// the hold of span [start, end) into *held; false: call again later.
+func (l *rangeLocks) lockPlain(shard int, start, end uint64, held *int) bool {
+	stripe := &l.fast[shard%rangeLockStripes].n
+	stripe.Add(1)
+	if l.rmw.Load() == 0 {
+		*held = lockFast
+		return true
+	}
+	stripe.Add(-1)
+	i, ok := l.take(start, end, false)
+	if ok {
+		*held = i
+	}
+	return ok
+}
+
+// lockRMW takes span [start, end) alone for a read-modify-write into
+// *held; false: call again later (the RMW stays counted, so plain
+// requests keep off the fast path until it has run).
+func (l *rangeLocks) lockRMW(start, end uint64, held *int) bool {
+	if *held != lockRMWWait {
+		l.rmw.Add(1)
+		*held = lockRMWWait
+	}
+	for i := range l.fast {
+		if l.fast[i].n.Load() != 0 {
+			return false
+		}
+	}
+	i, ok := l.take(start, end, true)
+	if ok {
+		*held = i
+	}
+	return ok
+}
+
+// release gives up *held, taken on shard, and sets it to lockNone.
+func (l *rangeLocks) release(shard int, held *int) {
+	switch h := *held; {
+	case h == lockFast:
+		l.fast[shard%rangeLockStripes].n.Add(-1)
+	case h == lockRMWWait:
+		l.rmw.Add(-1)
+	case h >= 0:
+		if l.unlock(h) {
+			l.rmw.Add(-1)
+		}
+	}
+	*held = lockNone
+}
+
+// tryLock takes [start, end) in the table, for the table's own tests.
 func (l *rangeLocks) tryLock(start, end uint64) (int, bool) {
+	return l.take(start, end, false)
+}
+
+// take puts [start, end) in the table unless it overlaps a span there or
+// the table is full.
+func (l *rangeLocks) take(start, end uint64, rmw bool) (int, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	freeIdx := -1
@@ -336,14 +441,20 @@ func (l *rangeLocks) tryLock(start, end uint64) (int, bool) {
 	if freeIdx < 0 {
 		return -1, false
 	}
-	l.span[freeIdx].start, l.span[freeIdx].end, l.span[freeIdx].used = start, end, true
+	s := &l.span[freeIdx]
+	s.start, s.end, s.used, s.rmw = start, end, true, rmw
 	return freeIdx, true
 }
 
-func (l *rangeLocks) unlock(i int) {
+// unlock frees table entry i and reports whether it was an RMW's.
+func (l *rangeLocks) unlock(i int) bool {
 	l.mu.Lock()
-	l.span[i].used = false
+	s := &l.span[i]
+	assert(s.used, "unlocked a free range lock")
+	rmw := s.rmw
+	s.used, s.rmw = false, false
 	l.mu.Unlock()
+	return rmw
 }
 
 // servedTo reports whether a client at ip may see this export (its Allow

@@ -127,9 +127,17 @@ const (
 	// request loops over it. Its buffer is mapped read-only per shard.
 	zeroWriteMax = 1 << 20
 
-	// rangeLocksMax bounds concurrent read-modify-write spans per export;
-	// a request that finds the table full waits like one that conflicts.
+	// rangeLocksMax bounds the spans held in an export's range-lock table
+	// (rangeLocks): read-modify-writes, and, while one is active or
+	// waiting, the other write-class requests. A request that finds the
+	// table full waits like one that conflicts; 64 spans keep a shard's
+	// scan of the table under a microsecond, and writes hold them for one
+	// device operation.
 	rangeLocksMax = 64
+	// rangeLockStripes: counters of aligned write-class requests in flight
+	// per export (rangeLocks.fast), one cache line each, shard i using
+	// stripe i mod 64: shards share a line only beyond 64 of them.
+	rangeLockStripes = 64
 	// inlineSlotsMax: an inline export's I/O is done by the shard only while
 	// the shard has at most this many requests in flight; deeper, io-wq's
 	// threads do it in parallel (4k random reads from zram at QD32 measured

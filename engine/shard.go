@@ -314,7 +314,7 @@ func (s *shard) retryWaiting() {
 		w := s.rmwWait
 		s.rmwWait, s.rmwSpare = s.rmwSpare[:0], w
 		for _, si := range w {
-			s.startRMW(si)
+			s.startLocked(si)
 		}
 	}
 	if len(s.waiting) == 0 {

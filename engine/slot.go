@@ -28,7 +28,7 @@ type slot struct {
 	done    uint64 // bytes done (short reads and writes resume; zero writes)
 	phase   uint8
 	step    uint8 // WRITE_ZEROES: which fallocate strategy is running
-	lock    int   // range lock held during read-modify-write, or -1
+	lock    int   // range lock held (rangeLocks), or lockNone
 	// blocking: a read or write of this request met EAGAIN with RWF_NOWAIT;
 	// the rest of it is issued without (it runs on io-wq).
 	blocking bool
@@ -87,7 +87,7 @@ func (s *shard) allocSlot(ci int32) int32 {
 	sl := &s.slots[i]
 	assert(sl.state == slotFree && sl.ops == 0, "allocated a slot in use")
 	sl.gen++
-	sl.state, sl.conn, sl.next, sl.lock = slotLive, ci, -1, -1
+	sl.state, sl.conn, sl.next, sl.lock = slotLive, ci, -1, lockNone
 	sl.exp = s.conns[ci].exp
 	sl.done, sl.phase, sl.step, sl.nout, sl.nsegs, sl.blocking = 0, 0, 0, 0, 0, false
 	s.conns[ci].inflight++
@@ -118,10 +118,7 @@ func (s *shard) freeSlot(si int32) {
 	assert(sl.state == slotReleased && sl.ops == 0, "freed a slot the kernel holds")
 	s.freeArena(&sl.buf, &sl.data)
 	s.freeArena(&sl.pbuf, &sl.payload)
-	if sl.lock >= 0 {
-		sl.exp.locks.unlock(sl.lock)
-		sl.lock = -1
-	}
+	s.unlockSpan(sl)
 	sl.gen++
 	sl.state, sl.exp = slotFree, nil
 	s.stats.Inflight.Add(-1)
