@@ -96,6 +96,13 @@ func LoadTLS(dir string, verifyPeer bool) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// tlsVerifiesPeer tells whether cfg (from LoadTLS) admits only clients
+// whose certificate verifyClient accepted.
+func tlsVerifiesPeer(cfg *tls.Config) bool {
+	return cfg != nil && cfg.ClientAuth == tls.RequireAnyClientCert &&
+		cfg.VerifyConnection != nil
+}
+
 // verifyClient checks a client's certificate the way crypto/tls does with
 // ClientCAs and RequireAndVerifyClientCert (a chain to a CA of pool, for
 // client authentication, valid now), then against the CRL. It runs as
