@@ -207,8 +207,7 @@ func checkSecurity(cfg Config, exports []*Export) error {
 		}
 	}
 	if cfg.Allow != nil && len(cfg.Allow.Subjects) > 0 {
-		if cfg.TLSMode != wire.TLSRequire || cfg.TLS == nil ||
-			cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+		if cfg.TLSMode != wire.TLSRequire || !tlsVerifiesPeer(cfg.TLS) {
 			return errors.New("-allow subject:... needs -tls require and -tls-verify-peer " +
 				"(a plaintext client has no certificate to check)")
 		}

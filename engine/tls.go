@@ -85,12 +85,84 @@ func LoadTLS(dir string, verifyPeer bool) (*tls.Config, error) {
 	if !verifyPeer {
 		return cfg, nil
 	}
-	cfg.ClientCAs = pool
-	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	revoked, err := loadCRL(dir, caPEM)
+	if err != nil {
+		return nil, err
+	}
+	// No ClientCAs: see verifyClient for why the certificate_authorities
+	// list stays empty; verifyClient does what ClientCAs would have done.
+	cfg.ClientAuth = tls.RequireAnyClientCert
+	cfg.VerifyConnection = verifyClient(pool, revoked)
+	return cfg, nil
+}
+
+// tlsVerifiesPeer tells whether cfg (from LoadTLS) admits only clients
+// whose certificate verifyClient accepted.
+func tlsVerifiesPeer(cfg *tls.Config) bool {
+	return cfg != nil && cfg.ClientAuth == tls.RequireAnyClientCert &&
+		cfg.VerifyConnection != nil
+}
+
+// verifyClient checks a client's certificate the way crypto/tls does with
+// ClientCAs and RequireAndVerifyClientCert (a chain to a CA of pool, for
+// client authentication, valid now), then against the CRL. It runs as
+// VerifyConnection, so on resumed sessions too; crypto/tls has already
+// checked that the client holds the certificate's key (CertificateVerify).
+//
+// Why not ClientCAs: with it, crypto/tls names the CA's subject in the
+// CertificateRequest (certificate_authorities), and a GnuTLS client
+// (libnbd's nbdinfo, nbdcopy; qemu) given such a list presents its
+// certificate only if the key's algorithm is also among those the
+// request's signature algorithms map to (GnuTLS 3.7, lib/auth/cert.c
+// find_x509_client_cert; lib/tls13/certificate_request.c). In TLS 1.3,
+// crypto/tls lists RSA only as rsa_pss_rsae_* (RFC 8446 allows no
+// PKCS#1 v1.5 in CertificateVerify), which GnuTLS maps to RSA-PSS, not
+// RSA: an RSA client key (certtool's and openssl's default) never
+// matches, so GnuTLS sends no certificate and the handshake fails with
+// "client didn't provide a certificate". GnuTLS servers (qemu-nbd,
+// nbdkit) list rsa_pkcs1_sha256 too, which maps to RSA. With an empty
+// list, GnuTLS presents its one certificate whatever its key, and signs
+// with rsa_pss_rsae_sha256, which crypto/tls accepts. The list is only a
+// hint (RFC 8446 4.2.4); leaving it out changes no check.
+func verifyClient(pool *x509.CertPool,
+	revoked map[string]string) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("client sent no certificate (-tls-verify-peer needs one " +
+				"signed by the CA in ca-cert.pem)")
+		}
+		opts := x509.VerifyOptions{
+			Roots:         pool,
+			Intermediates: x509.NewCertPool(),
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}
+		for _, c := range cs.PeerCertificates[1:] {
+			opts.Intermediates.AddCert(c)
+		}
+		leaf := cs.PeerCertificates[0]
+		chains, err := leaf.Verify(opts)
+		if err != nil {
+			return fmt.Errorf("client certificate %q: %w", leaf.Subject, err)
+		}
+		for _, chain := range chains {
+			for _, c := range chain {
+				if crl, ok := revoked[string(c.SerialNumber.Bytes())]; ok {
+					return fmt.Errorf("certificate %q (serial %x) is revoked by %s",
+						c.Subject, c.SerialNumber, crl)
+				}
+			}
+		}
+		return nil
+	}
+}
+
+// loadCRL reads dir's ca-crl.pem, if there is one, into the serial
+// numbers it revokes (each mapped to the CRL's path, for the error).
+func loadCRL(dir string, caPEM []byte) (map[string]string, error) {
 	crlPath := filepath.Join(dir, tlsCRLFile)
 	crlPEM, err := os.ReadFile(crlPath)
 	if errors.Is(err, os.ErrNotExist) {
-		return cfg, nil
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read TLS CRL %s: %w", crlPath, err)
@@ -98,24 +170,13 @@ func LoadTLS(dir string, verifyPeer bool) (*tls.Config, error) {
 	crl, err := parseCRL(crlPEM, caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("TLS CRL %s: %w (regenerate it with the CA in %s, or "+
-			"remove it)", crlPath, err, caPath)
+			"remove it)", crlPath, err, filepath.Join(dir, tlsCAFile))
 	}
-	revoked := map[string]bool{}
+	revoked := map[string]string{}
 	for _, e := range crl.RevokedCertificateEntries {
-		revoked[string(e.SerialNumber.Bytes())] = true
+		revoked[string(e.SerialNumber.Bytes())] = crlPath
 	}
-	cfg.VerifyPeerCertificate = func(_ [][]byte, chains [][]*x509.Certificate) error {
-		for _, chain := range chains {
-			for _, c := range chain {
-				if revoked[string(c.SerialNumber.Bytes())] {
-					return fmt.Errorf("certificate %q (serial %x) is revoked by %s",
-						c.Subject, c.SerialNumber, crlPath)
-				}
-			}
-		}
-		return nil
-	}
-	return cfg, nil
+	return revoked, nil
 }
 
 // parseCRL decodes a PEM CRL and checks it was signed by one of caPEM's
