@@ -114,7 +114,7 @@ func newShardFuzz(f *testing.F) *shardFuzz {
 	log.SetOutput(&h.logs)
 	f.Cleanup(func() { log.SetOutput(prev) })
 	if err := h.start(); err != nil {
-		f.Skipf("engine unavailable here: %v", err)
+		skipMissing(f, "io_uring", "engine unavailable here: %v", err)
 	}
 	f.Cleanup(func() {
 		if err := h.srv.Stop(); err != nil {
