@@ -43,11 +43,17 @@ UNITDIR   ?= $(PREFIX)/lib/systemd/system
 DOCDIR    ?= $(PREFIX)/share/doc/nbdring
 # Debian packages the end-to-end tests drive (real clients nobody here wrote);
 # systemd brings systemd-socket-activate and systemd-analyze;
-# python3-prometheus-client parses /metrics as Prometheus would.
+# python3-prometheus-client parses /metrics as Prometheus would; gnutls-bin
+# (certtool) and openssl make the TLS tests' certificates; mount brings
+# losetup, kmod modprobe.
 TEST_DEBS := libnbd-bin python3-libnbd qemu-utils nbdkit nbd-server fio systemd \
-             python3-prometheus-client
+             python3-prometheus-client gnutls-bin openssl mount kmod
 TEST_CMDS := nbdinfo nbdsh nbdcopy qemu-img qemu-io qemu-nbd nbdkit fio \
-             systemd-socket-activate systemd-analyze
+             systemd-socket-activate systemd-analyze certtool openssl losetup
+# Kernel modules the durability and fault tests use: zram and loop devices,
+# and FUSE for tools/faultfs (which mounts with mount(2): no fusermount).
+# Each is checked by the file it provides.
+TEST_MODULES := zram:/sys/class/zram-control loop:/dev/loop-control fuse:/dev/fuse
 
 .DEFAULT_GOAL := help
 
@@ -94,7 +100,14 @@ deps: ## install the Debian packages the tests use, when missing
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(TEST_DEBS) >/dev/null; \
-	fi
+	fi; \
+	for m in $(TEST_MODULES); do \
+	  [ -e "$${m#*:}" ] && continue; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  echo "loading kernel module $${m%%:*} (for $${m#*:})"; \
+	  $$SUDO modprobe "$${m%%:*}" || echo "modprobe $${m%%:*} failed: its tests will skip" \
+	    "(or fail under NBDRING_REQUIRE)"; \
+	done
 
 test: deps lint ## install test clients if needed, then run every test (invariants on)
 	$(GO) build $(LINKFLAGS) -tags invariants -o $(BIN)/nbdring-invariants ./cmd/nbdring

@@ -19,7 +19,7 @@ import (
 // each server's /proc entry.
 func TestCompareShort(t *testing.T) {
 	if _, err := exec.LookPath("qemu-nbd"); err != nil {
-		t.Skip("qemu-nbd not installed (make test installs qemu-utils)")
+		skipMissing(t, "client", "qemu-nbd not installed (make test installs qemu-utils)")
 	}
 	bin := nbdringBin(t)
 	file := filepath.Join(t.TempDir(), "img")
@@ -50,7 +50,7 @@ func TestCompareShort(t *testing.T) {
 func TestCompareForkingServer(t *testing.T) {
 	for _, bin := range []string{"nbd-server", "fio"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed (make test installs it)", bin)
+			skipMissing(t, "client", "%s not installed (make test installs it)", bin)
 		}
 	}
 	// A path relative to the working directory, as make compare passes
@@ -131,7 +131,7 @@ func checkRows(t *testing.T, rows []Row, servers []string, wls []Config) {
 // device (stat says 0) and say it is a block device.
 func TestCompareBlockDevice(t *testing.T) {
 	if _, err := exec.LookPath("fio"); err != nil {
-		t.Skip("fio not installed (make test installs it)")
+		skipMissing(t, "client", "fio not installed (make test installs it)")
 	}
 	dev := zramDevice(t, 32<<20)
 	bin := os.Getenv("NBDRING_BIN")
@@ -166,7 +166,7 @@ func zramDevice(t *testing.T, size int64) string {
 	t.Helper()
 	b, err := os.ReadFile("/sys/class/zram-control/hot_add")
 	if err != nil {
-		t.Skipf("no zram device to make (%v): needs root and the zram module", err)
+		skipMissing(t, "zram", "no zram device to make (%v): needs root and the zram module", err)
 	}
 	id := strings.TrimSpace(string(b))
 	t.Cleanup(func() {
@@ -174,7 +174,7 @@ func zramDevice(t *testing.T, size int64) string {
 	})
 	disk := "/sys/block/zram" + id + "/disksize"
 	if err := os.WriteFile(disk, []byte(strconv.FormatInt(size, 10)), 0o200); err != nil {
-		t.Skipf("set %s: %v", disk, err)
+		skipMissing(t, "zram", "set %s: %v", disk, err)
 	}
 	return "/dev/zram" + id
 }
@@ -188,11 +188,11 @@ func TestBackingKind(t *testing.T) {
 	}
 	var fs syscall.Statfs_t
 	if err := syscall.Statfs(file, &fs); err != nil || fs.Type == tmpfsMagic {
-		t.Skipf("the test's temporary directory is on tmpfs (or unknown: %v)", err)
+		skipMissing(t, "fs", "the test's temporary directory is on tmpfs (or unknown: %v)", err)
 	}
 	shm, err := os.CreateTemp("/dev/shm", "nbdbench-")
 	if err != nil {
-		t.Skipf("no /dev/shm: %v", err)
+		skipMissing(t, "fs", "no /dev/shm: %v", err)
 	}
 	shm.Close()
 	t.Cleanup(func() { os.Remove(shm.Name()) })

@@ -87,7 +87,7 @@ func testCertDir(t *testing.T) string {
 func TestCompareTLS(t *testing.T) {
 	for _, bin := range []string{"nbdkit", "fio"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed (make test installs it)", bin)
+			skipMissing(t, "client", "%s not installed (make test installs it)", bin)
 		}
 	}
 	bin := nbdringBin(t)

@@ -78,7 +78,7 @@ func TestHolesWarning(t *testing.T) {
 // check cannot tell and run says nothing, even on a sparse file.
 func TestHolesCheckSkipsQuietly(t *testing.T) {
 	if why := serverMissing("nbd-server", ""); why != "" {
-		t.Skipf("%s (make test installs it)", why)
+		skipMissing(t, "client", "%s (make test installs it)", why)
 	}
 	file := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(file, nil, 0o644); err != nil {

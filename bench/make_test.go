@@ -13,7 +13,7 @@ import (
 func makeCompare(t *testing.T, vars ...string) string {
 	t.Helper()
 	if _, err := exec.LookPath("make"); err != nil {
-		t.Skip("make not installed")
+		skipMissing(t, "client", "make not installed")
 	}
 	out, err := exec.Command("make", append([]string{"-n", "-C", "..", "compare"},
 		vars...)...).CombinedOutput()

@@ -30,10 +30,10 @@ func allowedCPUs(t *testing.T, status string) string {
 // -client-cpus pins every thread of nbdbench; a bad list is refused.
 func TestPinning(t *testing.T) {
 	if runtime.NumCPU() < 2 {
-		t.Skip("needs 2 CPUs")
+		skipMissing(t, "cpus", "needs 2 CPUs")
 	}
 	if _, err := exec.LookPath("taskset"); err != nil {
-		t.Skip("taskset not installed (util-linux)")
+		skipMissing(t, "client", "taskset not installed (util-linux)")
 	}
 	bin := nbdringBin(t)
 	file := filepath.Join(t.TempDir(), "img")

@@ -41,12 +41,12 @@ func serveFile(t *testing.T, path string, shards int) *defectServer {
 	t.Helper()
 	exp, err := OpenExport(ExportConfig{Path: path})
 	if err != nil {
-		t.Skipf("cannot serve %s here: %v", path, err)
+		skipMissing(t, "direct-io", "cannot serve %s here: %v", path, err)
 	}
 	srv, err := New(Config{Shards: shards, ArenaSize: 128 << 20}, []*Export{exp})
 	if err != nil {
 		exp.Close()
-		t.Skipf("engine unavailable here: %v", err)
+		skipMissing(t, "io_uring", "engine unavailable here: %v", err)
 	}
 	ds := &defectServer{srv: srv, sock: filepath.Join(t.TempDir(), "sock"),
 		errc: make(chan error, 1)}
@@ -185,7 +185,7 @@ func TestListenKeepsNonSocket(t *testing.T) {
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs needs root")
+		skipMissing(t, "root", "mounting a small tmpfs needs root")
 	}
 	dir := filepath.Join(t.TempDir(), "fs")
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -193,7 +193,7 @@ func mountTmpfs(t *testing.T, size string) string {
 	}
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs",
 		dir).CombinedOutput(); err != nil {
-		t.Skipf("mount tmpfs: %v: %s", err, out)
+		skipMissing(t, "mount", "mount tmpfs: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {

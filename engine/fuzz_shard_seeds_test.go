@@ -130,6 +130,12 @@ var shardSeeds = map[string][]byte{
 		raw(uint16(wire.CmdWrite), 0, 1, wire.PayloadMax, false).op(fuzzOpSync),
 	"write-32mib-aligned": prog(0).raw(uint16(wire.CmdWrite), 0, 0, wire.PayloadMax, false).
 		op(fuzzOpSync),
+	// Found by the fuzzer: a READ planned while a TRIM punched its range
+	// between SEEK_DATA and SEEK_HOLE got an empty OFFSET_DATA chunk
+	// (TestPlanReadPunchedBetweenSeeks makes that race happen every time).
+	"found-read-racing-trim-empty-chunk": []byte("\x0e\x00\x01\x02\x00\x1020\x008b#119Z" +
+		"\x02B1711Zc72AY\x00\x00\x04z\x002c\"\x00\x05811*\x00\x00\xfdX\x81\x1b\xf9I" +
+		"\xb7\f\x06\x00\x00\x00?\x00!\x06\x14\x00\x007\x00\x04"),
 }
 
 var updateFuzzSeeds = flag.Bool("update-fuzz-seeds", false,

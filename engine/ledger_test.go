@@ -19,7 +19,7 @@ func ledgerShard(t *testing.T) (*shard, int32) {
 	}
 	s, err := newShard(&Server{sz: sz}, 0, 0)
 	if err != nil {
-		t.Skipf("cannot map shard memory here: %v", err)
+		skipMissing(t, "memory", "cannot map shard memory here: %v", err)
 	}
 	t.Cleanup(s.close)
 	exp := &Export{Name: "t", fd: -1, size: 1 << 20, align: 512}

@@ -28,7 +28,7 @@ func twoExportServer(t *testing.T, size int64, shards int) (*Server, string) {
 		}
 		e, err := OpenExport(ExportConfig{Name: name, Path: path})
 		if err != nil {
-			t.Skipf("cannot serve a file here: %v", err)
+			skipMissing(t, "direct-io", "cannot serve a file here: %v", err)
 		}
 		exps = append(exps, e)
 	}

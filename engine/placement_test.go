@@ -13,7 +13,7 @@ import (
 func TestPlacementByLoad(t *testing.T) {
 	srv, sock, _ := testServer(t, 16<<20, 2)
 	if len(srv.shards) < 2 {
-		t.Skipf("needs 2 shards, this machine gave %d", len(srv.shards))
+		skipMissing(t, "cpus", "needs 2 shards, this machine gave %d", len(srv.shards))
 	}
 	conns := func() (per []int64) {
 		for _, sh := range srv.shards {

@@ -56,7 +56,7 @@ func TestPunts(t *testing.T) {
 			path := c.path(t)
 			exp, err := OpenExport(ExportConfig{Path: path, Inline: InlineOff})
 			if err != nil {
-				t.Skipf("cannot serve %s here: %v", path, err)
+				skipMissing(t, "direct-io", "cannot serve %s here: %v", path, err)
 			}
 			srv, sock := serveOn(t, t.TempDir(), Config{Shards: 1, ArenaSize: arenaSizeMin},
 				[]*Export{exp})
@@ -114,7 +114,7 @@ func sparseOn(t *testing.T, magic int64, dirs ...string) string {
 		}
 		return path
 	}
-	t.Skipf("no filesystem of type %#x among %v", magic, dirs)
+	skipMissing(t, "fs", "no filesystem of type %#x among %v", magic, dirs)
 	return ""
 }
 
@@ -123,7 +123,7 @@ func sparseOn(t *testing.T, magic int64, dirs ...string) string {
 func loopDevice(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("loop devices need root")
+		skipMissing(t, "root", "loop devices need root")
 	}
 	path := filepath.Join(t.TempDir(), "backing")
 	if err := os.WriteFile(path, make([]byte, 8<<20), 0o644); err != nil {
@@ -131,7 +131,7 @@ func loopDevice(t *testing.T) string {
 	}
 	out, err := exec.Command("losetup", "--find", "--show", "-b", "4096", path).Output()
 	if err != nil {
-		t.Skipf("no loop device here: %v", err)
+		skipMissing(t, "loop", "no loop device here: %v", err)
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() {

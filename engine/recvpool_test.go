@@ -28,12 +28,12 @@ var recvModes = []struct {
 func TestRecvPoolSplits(t *testing.T) {
 	feat, err := ring.ProbeFeatures()
 	if err != nil {
-		t.Skipf("io_uring unavailable here: %v", err)
+		skipMissing(t, "io_uring", "io_uring unavailable here: %v", err)
 	}
 	for _, m := range recvModes {
 		t.Run(m.name, func(t *testing.T) {
 			if !m.noBundles && !feat.Bundles {
-				t.Skip("no recv bundles in this kernel (Linux 6.10)")
+				skipMissing(t, "kernel", "no recv bundles in this kernel (Linux 6.10)")
 			}
 			srv, sock, _ := testServerConfig(t, 8<<20, InlineOff,
 				Config{Shards: 1, ArenaSize: arenaSizeMin, NoRecvBundles: m.noBundles})
@@ -120,7 +120,8 @@ func waitPoolFull(t *testing.T, srv *Server) {
 func TestRecvPoolStarved(t *testing.T) {
 	feat, err := ring.ProbeFeatures()
 	if err != nil || !feat.Bundles {
-		t.Skip("needs recv bundles (Linux 6.10), so one receive can take the whole pool")
+		skipMissing(t, "kernel", "needs recv bundles (Linux 6.10), so one receive can "+
+			"take the whole pool")
 	}
 	for attempt := 1; ; attempt++ {
 		if starve(t) {

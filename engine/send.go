@@ -41,6 +41,7 @@ func (s *shard) replyRead(si int32) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
 	r := &sl.req
+	checkSegments(sl)
 	sl.nout, sl.outLen = 0, 0
 	at := 0
 	for i := 0; i < sl.nsegs; i++ {

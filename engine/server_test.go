@@ -50,7 +50,7 @@ func testServerConfig(t testing.TB, size int64, mode InlineMode, cfg Config) (sr
 	}
 	exp, err := OpenExport(ExportConfig{Path: path, Inline: mode})
 	if err != nil {
-		t.Skipf("cannot serve a file here: %v", err)
+		skipMissing(t, "direct-io", "cannot serve a file here: %v", err)
 	}
 	srv, sock = serveOn(t, dir, cfg, []*Export{exp})
 	return srv, sock, path
@@ -62,7 +62,7 @@ func serveOn(t testing.TB, dir string, cfg Config, exps []*Export) (*Server, str
 	t.Helper()
 	srv, err := New(cfg, exps)
 	if err != nil {
-		t.Skipf("engine unavailable here: %v", err)
+		skipMissing(t, "io_uring", "engine unavailable here: %v", err)
 	}
 	sock := filepath.Join(dir, "sock")
 	ln, err := Listen("unix:" + sock)

@@ -155,7 +155,7 @@ func TestMaxConnections(t *testing.T) {
 func TestBatchWait(t *testing.T) {
 	feat, err := ring.ProbeFeatures()
 	if err != nil {
-		t.Skipf("io_uring unavailable here: %v", err)
+		skipMissing(t, "io_uring", "io_uring unavailable here: %v", err)
 	}
 	if us, err := batchWaitFor(20, ring.Features{}); us != 0 || err != nil {
 		t.Errorf("without min-wait: %d us, %v; want plain waits", us, err)
@@ -165,7 +165,7 @@ func TestBatchWait(t *testing.T) {
 		t.Errorf("a wait past the bound: %v", err)
 	}
 	if !feat.MinWait {
-		t.Skip("this kernel has no io_uring min-wait (Linux 6.12)")
+		skipMissing(t, "kernel", "this kernel has no io_uring min-wait (Linux 6.12)")
 	}
 	srv, sock, _ := testServerConfig(t, 4<<20, InlineOff,
 		Config{Shards: 1, ArenaSize: arenaSizeMin, BatchWait: 200})

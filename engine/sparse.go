@@ -13,18 +13,23 @@ import (
 // that may be sparse (Export.sparse), so fully allocated images and block
 // devices pay nothing.
 
+// lseek is unix.Seek; a test seam, so a test can punch a hole between
+// nextExtent's two seeks, the race a TRIM on another connection makes.
+var lseek = unix.Seek
+
 // nextExtent returns the extent of file fd that starts at pos, clipped to
 // end: its length and whether it is a hole. ok is false when the
 // filesystem will not say (the caller treats the rest as data). Past the
 // file's end (a file truncated while served) nothing is a hole: reading
-// there must fail, not return zeros.
+// there must fail, not return zeros. n is never 0: every chunk and
+// extent built from it must have a length (proto.md).
 func nextExtent(fd int, pos, end uint64) (n uint64, hole bool, ok bool) {
-	d, err := unix.Seek(fd, int64(pos), unix.SEEK_DATA)
+	d, err := lseek(fd, int64(pos), unix.SEEK_DATA)
 	switch {
 	case err == unix.ENXIO:
 		// No data at or after pos: a hole up to the end of the file, or
 		// pos is at or past the end.
-		size, err := unix.Seek(fd, 0, unix.SEEK_END)
+		size, err := lseek(fd, 0, unix.SEEK_END)
 		if err != nil || uint64(size) <= pos {
 			return end - pos, false, err == nil
 		}
@@ -34,9 +39,16 @@ func nextExtent(fd int, pos, end uint64) (n uint64, hole bool, ok bool) {
 	case uint64(d) > pos:
 		return min(uint64(d), end) - pos, true, true
 	}
-	h, err := unix.Seek(fd, int64(pos), unix.SEEK_HOLE)
+	h, err := lseek(fd, int64(pos), unix.SEEK_HOLE)
 	if err != nil {
 		return 0, false, false
+	}
+	if uint64(h) <= pos {
+		// SEEK_DATA found data at pos, then a TRIM or WRITE_ZEROES punched
+		// it before SEEK_HOLE: the range is changing under this request.
+		// Data is a true answer for all of it (it is read as it is), and a
+		// zero-length extent never is.
+		return end - pos, false, true
 	}
 	return min(uint64(h), end) - pos, false, true
 }
@@ -74,6 +86,22 @@ func (s *shard) planRead(sl *slot, style wire.ReplyStyle) {
 	}
 }
 
+// checkSegments asserts what proto.md asks of a READ's chunks: each has a
+// length (an OFFSET_DATA chunk's is at least 9 bytes, an OFFSET_HOLE's
+// size non-zero), none overlaps another, and together they cover the
+// request exactly.
+func checkSegments(sl *slot) {
+	pos := sl.req.Offset
+	assert(sl.nsegs > 0 && sl.nsegs <= readSegmentsMax, "READ reply without chunks")
+	for i := 0; i < sl.nsegs; i++ {
+		seg := &sl.segs[i]
+		assert(seg.len > 0, "empty READ chunk")
+		assert(seg.off == pos, "READ chunks overlap or leave a gap")
+		pos += uint64(seg.len)
+	}
+	assert(pos == sl.req.Offset+sl.req.Length, "READ chunks do not cover the request")
+}
+
 // blockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation: holes are
 // HOLE|ZERO, everything else (and all of a block device) data. The reply
 // covers at most blockStatusExtentsMax extents (one with REQ_ONE) of the
@@ -105,6 +133,7 @@ func (s *shard) blockStatus(si int32) bool {
 		if c.style != wire.StyleExtended {
 			n = min(n, extentCompactMax(exp.align))
 		}
+		assert(n > 0, "empty BLOCK_STATUS extent")
 		var flags uint32
 		if hole {
 			flags = wire.StateHole | wire.StateZero

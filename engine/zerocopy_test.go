@@ -26,15 +26,15 @@ func zcServer(t *testing.T, size int) (srv *Server, tcp, unixSock string, data [
 	}
 	exp, err := OpenExport(ExportConfig{Path: path})
 	if err != nil {
-		t.Skipf("cannot serve a file here: %v", err)
+		skipMissing(t, "direct-io", "cannot serve a file here: %v", err)
 	}
 	srv, err = New(Config{Shards: 1, ArenaSize: 128 << 20}, []*Export{exp})
 	if err != nil {
-		t.Skipf("engine unavailable here: %v", err)
+		skipMissing(t, "io_uring", "engine unavailable here: %v", err)
 	}
 	if !srv.shards[0].ring.SendZC {
 		srv.Stop()
-		t.Skip("this kernel has no IORING_OP_SENDMSG_ZC")
+		skipMissing(t, "kernel", "this kernel has no IORING_OP_SENDMSG_ZC")
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

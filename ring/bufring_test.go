@@ -15,7 +15,7 @@ import (
 func TestBufRingReceive(t *testing.T) {
 	feat, err := ProbeFeatures()
 	if err != nil {
-		t.Skipf("io_uring unavailable here: %v", err)
+		skipMissing(t, "io_uring", "io_uring unavailable here: %v", err)
 	}
 	for _, bundle := range []bool{false, true} {
 		if bundle && !feat.Bundles {

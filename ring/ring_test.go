@@ -23,7 +23,7 @@ func newTestRing(t *testing.T) *Ring {
 	t.Cleanup(runtime.UnlockOSThread)
 	r, err := New(64, 16, time.Millisecond)
 	if err != nil {
-		t.Skipf("io_uring unavailable here: %v", err)
+		skipMissing(t, "io_uring", "io_uring unavailable here: %v", err)
 	}
 	t.Cleanup(r.Close)
 	return r
@@ -94,7 +94,7 @@ func TestDirectWriteReadFallocate(t *testing.T) {
 	}
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_DIRECT, 0)
 	if err != nil {
-		t.Skipf("O_DIRECT refused on %s: %v", path, err)
+		skipMissing(t, "direct-io", "O_DIRECT refused on %s: %v", path, err)
 	}
 	defer unix.Close(fd)
 	buf := alignedBuf(t, 8192)
@@ -176,7 +176,7 @@ func fsName(path string) string {
 func TestDiscardLoopDevice(t *testing.T) {
 	r := newTestRing(t)
 	if os.Geteuid() != 0 {
-		t.Skip("loop devices need root")
+		skipMissing(t, "root", "loop devices need root")
 	}
 	back := filepath.Join(t.TempDir(), "back")
 	data := bytes.Repeat([]byte{0xab}, 4<<20)
@@ -185,7 +185,7 @@ func TestDiscardLoopDevice(t *testing.T) {
 	}
 	out, err := exec.Command("losetup", "--find", "--show", back).Output()
 	if err != nil {
-		t.Skipf("losetup: %v", err)
+		skipMissing(t, "loop", "losetup: %v", err)
 	}
 	dev := strings.TrimSpace(string(out))
 	defer exec.Command("losetup", "-d", dev).Run()
@@ -197,7 +197,7 @@ func TestDiscardLoopDevice(t *testing.T) {
 	PrepDiscard(sqe(r, 9), fd, 1<<20, 1<<20)
 	res := wait(t, r, 9)
 	if res == -int32(unix.EOPNOTSUPP) || res == -int32(unix.EINVAL) {
-		t.Skipf("kernel without BLOCK_URING_CMD_DISCARD (res %d)", res)
+		skipMissing(t, "kernel", "kernel without BLOCK_URING_CMD_DISCARD (res %d)", res)
 	}
 	if res != 0 {
 		t.Fatalf("discard: res %d", res)

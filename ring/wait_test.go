@@ -14,10 +14,10 @@ import (
 func TestSubmitAndWaitMin(t *testing.T) {
 	feat, err := ProbeFeatures()
 	if err != nil {
-		t.Skipf("io_uring unavailable here: %v", err)
+		skipMissing(t, "io_uring", "io_uring unavailable here: %v", err)
 	}
 	if !feat.MinWait {
-		t.Skip("this kernel has no io_uring min-wait (Linux 6.12)")
+		skipMissing(t, "kernel", "this kernel has no io_uring min-wait (Linux 6.12)")
 	}
 	r := newTestRing(t)
 	for i := range 3 {

@@ -31,6 +31,7 @@ func (s *Session) blockMax() uint64 {
 // cmdFlagsAllowed lists, per command, the flags it may carry (besides
 // CmdFlagPayloadLen, which extended headers allow on any command); a flag
 // is further allowed only when its transmission flag was advertised.
+// DISC's entry is what proto.md defines; Validate accepts any DISC.
 var cmdFlagsAllowed = [CmdCount]CmdFlags{
 	CmdRead:        CmdFlagFUA | CmdFlagDF,
 	CmdWrite:       CmdFlagFUA,
@@ -71,6 +72,16 @@ func (s *Session) Validate(r *Request) Errno {
 	if r.Type >= CmdCount || !cmdServed[r.Type] {
 		return EINVAL
 	}
+	if r.Type == CmdDisc {
+		// proto.md, NBD_CMD_DISC: "There is no reply to an NBD_CMD_DISC",
+		// and the server "MUST handle all outstanding requests, shut down
+		// the TLS session (if one is running), and close the TCP session".
+		// So a DISC with flags, an offset or a length it should not have
+		// still disconnects: an error reply would be a reply the client
+		// does not read, and "a client MUST NOT send anything to the server
+		// after sending an NBD_CMD_DISC", so the connection would hang open.
+		return EOK
+	}
 	flags := r.Flags
 	if s.Extended {
 		// A payload is what WRITE carries and nothing else takes one.
@@ -84,7 +95,7 @@ func (s *Session) Validate(r *Request) Errno {
 		return EINVAL
 	}
 	switch r.Type {
-	case CmdDisc, CmdFlush:
+	case CmdFlush:
 		return EOK
 	case CmdWrite, CmdTrim, CmdWriteZeroes:
 		if s.Flags&TxReadOnly != 0 {

@@ -146,7 +146,14 @@ func TestValidateRules(t *testing.T) {
 		{"flush FUA", vFull, Request{Type: CmdFlush, Flags: CmdFlagFUA}, EOK},
 		{"disc", vFull, Request{Type: CmdDisc}, EOK},
 		{"disc on read-only", ro, Request{Type: CmdDisc, Length: 7, Offset: 3}, EOK},
-		{"disc with NO_HOLE", vFull, Request{Type: CmdDisc, Flags: CmdFlagNoHole}, EINVAL},
+		// DISC has no reply (proto.md): whatever it carries, it disconnects.
+		{"disc with NO_HOLE", vFull, Request{Type: CmdDisc, Flags: CmdFlagNoHole}, EOK},
+		{"disc with an undefined flag", vFull, Request{Type: CmdDisc, Flags: 0x8000}, EOK},
+		{"disc with every flag", vFull, Request{Type: CmdDisc, Flags: 0xffff}, EOK},
+		{"disc with FUA not advertised", vWith(func(s *Session) { s.Flags &^= TxSendFUA }),
+			Request{Type: CmdDisc, Flags: CmdFlagFUA}, EOK},
+		{"disc with a range", vFull, Request{Type: CmdDisc, Offset: 1<<64 - 1,
+			Length: 1<<32 - 1}, EOK},
 		// Block status needs a context.
 		{"block status without context", vWith(func(s *Session) { s.BaseAllocation = false }),
 			Request{Type: CmdBlockStatus, Length: 512}, EINVAL},
@@ -161,12 +168,13 @@ func TestValidateRules(t *testing.T) {
 // bit, with everything advertised, from proto.md's "Request flags":
 // FUA is valid for all commands, NO_HOLE and FAST_ZERO for WRITE_ZEROES,
 // DF for READ, REQ_ONE for BLOCK_STATUS; PAYLOAD_LEN needs extended
-// headers; bits 6..15 are not defined.
+// headers; bits 6..15 are not defined. DISC is the exception: it has no
+// reply, so any flag on it still disconnects.
 func TestValidateFlagMatrix(t *testing.T) {
 	allowed := map[Cmd]CmdFlags{
 		CmdRead:        CmdFlagFUA | CmdFlagDF,
 		CmdWrite:       CmdFlagFUA,
-		CmdDisc:        CmdFlagFUA,
+		CmdDisc:        0xffff,
 		CmdFlush:       CmdFlagFUA,
 		CmdTrim:        CmdFlagFUA,
 		CmdCache:       CmdFlagFUA,
@@ -202,6 +210,8 @@ func TestValidateExtended(t *testing.T) {
 			Length: 4096}, EINVAL},
 		{"trim with 64-bit length", Request{Type: CmdTrim, Length: 8 << 30}, EOK},
 		{"read with 64-bit length", Request{Type: CmdRead, Length: 8 << 30}, EINVAL},
+		{"disc with PAYLOAD_LEN", Request{Type: CmdDisc, Flags: CmdFlagPayloadLen,
+			Length: 4096}, EOK},
 		{"write over 32 MiB", Request{Type: CmdWrite, Flags: CmdFlagPayloadLen,
 			Length: 32*vMiB + 512}, EINVAL},
 		{"zeroes past end", Request{Type: CmdWriteZeroes, Offset: 8 << 30, Length: 9 << 30},

@@ -450,7 +450,7 @@ func TestE2EStartupChecks(t *testing.T) {
 	})
 	t.Run("privileged port", func(t *testing.T) {
 		if os.Geteuid() != 0 {
-			t.Skip("needs root to start nbdring as another user")
+			skipMissing(t, "root", "needs root to start nbdring as another user")
 		}
 		cmd := exec.Command(e2eBin(t), "-listen", "127.0.0.1:80", img)
 		cmd.SysProcAttr = &syscall.SysProcAttr{

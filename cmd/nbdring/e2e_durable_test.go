@@ -90,8 +90,8 @@ func durableFlushes(t *testing.T, dev string) uint64 {
 	path := "/sys/block/" + filepath.Base(dev) + "/stat"
 	f := strings.Fields(string(e2eReadFile(t, path)))
 	if len(f) < durableStatFields {
-		t.Skipf("%s has %d fields, want %d (flush counts need Linux >= 5.5)", path, len(f),
-			durableStatFields)
+		skipMissing(t, "kernel", "%s has %d fields, want %d (flush counts need "+
+			"Linux >= 5.5)", path, len(f), durableStatFields)
 	}
 	n, err := strconv.ParseUint(f[durableStatFlushField], 10, 64)
 	if err != nil {
@@ -175,12 +175,12 @@ func TestE2EDurableLoop(t *testing.T) {
 func durableZram(t *testing.T, disksize, memLimit string) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("zram devices need root")
+		skipMissing(t, "root", "zram devices need root")
 	}
 	const ctl = "/sys/class/zram-control/"
 	raw, err := os.ReadFile(ctl + "hot_add")
 	if err != nil {
-		t.Skipf("no zram here (%v): modprobe zram", err)
+		skipMissing(t, "zram", "no zram here (%v): modprobe zram", err)
 	}
 	id := strings.TrimSpace(string(raw))
 	name := "zram" + id

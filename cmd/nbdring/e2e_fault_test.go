@@ -63,10 +63,10 @@ type faultFS struct {
 func faultNeed(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("faultfs mounts with mount(2): run the fault tests as root")
+		skipMissing(t, "root", "faultfs mounts with mount(2): run the fault tests as root")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("no FUSE here (%v): load the fuse module", err)
+		skipMissing(t, "fuse", "no FUSE here (%v): load the fuse module", err)
 	}
 }
 
@@ -114,7 +114,7 @@ func faultStart(t *testing.T, bin, backing string) *faultFS {
 		case <-f.done:
 			if out := f.out.String(); strings.Contains(out, "mount on") &&
 				strings.Contains(out, "operation not permitted") {
-				t.Skipf("mount(2) is not allowed here (a container?): %s", out)
+				skipMissing(t, "mount", "mount(2) is not allowed here (a container?): %s", out)
 			}
 			t.Fatalf("faultfs exited before it was ready: %v\n%s", f.err, f.out)
 		case <-time.After(10 * time.Millisecond):

@@ -201,8 +201,8 @@ func e2eNeedFDs(t *testing.T, n uint64) {
 	}
 	raised := syscall.Rlimit{Cur: n, Max: max(lim.Max, n)}
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err != nil {
-		t.Skipf("need %d open files for the flood, RLIMIT_NOFILE allows %d: %v (raise "+
-			"ulimit -n or run as root)", n, lim.Cur, err)
+		skipMissing(t, "rlimit", "need %d open files for the flood, RLIMIT_NOFILE "+
+			"allows %d: %v (raise ulimit -n or run as root)", n, lim.Cur, err)
 	}
 }
 

@@ -115,7 +115,7 @@ func e2eGetStatus(t *testing.T, url string) (int, string) {
 func TestE2EMetrics(t *testing.T) {
 	e2eNeedTool(t, "fio", "nbdcopy", "/usr/bin/python3")
 	if _, _, err := e2eRunErr("/usr/bin/python3", "-c", "import prometheus_client"); err != nil {
-		t.Skipf("python3-prometheus-client not installed (make deps): %v", err)
+		skipMissing(t, "client", "python3-prometheus-client not installed (make deps): %v", err)
 	}
 	dir := t.TempDir()
 	const size = 4 << 20

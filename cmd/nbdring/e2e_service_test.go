@@ -430,7 +430,7 @@ func TestE2EServicePrintURI(t *testing.T) {
 		t.Run(c.listen, func(t *testing.T) {
 			if strings.HasPrefix(c.listen, "[::1]") {
 				if ln, err := net.Listen("tcp", "[::1]:0"); err != nil {
-					t.Skipf("no IPv6 loopback: %v", err)
+					skipMissing(t, "ipv6", "no IPv6 loopback: %v", err)
 				} else {
 					ln.Close()
 				}
@@ -504,11 +504,11 @@ func e2eSvcThreads(t *testing.T, pid int) map[string]map[string]string {
 func TestE2EServiceDropPrivileges(t *testing.T) {
 	e2eNeedTool(t, "nbdcopy")
 	if os.Geteuid() != 0 {
-		t.Skipf("needs root to switch users (euid %d)", os.Geteuid())
+		skipMissing(t, "root", "needs root to switch users (euid %d)", os.Geteuid())
 	}
 	nobody, err := user.Lookup("nobody")
 	if err != nil {
-		t.Skipf("no user nobody: %v", err)
+		skipMissing(t, "user", "no user nobody: %v", err)
 	}
 	dir := t.TempDir()
 	const size = 8 << 20

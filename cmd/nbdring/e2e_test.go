@@ -210,7 +210,7 @@ func e2eNeedTool(t *testing.T, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		if _, err := exec.LookPath(n); err != nil {
-			t.Skipf("client %s not installed: %v", n, err)
+			skipMissing(t, "client", "client %s not installed: %v", n, err)
 		}
 	}
 }
@@ -740,13 +740,13 @@ func TestE2EUnaligned(t *testing.T) {
 func e2eLoopDevice(t *testing.T, path string, blockSize int) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("loop devices need root")
+		skipMissing(t, "root", "loop devices need root")
 	}
 	e2eNeedTool(t, "losetup")
 	out, errOut, err := e2eRunErr("losetup", "--find", "--show", "-b", strconv.Itoa(blockSize),
 		path)
 	if err != nil {
-		t.Skipf("losetup failed, no loop device here: %v %s", err, errOut)
+		skipMissing(t, "loop", "losetup failed, no loop device here: %v %s", err, errOut)
 	}
 	dev := strings.TrimSpace(out)
 	t.Cleanup(func() {

@@ -267,7 +267,8 @@ func TestE2ETLSQemuImg(t *testing.T) {
 func TestE2ETLSFio(t *testing.T) {
 	e2eNeedTool(t, "fio")
 	if os.Geteuid() != 0 {
-		t.Skip("running fio as another user (for its certificate directory) needs root")
+		skipMissing(t, "root", "running fio as another user (for its certificate "+
+			"directory) needs root")
 	}
 	ts := e2eNewTLS(t)
 	_, addr := e2eStartTCP(t, "-shards", "2", "-tls", "require", "-tls-certificates",

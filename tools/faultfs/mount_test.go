@@ -16,10 +16,10 @@ import (
 // a plain write waits for fdatasync, and a cut fails everything after it.
 func TestMountDirectIO(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("faultfs mounts with mount(2): run as root")
+		skipMissing(t, "root", "faultfs mounts with mount(2): run as root")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("no FUSE here (%v)", err)
+		skipMissing(t, "fuse", "no FUSE here (%v)", err)
 	}
 	backing := filepath.Join(t.TempDir(), "backing")
 	if err := os.WriteFile(backing, nil, 0o644); err != nil {

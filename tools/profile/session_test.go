@@ -171,7 +171,7 @@ func TestSessionServerWithoutPprof(t *testing.T) {
 	}
 	sh, err := exec.LookPath("false")
 	if err != nil {
-		t.Skip("no false(1) to stand in for a server that exits")
+		skipMissing(t, "client", "no false(1) to stand in for a server that exits")
 	}
 	cfg := SessionConfig{Server: sh, Image: image, Load: "true", Seconds: 1,
 		OutDir: t.TempDir(), Top: 5}
@@ -204,11 +204,11 @@ func TestSplitCommand(t *testing.T) {
 func TestSessionNbdring(t *testing.T) {
 	bin := os.Getenv("NBDRING_BIN")
 	if bin == "" {
-		t.Skip("NBDRING_BIN not set (make test sets it to the built server)")
+		skipMissing(t, "client", "NBDRING_BIN not set (make test sets it to the built server)")
 	}
 	if out, err := exec.Command("fio", "--enghelp").Output(); err != nil ||
 		!strings.Contains(string(out), "nbd") {
-		t.Skip("fio with the nbd engine is not installed (make deps installs it)")
+		skipMissing(t, "client", "fio with the nbd engine is not installed (make deps installs it)")
 	}
 	dir := t.TempDir()
 	image := filepath.Join(dir, "image")
