@@ -333,7 +333,7 @@ func TestStressPartialBlocks(t *testing.T) {
 		dev := loopDevice(t)
 		exp, err := OpenExport(ExportConfig{Path: dev})
 		if err != nil {
-			t.Skipf("cannot serve %s here: %v", dev, err)
+			t.Fatalf("serve loop device %s: %v", dev, err)
 		}
 		srv, sock := serveOn(t, t.TempDir(), Config{Shards: 2, ArenaSize: 128 << 20},
 			[]*Export{exp})
