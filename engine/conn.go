@@ -53,6 +53,7 @@ type conn struct {
 	sending      bool
 	zc           bool // zero-copy sends allowed: a TCP socket, a kernel that has them
 	sendZC       bool // the send in flight is zero-copy
+	zcCopiedRun  int  // consecutive zero-copy notifications that said "copied"
 	iovAt, iovN  int  // the in-flight vector is mem.iov[iovAt:iovN]
 
 	waiting  bool // on the shard's waiting list

@@ -93,6 +93,17 @@ const (
 	// 4 KiB traffic on the copying path. Not measured here: on loopback the
 	// kernel always copies.
 	sendZCMin = 64 << 10
+	// zcCopiedRunMax: after this many consecutive zero-copy sends whose
+	// notification says the kernel copied anyway (IORING_NOTIF_USAGE_ZC_COPIED),
+	// a connection sends copied from then on. The kernel copies when the
+	// route's device cannot send from user pages (loopback, and NICs without
+	// scatter-gather or checksum offload): a property of the route, not of
+	// one send, so a run means every later send would copy too, after
+	// pinning pages and costing a notification each. One copied send among
+	// zero-copy ones happens on real NICs (a retransmit clones the skb); 8
+	// in a row tolerates that and wastes at most 8 notifications per
+	// connection where zero-copy cannot work.
+	zcCopiedRunMax = 8
 	// replyHeaderSize is each slot's reply header space: a sparse READ's
 	// chunk headers (readSegmentsMax of at most 44 bytes) or an ERROR chunk
 	// with its message (wire.ReplyHeaderMax).

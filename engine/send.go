@@ -159,10 +159,20 @@ func (s *shard) submitSend(ci int32) {
 }
 
 // onSendNotif: a zero-copy send's buffers are free again (the ledger has
-// dropped its holds); count whether the kernel copied after all.
+// dropped its holds); count whether the kernel copied after all, and after
+// zcCopiedRunMax copies in a row stop asking for zero-copy on this
+// connection (on loopback the kernel always copies).
 func (s *shard) onSendNotif(ci int32, res int32) {
-	if uint32(res)&ring.NotifCopied != 0 {
+	c := &s.conns[ci]
+	if uint32(res)&ring.NotifCopied == 0 {
+		c.zcCopiedRun = 0
+	} else {
 		s.stats.ZCCopied.Add(1)
+		c.zcCopiedRun++
+		if c.zcCopiedRun == zcCopiedRunMax && c.zc {
+			c.zc = false // sends queued from now on are copied
+			s.stats.ZCDisabled.Add(1)
+		}
 	}
 	s.maybeRelease(ci)
 }
@@ -178,6 +188,9 @@ func (s *shard) onSend(ci int32, res int32) {
 		c.zc, c.sendZC = false, false
 		s.submitSend(ci)
 		return
+	}
+	if c.sendZC && res > 0 {
+		s.stats.ZCBytes.Add(uint64(res))
 	}
 	if c.closing || res < 0 {
 		why := s.sendCloseWhy(c, res)

@@ -17,6 +17,7 @@ package engine
 
 import (
 	"cmp"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -25,7 +26,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -221,28 +221,22 @@ func (s *Server) abort() {
 	s.done.Wait()
 }
 
-// Listen opens ADDR: host:port for TCP, unix:/path for a Unix socket. A
-// socket file left by an earlier run is replaced; any other file is not.
+// Listen opens ADDR with the default ListenOptions: plain TCP, and a
+// unix: socket of mode 0600.
 func Listen(addr string) (net.Listener, error) {
+	return ListenWith(addr, ListenOptions{})
+}
+
+// ListenWith opens ADDR: host:port for TCP, unix:/path for a Unix socket
+// (listen.go). A socket file left by an earlier run is replaced; any other
+// file is not.
+func ListenWith(addr string, opt ListenOptions) (net.Listener, error) {
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		if fi, err := os.Lstat(path); err == nil {
-			if fi.Mode()&os.ModeSocket == 0 {
-				return nil, fmt.Errorf("listen %s: %s exists and is not a socket; "+
-					"refusing to replace it (choose another path)", addr, path)
-			}
-			if c, err := net.Dial("unix", path); err == nil {
-				c.Close()
-				return nil, fmt.Errorf("listen %s: another server is listening there", addr)
-			}
-			os.Remove(path) // stale socket of an earlier run
-		}
-		ln, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, fmt.Errorf("listen %s: %w", addr, err)
-		}
-		return ln, nil
+		return listenUnix(addr, path, opt.socketMode())
 	}
-	ln, err := net.Listen("tcp", addr)
+	lc := net.ListenConfig{}
+	lc.SetMultipathTCP(opt.MPTCP)
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w%s", addr, err, listenHint(err))
 	}

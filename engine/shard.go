@@ -74,6 +74,8 @@ type ShardStats struct {
 	SendsZC      atomic.Uint64 // zero-copy sends issued
 	ZCCopied     atomic.Uint64 // their notifications that said the kernel copied
 	ZCRefused    atomic.Uint64 // connections whose socket refused zero-copy
+	ZCBytes      atomic.Uint64 // bytes the kernel took from zero-copy sends
+	ZCDisabled   atomic.Uint64 // connections that stopped zero-copy: it kept copying
 	InlineOps    atomic.Uint64 // device operations the shard did itself (Export.inline)
 	Sends        atomic.Uint64 // reply batches sent (plaintext; a TLS reply is records)
 	SentReplies  atomic.Uint64 // replies in them

@@ -41,6 +41,8 @@ type ShardSnapshot struct {
 	SendsZC           uint64              // zero-copy sends issued
 	ZCCopied          uint64              // zero-copy sends the kernel copied after all
 	ZCRefused         uint64              // connections whose socket refused zero-copy
+	ZCBytes           uint64              // bytes the kernel took from zero-copy sends
+	ZCDisabled        uint64              // connections whose zero-copy kept copying: off
 	InlineOps         uint64              // device operations the shard did itself
 	Punts             [puntReasons]uint64 // device operations run on io-wq, by reason
 	Sends             uint64              // reply batches sent (plaintext)
@@ -115,6 +117,7 @@ func (sh *shard) snapshot() ShardSnapshot {
 		OpsInflight: st.OpsInflight.Load(), Stale: st.Stale.Load(),
 		SendsZC: st.SendsZC.Load(), ZCCopied: st.ZCCopied.Load(),
 		ZCRefused: st.ZCRefused.Load(), InlineOps: st.InlineOps.Load(),
+		ZCBytes: st.ZCBytes.Load(), ZCDisabled: st.ZCDisabled.Load(),
 		BackpressureWaits: m.backpressure.Load(), Recvs: st.Recvs.Load(),
 		Sends: st.Sends.Load(), SentReplies: st.SentReplies.Load(),
 		RecvBufs: st.RecvBufs.Load(), RecvNoBufs: st.RecvNoBufs.Load(),
@@ -193,6 +196,8 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 		line("sends_zerocopy", ss.SendsZC)
 		line("zerocopy_copied", ss.ZCCopied)
 		line("zerocopy_refused", ss.ZCRefused)
+		line("zerocopy_bytes", ss.ZCBytes)
+		line("zerocopy_disabled", ss.ZCDisabled)
 		line("inline_ops", ss.InlineOps)
 		for r, n := range ss.Punts {
 			line("iowq_punts_"+puntLabel[r], n)

@@ -438,7 +438,7 @@ func TestE2EStartupChecks(t *testing.T) {
 		})
 	}
 	t.Run("port in use", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := plainTCPListen("127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}

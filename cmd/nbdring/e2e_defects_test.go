@@ -71,7 +71,7 @@ func TestE2EListenKeepsRegularFile(t *testing.T) {
 func e2eStartTCP(t *testing.T, args ...string) (*e2eServer, string) {
 	t.Helper()
 	bin := e2eBin(t)
-	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	probe, err := plainTCPListen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -240,7 +240,7 @@ func TestE2EMetrics(t *testing.T) {
 // TestE2EMetricsPortTaken: a -metrics port that cannot be bound stops the
 // start with the reason and what to do, rather than serving unmonitored.
 func TestE2EMetricsPortTaken(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := plainTCPListen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

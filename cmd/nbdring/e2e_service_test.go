@@ -189,7 +189,7 @@ func TestE2EServiceLibnbdSubprocess(t *testing.T) {
 
 // e2eSvcFreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func e2eSvcFreePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := plainTCPListen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +311,7 @@ func TestE2EServiceActivatedFDs(t *testing.T) {
 	e2eNeedTool(t, "nbdinfo")
 	dir := e2eSocketDir(t)
 	img := e2eMakeFile(t, t.TempDir(), "disk.img", 4<<20, 0)
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	tcp, err := plainTCPListen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +358,7 @@ func TestE2EServiceActivationRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dgram.Close()
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	tcp, err := plainTCPListen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,7 +429,7 @@ func TestE2EServicePrintURI(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.listen, func(t *testing.T) {
 			if strings.HasPrefix(c.listen, "[::1]") {
-				if ln, err := net.Listen("tcp", "[::1]:0"); err != nil {
+				if ln, err := plainTCPListen("[::1]:0"); err != nil {
 					skipMissing(t, "ipv6", "no IPv6 loopback: %v", err)
 				} else {
 					ln.Close()

@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -176,7 +175,7 @@ func soakVerdict(t *testing.T, m *crashModel, samples []soakSample, base, last s
 // soakFreeAddr finds a free loopback TCP port for the server's -pprof.
 func soakFreeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := plainTCPListen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,6 +48,9 @@ func main() {
 			"io-wq thread (no RWF_NOWAIT) and it answers in microseconds; on; off")
 	zeroCopy := flag.Bool("zero-copy", true,
 		"send READ replies of 64 KiB or more with SENDMSG_ZC where the socket takes it")
+	mptcp := flag.Bool("mptcp", false,
+		"listen with Multipath TCP where the kernel has it; turns zero-copy sends off "+
+			"(sockets accepted from an MPTCP listener refuse SENDMSG_ZC)")
 	pprofAddr := flag.String("pprof", "",
 		"serve net/http/pprof and per-shard counters (/counters) on this host:port")
 	configFile := flag.String("config", "",
@@ -100,7 +103,7 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	o := options{readOnly: *readOnly, svc: svc, sec: sec, run: *runCmd,
+	o := options{readOnly: *readOnly, svc: svc, sec: sec, run: *runCmd, mptcp: *mptcp,
 		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
 			Memory: *memoryMiB << 20, MaxConns: *maxConns, NoZeroCopy: !*zeroCopy,
 			BatchWait: uint32(min(*batchWait, 1<<31)), NoRecvBundles: !*recvBundles}}
@@ -170,6 +173,7 @@ type options struct {
 	// address and the server is not captive (which uses a private socket).
 	listenDefault string
 	readOnly      bool
+	mptcp         bool              // -mptcp: Multipath TCP listeners (no zero-copy)
 	inline        engine.InlineMode // -inline-io, for every export
 	cfg           engine.Config
 	obs           observability // -pprof, -metrics
@@ -256,7 +260,7 @@ func run(o options) error {
 		return err
 	}
 	mode, err := strconv.ParseUint(o.sec.socketMode, 8, 32)
-	if err != nil || mode > 0o777 {
+	if err != nil || mode > 0o777 || mode == 0 {
 		return fmt.Errorf("-socket-mode %q: want an octal file mode such as 0660",
 			o.sec.socketMode)
 	}
@@ -289,7 +293,8 @@ func run(o options) error {
 	}
 	// From here on the server owns the exports: Stop closes them.
 	if lns == nil {
-		if lns, err = listenOn(listen, os.FileMode(mode)); err != nil {
+		if lns, err = listenOn(listen, engine.ListenOptions{
+			MPTCP: o.mptcp, SocketMode: os.FileMode(mode)}); err != nil {
 			srv.Stop()
 			return err
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/nbdring/nbdring/engine"
 )
@@ -27,16 +30,11 @@ func serveMetrics(addr string, srv *engine.Server) error {
 			slog.Warn(fmt.Sprintf("-metrics: writing /metrics: %v", err))
 		}
 	})
-	ln, err := net.Listen("tcp", addr)
+	ln, err := serveSide(addr, mux, metricsLimits, "-metrics")
 	if err != nil {
 		return fmt.Errorf("-metrics %s: %w (choose another host:port)", addr, err)
 	}
 	slog.Info(fmt.Sprintf("metrics on http://%s/metrics", ln.Addr()))
-	go func() {
-		if err := http.Serve(ln, mux); err != nil {
-			slog.Error(fmt.Sprintf("-metrics %s: %v", addr, err))
-		}
-	}()
 	return nil
 }
 
@@ -69,16 +67,139 @@ func servePprof(addr string, srv *engine.Server) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		srv.Snapshot().WriteCounters(w)
 	})
-	ln, err := net.Listen("tcp", addr)
+	ln, err := serveSide(addr, mux, pprofLimits, "-pprof")
 	if err != nil {
 		slog.Error(fmt.Sprintf("-pprof %s: %v", addr, err))
 		return
 	}
 	slog.Info(fmt.Sprintf("pprof and counters on http://%s/debug/pprof/ and /counters",
 		ln.Addr()))
+}
+
+// The side HTTP servers (-metrics, -pprof) share the process's file
+// descriptors with NBD clients, so a client there is bounded in time (each
+// timeout below) and in number (a limiting listener).
+
+// httpLimits bound one side HTTP server.
+type httpLimits struct {
+	readHeader time.Duration // the request line and header must arrive within this
+	read       time.Duration // the whole request (these are GETs: no body)
+	write      time.Duration // from the end of the header to the end of the reply
+	idle       time.Duration // a keep-alive connection between requests
+	connsMax   int           // connections served at once; more wait in the backlog
+}
+
+const (
+	// httpReadHeaderTimeout: a scraper or curl sends its header in one
+	// packet; 5 s allows a slow network and frees a silent connection soon.
+	httpReadHeaderTimeout = 5 * time.Second
+	// httpReadTimeout: the whole request; GETs carry no body, so a little
+	// over the header's time.
+	httpReadTimeout = 10 * time.Second
+	// httpIdleTimeout: above Prometheus' default 1 minute scrape_interval,
+	// so a scraper's keep-alive connection lasts from one scrape to the next.
+	httpIdleTimeout = 75 * time.Second
+	// metricsWriteTimeout: /metrics is a few KiB a shard, rendered in
+	// microseconds; 10 s is Prometheus' default scrape_timeout.
+	metricsWriteTimeout = 10 * time.Second
+	// metricsConnsMax: a few scrapers (an HA pair, a federation) and a
+	// person with curl.
+	metricsConnsMax = 16
+	// pprofProfileSecondsMax is the longest ?seconds= a CPU profile or
+	// trace may ask for: net/http/pprof refuses one longer than the
+	// server's WriteTimeout ("profile duration exceeds server's
+	// WriteTimeout"). nbdprof asks for 10 s by default.
+	pprofProfileSecondsMax = 120
+	// pprofWriteTimeout: the longest profile, plus 30 s to encode and send
+	// it (a heap profile of a large arena takes a few seconds).
+	pprofWriteTimeout = (pprofProfileSecondsMax + 30) * time.Second
+	// pprofConnsMax: a profile capture, an index page and a /counters
+	// poll at once, with room for one more.
+	pprofConnsMax = 4
+)
+
+var (
+	metricsLimits = httpLimits{readHeader: httpReadHeaderTimeout, read: httpReadTimeout,
+		write: metricsWriteTimeout, idle: httpIdleTimeout, connsMax: metricsConnsMax}
+	pprofLimits = httpLimits{readHeader: httpReadHeaderTimeout, read: httpReadTimeout,
+		write: pprofWriteTimeout, idle: httpIdleTimeout, connsMax: pprofConnsMax}
+)
+
+// serveSide listens on addr (plain TCP, as the NBD listeners) and serves h
+// there within lim; flag names the server in its log. It binds before
+// returning, so a privileged port is bound before -user applies.
+func serveSide(addr string, h http.Handler, lim httpLimits, flag string) (net.Listener,
+	error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	srv := newSideServer(h, lim)
 	go func() {
-		if err := http.Serve(ln, mux); err != nil {
-			slog.Error(fmt.Sprintf("-pprof %s: %v", addr, err))
+		if err := serveSideOn(ln, srv, lim); err != nil {
+			slog.Error(fmt.Sprintf("%s %s: %v", flag, addr, err))
 		}
 	}()
+	return ln, nil
+}
+
+// serveSideOn serves srv on ln, lim.connsMax connections at a time.
+func serveSideOn(ln net.Listener, srv *http.Server, lim httpLimits) error {
+	return srv.Serve(newLimitListener(ln, lim.connsMax))
+}
+
+// newSideServer is an http.Server for h with lim's timeouts.
+func newSideServer(h http.Handler, lim httpLimits) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: lim.readHeader,
+		ReadTimeout: lim.read, WriteTimeout: lim.write, IdleTimeout: lim.idle,
+		ErrorLog: slog.NewLogLogger(slog.Default().Handler(), slog.LevelDebug)}
+}
+
+// limitListener accepts at most cap connections open at once; Accept waits
+// for one to close, and the kernel holds later clients in the listen
+// backlog, where they cost this process no descriptor.
+type limitListener struct {
+	net.Listener
+	sem       chan struct{} // one token per open connection
+	done      chan struct{} // closed by Close: a waiting Accept returns
+	closeOnce sync.Once
+}
+
+func newLimitListener(ln net.Listener, connsMax int) *limitListener {
+	return &limitListener{Listener: ln, sem: make(chan struct{}, connsMax),
+		done: make(chan struct{})}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.sem <- struct{}{}:
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &limitConn{Conn: c, sem: l.sem}, nil
+}
+
+func (l *limitListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// limitConn gives its token back on its first Close.
+type limitConn struct {
+	net.Conn
+	sem  chan struct{}
+	once sync.Once
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { <-c.sem })
+	return err
 }

@@ -91,7 +91,7 @@ func fdOf(t *testing.T, c interface {
 
 func TestCheckListenFD(t *testing.T) {
 	dir := t.TempDir()
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	tcp, err := plainTCPListen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestCheckListenFD(t *testing.T) {
 // checks both are served, the variables are unset and the originals closed.
 func TestActivationListeners(t *testing.T) {
 	const fdFirst = 900 // below any RLIMIT_NOFILE, above what a test process holds
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	tcp, err := plainTCPListen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,7 +459,7 @@ func TestServeSeveralListeners(t *testing.T) {
 	var lns []net.Listener
 	errc := make(chan error, 2)
 	for i := 0; i < 2; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := plainTCPListen("127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -497,7 +497,7 @@ func TestServeSeveralListeners(t *testing.T) {
 			t.Errorf("listener %v still accepts after Stop", ln.Addr())
 		}
 	}
-	late, err := net.Listen("tcp", "127.0.0.1:0")
+	late, err := plainTCPListen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

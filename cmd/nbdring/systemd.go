@@ -183,20 +183,12 @@ func listenerFromFD(s activatedSocket, n int) (net.Listener, error) {
 }
 
 // listenOn opens the sockets -listen (or -config's listen) names, when not
-// socket-activated; a Unix socket gets mode (-socket-mode), which decides
-// who may connect.
-func listenOn(addrs []string, mode os.FileMode) ([]listener, error) {
+// socket-activated: TCP is plain unless -mptcp, and a Unix socket appears
+// with opt.SocketMode (-socket-mode), which decides who may connect.
+func listenOn(addrs []string, opt engine.ListenOptions) ([]listener, error) {
 	var lns []listener
 	for _, listen := range addrs {
-		ln, err := engine.Listen(listen)
-		if err == nil {
-			if path, ok := strings.CutPrefix(listen, "unix:"); ok {
-				if err = os.Chmod(path, mode); err != nil {
-					ln.Close()
-					err = fmt.Errorf("-socket-mode: chmod %s: %w", path, err)
-				}
-			}
-		}
+		ln, err := engine.ListenWith(listen, opt)
 		if err != nil {
 			closeListeners(lns)
 			return nil, err

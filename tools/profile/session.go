@@ -154,7 +154,9 @@ func SplitCommand(cmd, uri string) ([]string, error) {
 // process could take it before the server does; the server then fails to serve
 // pprof and the session says so.
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false) // as the server's -pprof listener
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", fmt.Errorf("find a free port for -pprof: %w", err)
 	}

@@ -32,6 +32,8 @@ FAMILIES = {
     "nbdring_zerocopy_sends": ("counter", {"shard"}),
     "nbdring_zerocopy_copied": ("counter", {"shard"}),
     "nbdring_zerocopy_refused": ("counter", {"shard"}),
+    "nbdring_zerocopy_bytes": ("counter", {"shard"}),
+    "nbdring_zerocopy_disabled": ("counter", {"shard"}),
     "nbdring_inline_ops": ("counter", {"shard"}),
     "nbdring_iowq_punts": ("counter", {"reason", "shard"}),
     "nbdring_iowq_workers": ("gauge", set()),
