@@ -178,6 +178,9 @@ func (s *shard) onSend(ci int32, res int32) {
 		s.submitSend(ci)
 		return
 	}
+	if res > 0 {
+		c.prog++
+	}
 	if c.closing || res < 0 {
 		why := s.sendCloseWhy(c, res)
 		s.freeBatch(ci)
