@@ -99,6 +99,8 @@ const (
 	// is its connection's only one: as with the arena's reserve, a
 	// connection with nothing in flight always finds a slot.
 	slotsPerShardMax = 1024
+	// slotsMax is the most slots a shard has: shared and reserved.
+	slotsMax = slotsPerShardMax + connsPerShardMax
 	// inflightPerConnMax bounds one connection's requests in flight so it
 	// cannot take every slot of its shard; clients rarely exceed 64.
 	inflightPerConnMax = 128

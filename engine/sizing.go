@@ -43,8 +43,8 @@ func sizeShards(cfg Config, shards int) (sizing, error) {
 	sz.slots = sz.slotsShared + sz.conns // one in reserve per connection
 	// The completion queue must hold every operation a shard can have in
 	// flight: a device operation per slot, a receive and a send per
-	// connection, the wake-up read and the timer.
-	sz.ring = uint32(1) << bits.Len(uint((sz.slots+2*sz.conns+2)/2))
+	// connection, the wake-up read and the two timers.
+	sz.ring = uint32(1) << bits.Len(uint((sz.slots+2*sz.conns+3)/2))
 	sz.arena = cfg.ArenaSize
 	if sz.arena == 0 {
 		budget := cfg.Memory
