@@ -70,7 +70,8 @@ func e2eHostiles(t *testing.T, addr string, done <-chan struct{}) map[string][]n
 	}
 	for range hostileStalled {
 		c := e2eDialNBD(t, addr)
-		if _, err := c.Write(e2eRequest(wire.CmdRead, 1, 0, 4096)[:wire.RequestSize/2]); err != nil {
+		half := e2eRequest(wire.CmdRead, 1, 0, 4096)[:wire.RequestSize/2]
+		if _, err := c.Write(half); err != nil {
 			t.Fatal(err)
 		}
 		h["header"] = append(h["header"], c)
