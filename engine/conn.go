@@ -44,9 +44,17 @@ type conn struct {
 	style          wire.ReplyStyle
 	reqSize        int // request header size: compact or extended
 
-	inflight int // live slots (from decode until the reply is sent)
-	ops      int // ledger: kernel operations holding the connection (recv, send)
-	bufBytes int // arena bytes held by this connection's live slots
+	inflight  int // live slots (from decode until the reply is sent)
+	slotsHeld int // slots not yet free (live, or released but held by the kernel)
+	ops       int // ledger: kernel operations holding the connection (recv, send)
+	bufBytes  int // arena bytes held by this connection's slots not yet free
+
+	// -io-timeout (stall.go): prog counts receives and sends that moved
+	// bytes; the shard's tick compares it with progSeen, and stuckSince is
+	// the tick that last saw progress, or the server not waiting on it.
+	prog       uint32
+	progSeen   uint32
+	stuckSince time.Time
 
 	qHead, qTail int32 // replies ready to send, linked through slot.next
 	sendHead     int32 // first slot of the sendmsg in flight
@@ -141,6 +149,9 @@ func (s *shard) onRecv(ci int32, res int32, direct bool, flags uint32) {
 		c.starved = true
 		s.starved = append(s.starved, ci)
 		return
+	}
+	if res > 0 {
+		c.prog++
 	}
 	if res <= 0 {
 		if res == 0 && c.disc {
@@ -263,13 +274,24 @@ func (s *shard) beginClose(ci int32, why closeReason) {
 // drainConn starts a graceful close for the server's shutdown: requests
 // in flight finish and their replies go out, requests that arrive
 // meanwhile get ESHUTDOWN (proto.md), then the connection closes.
+//
+// A connection halfway through a WRITE payload (or through a rejected
+// request's payload) is cut at once: that write was never acknowledged,
+// and waiting on a client that stopped sending would hold the shutdown
+// for the whole grace.
 func (s *shard) drainConn(ci int32) {
-	s.conns[ci].draining = true
+	c := &s.conns[ci]
+	c.draining = true
+	if c.pslot >= 0 || c.drain > 0 {
+		s.cutConn(ci)
+		return
+	}
 	s.maybeFinish(ci)
 }
 
-// cutConn closes a connection the shutdown grace did not see finish, and
-// says who it was and what it was waiting for.
+// cutConn closes a connection at shutdown that cannot finish: halfway
+// through a payload, or still open when the grace ran out; and says who
+// it was and what it was waiting for.
 func (s *shard) cutConn(ci int32) {
 	c := &s.conns[ci]
 	why := "replies still to send"
@@ -277,6 +299,8 @@ func (s *shard) cutConn(ci int32) {
 	case c.pslot >= 0:
 		why = fmt.Sprintf("stalled %d bytes into a %d-byte WRITE payload", c.pgot,
 			len(s.payload(c.pslot)))
+	case c.drain > 0:
+		why = fmt.Sprintf("%d bytes of a rejected request's payload still to come", c.drain)
 	case c.sending:
 		why = "not reading its replies"
 	}
@@ -337,7 +361,8 @@ func (s *shard) maybeRelease(ci int32) {
 		s.releaseRecv(c)
 	}
 	assert(c.inflight == 0, "connection released with slots still owned")
-	assert(c.bufBytes == 0, "connection released with buffers still held")
+	// Slots a device operation still holds are freed by the ledger; their
+	// buffers no longer count against this connection (slot.cgen).
 	s.logClose(ci)
 	unix.Close(c.fd)
 	if c.tls != nil {

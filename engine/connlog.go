@@ -20,13 +20,14 @@ const (
 	closeRecvErr                     // recv failed with another error
 	closeSendErr                     // send failed with another error
 	closeTLSErr                      // a TLS record or alert error
+	closeTimeout                     // no progress for -io-timeout while the server waited on it
 )
 
 var closeReasonNames = [...]string{
 	closeUnknown: "unknown", closeClient: "client disconnect", closeDisc: "DISC",
 	closeProtocol: "protocol error", closeShutdown: "server shutdown",
 	closeCut: "cut at shutdown", closeRecvErr: "recv error", closeSendErr: "send error",
-	closeTLSErr: "TLS error",
+	closeTLSErr: "TLS error", closeTimeout: "io timeout",
 }
 
 func (r closeReason) String() string {

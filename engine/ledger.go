@@ -31,7 +31,8 @@ import (
 //	                             into records, before the send)
 //	opIO     slot    slot's      the slot's buffers (and its range lock)
 //	opWake,  -       0           the shard's own words
-//	opTimer
+//	opTimer,
+//	opTick
 //
 // A send is named by its batch's first slot, not by its connection, so a
 // zero-copy send's notification, which may arrive after the connection
@@ -49,6 +50,7 @@ const (
 	opSend                     // a connection's reply sendmsg
 	opIO                       // a slot's device operation
 	opSendTLS                  // a TLS connection's ciphertext sendmsg
+	opTick                     // the -io-timeout tick (stall.go)
 )
 
 // issue returns a zeroed SQE for operation op of owner idx (a connection
@@ -137,6 +139,9 @@ func (s *shard) complete(cqe *ring.CQE) {
 	case opTimer:
 		s.stats.OpsInflight.Add(-1)
 		s.timerOn = false
+	case opTick:
+		s.stats.OpsInflight.Add(-1)
+		s.onTick()
 	case opRecv:
 		c := &s.conns[idx]
 		if c.gen&ring.GenMask != gen {
@@ -183,6 +188,9 @@ func (s *shard) complete(cqe *ring.CQE) {
 		}
 		if last {
 			s.settleConn(c)
+		}
+		if res > 0 {
+			c.prog++ // -io-timeout: the client reads its replies
 		}
 		s.onSendTLS(int32(idx), res)
 	case opIO:

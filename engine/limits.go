@@ -65,17 +65,42 @@ const (
 	recvDirectMin = 16 << 10
 
 	// connBufShare: one connection's requests may hold at most this share
-	// of its shard's arena, so a client that stops reading replies cannot
-	// starve the other connections of its shard. A single request may
-	// exceed it when it is the connection's only one (an unaligned write
-	// of the largest size needs three quarters of the arena).
+	// of its shard's arena (sizing.connBuf), so a client that stops reading
+	// replies holds a quarter at most. A single request may exceed it when
+	// it is the connection's only one (an unaligned write of the largest
+	// size needs three quarters of the arena).
 	connBufShare = 4
+	// arenaReserveShare sets the tenants' rule (sizing.go, slot.go): the
+	// arena is split, in bytes counted, into a shared part (all but
+	// 1/arenaReserveShare) and a reserve. Every request is served from the
+	// shared part while it has room, within its connection's connBuf. A
+	// request that finds the shared part full is served from the reserve
+	// only when it is the only one its connection holds, and only up to
+	// reserve/connections bytes (sizing.resvReq). Each connection so holds
+	// at most one reserve request of at most its share, and the reserve
+	// can never be overdrawn: whatever the other connections hold and do
+	// not let go of (replies nobody reads, payloads nobody sends), a
+	// connection with nothing in flight (a new one, or a QD1 client
+	// between requests) always gets its next request of up to resvReq
+	// bytes. Larger ones wait for the shared part, which -io-timeout
+	// frees of stalled connections. A quarter keeps the shared part above
+	// what one connection at QD8 1 MiB or QD32 4 KiB needs by far (8 MiB
+	// of 96 at the default arena), and three quarters is exactly the
+	// largest request (arenaPerBlockMax). The count is in bytes: the
+	// buddy allocator can still refuse a reserve request larger than a
+	// page to fragmentation; it then waits for the next free.
+	arenaReserveShare = 4
 
-	// slotsPerShardMax bounds requests in flight on one shard (each needs a
-	// slot); with 128 per connection that is 8 busy connections at full
-	// depth, more at usual depths. A shard with fewer connections gets 128
-	// slots for each.
+	// slotsPerShardMax bounds the shared slots of one shard (requests in
+	// flight need a slot each); with 128 per connection that is 8 busy
+	// connections at full depth, more at usual depths. A shard with fewer
+	// connections gets 128 shared slots for each. Each connection has one
+	// more slot in reserve (sizing.slots), taken only by a request that
+	// is its connection's only one: as with the arena's reserve, a
+	// connection with nothing in flight always finds a slot.
 	slotsPerShardMax = 1024
+	// slotsMax is the most slots a shard has: shared and reserved.
+	slotsMax = slotsPerShardMax + connsPerShardMax
 	// inflightPerConnMax bounds one connection's requests in flight so it
 	// cannot take every slot of its shard; clients rarely exceed 64.
 	inflightPerConnMax = 128
@@ -180,8 +205,11 @@ const (
 	refusalLogEvery = time.Second
 	// stopGrace is how long a shutdown waits for connections to finish the
 	// requests they have sent (new ones get ESHUTDOWN) before cutting
-	// those still open: a client stalled in a WRITE payload or not reading
-	// its replies. Long enough for a 32 MiB request on a slow link.
+	// those still open: a client not reading its replies. Long enough for
+	// a 32 MiB reply on a slow link. A connection halfway through a WRITE
+	// payload is cut at once (that write was never acknowledged, so
+	// nothing acknowledged is lost): waiting on a client that stopped
+	// sending would hold the shutdown for the whole grace.
 	stopGrace = 5 * time.Second
 	// stopCutWait bounds the wait, after cutting, for device operations
 	// already in flight (the kernel cannot cancel O_DIRECT I/O).
@@ -203,6 +231,32 @@ const (
 	// the P over, and short enough that anything starved of a P (a process
 	// with GOMAXPROCS lowered under the shards) waits a millisecond at most.
 	waitHold = time.Millisecond
+	// IOTimeoutDefault is -io-timeout's default: a connection the server
+	// waits on (replies queued that it does not read, a WRITE payload or
+	// request header it does not finish) and that makes no progress for
+	// this long is cut. 30 s is far beyond any pause of a live client (a
+	// TCP retransmission gives up on a dead path within seconds) and
+	// short enough that a stalled tenant does not hold its buffers for
+	// long. An idle connection with nothing queued is never cut.
+	IOTimeoutDefault = 30 * time.Second
+	// ioTickMax: a shard looks for stalled connections every quarter of
+	// -io-timeout, at most this long apart, so a cut comes between one and
+	// 1.25 timeouts after the last progress; one timer per shard, never a
+	// cost per request.
+	ioTickMax = time.Second
+	// ioTickMin bounds how often the shard wakes for it when -io-timeout
+	// is tiny (tests).
+	ioTickMin = 10 * time.Millisecond
+	// keepAliveIdle, keepAliveInterval and keepAliveCount: TCP keepalive on
+	// every accepted socket, so a peer that vanished (host down, cable out)
+	// is found within 30+3*10 = 60 s even when its connection is idle,
+	// which -io-timeout never cuts. The interval and count are Linux's
+	// and Go's usual ratio; the idle time is twice Go's default of 15 s,
+	// since a probe of each of hundreds of idle connections costs little
+	// but is still traffic.
+	keepAliveIdle     = 30 * time.Second
+	keepAliveInterval = 10 * time.Second
+	keepAliveCount    = 3
 	// rangeLockRetry: how soon a request waiting for another request's
 	// read-modify-write span looks again; such waits last one device write.
 	rangeLockRetry = 100 * time.Microsecond
@@ -215,6 +269,8 @@ const ArenaSizeMin = arenaSizeMin
 // Compile-time checks of relations the code relies on.
 var (
 	_ [arenaPerBlockMax - 3]struct{}
+	// The smallest reserve share is a page (sizing.resvReq).
+	_ [arenaSizeMin/arenaReserveShare/connsPerShardMax - arenaBlockSize]struct{}
 	_ [recvBufSize - recvDirectMin]struct{}
 	_ [carryMax - wire.RequestSize]struct{}
 	_ [1<<16 - recvPoolMax]struct{}     // buffer ids are 16 bits

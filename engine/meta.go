@@ -35,6 +35,7 @@ type connMem struct {
 type shardWords struct {
 	wake    [8]byte       // the eventfd counter, read on every wake-up
 	timeout unix.Timespec // the range-lock retry timer
+	tick    unix.Timespec // the -io-timeout tick (stall.go)
 }
 
 // shardMemSize is the bytes one shard maps for slots slots and conns

@@ -82,7 +82,7 @@ type shardMetrics struct {
 	connExp      [connsPerShardMax]int32 // each connection's export index
 	connStart    [connsPerShardMax]int64 // when its held request was decoded
 	connWaited   [connsPerShardMax]bool  // its held request has waited already
-	slotStart    [slotsPerShardMax]int64 // when the slot's request was decoded
+	slotStart    [slotsMax]int64         // when the slot's request was decoded
 	exp          []exportCounters        // by export index
 	latency      [cmdLabels]histogram
 	backpressure atomic.Uint64 // requests that waited for a slot or a buffer

@@ -189,8 +189,11 @@ func (s *shard) onSend(ci int32, res int32) {
 		s.submitSend(ci)
 		return
 	}
-	if c.sendZC && res > 0 {
-		s.stats.ZCBytes.Add(uint64(res))
+	if res > 0 {
+		c.prog++
+		if c.sendZC {
+			s.stats.ZCBytes.Add(uint64(res))
+		}
 	}
 	if c.closing || res < 0 {
 		why := s.sendCloseWhy(c, res)

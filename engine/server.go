@@ -53,6 +53,10 @@ type Config struct {
 	// kernel can fill several (IORING_RECVSEND_BUNDLE, Linux 6.10).
 	NoRecvBundles bool
 	NoZeroCopy    bool // never send zero-copy (SENDMSG_ZC), even where the kernel can
+	// IOTimeout (0: off) cuts a connection that makes no progress this
+	// long while the server waits on it (stall.go); cmd's -io-timeout
+	// defaults to IOTimeoutDefault.
+	IOTimeout time.Duration
 	// TLSMode is the TLS policy; TLS (from LoadTLS) is needed unless it
 	// is wire.TLSOff. Exports with ExportConfig.TLSOnly need TLSOn.
 	TLSMode wire.TLSMode
@@ -84,8 +88,12 @@ type Server struct {
 	// bundles: receives fill several pool buffers (the kernel has bundles,
 	// and Config.NoRecvBundles is off).
 	bundles bool
-	err     error
-	hsCount [hsResults]atomic.Uint64 // handshakes by result (metrics.go)
+	// ioTimeout is Config.IOTimeout; each shard looks for stalled
+	// connections every ioTick.
+	ioTimeout time.Duration
+	ioTick    time.Duration
+	err       error
+	hsCount   [hsResults]atomic.Uint64 // handshakes by result (metrics.go)
 }
 
 // New starts the shards (pinned, each with its ring) for exports.
@@ -117,7 +125,9 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	s := &Server{exports: exports, tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
 		gate: gate{byAddr: map[netip.Addr]int{}}, hs: map[net.Conn]struct{}{},
 		noZC: cfg.NoZeroCopy, sz: sz, batchWait: batchWait,
-		bundles: feat.Bundles && !cfg.NoRecvBundles, maxConns: cmp.Or(cfg.MaxConns, maxConnsDefault)}
+		bundles: feat.Bundles && !cfg.NoRecvBundles, maxConns: cmp.Or(cfg.MaxConns, maxConnsDefault),
+		ioTimeout: max(cfg.IOTimeout, 0),
+		ioTick:    min(max(cfg.IOTimeout/4, ioTickMin), ioTickMax)}
 	seen := map[string]bool{}
 	for _, e := range exports {
 		if seen[e.Name] {
@@ -313,7 +323,18 @@ func (s *Server) Serve(ln net.Listener) error {
 			nc.Close()
 			continue
 		}
+		keepAlive(nc)
 		go s.handshake(nc, ip)
+	}
+}
+
+// keepAlive turns on TCP keepalive (keepAliveIdle...) on an accepted
+// socket, so a peer that vanished is found even while its connection is
+// idle; the shard's socket is a dup of it and keeps the setting.
+func keepAlive(nc net.Conn) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: keepAliveIdle,
+			Interval: keepAliveInterval, Count: keepAliveCount})
 	}
 }
 

@@ -46,6 +46,11 @@ type shard struct {
 	local      []ring.CQE
 	localSpare []ring.CQE
 	timerOn    bool
+	tickOn     bool // the -io-timeout tick is armed (stall.go)
+	// The tenants' rule (limits.go, arenaReserveShare): slots and arena
+	// bytes held beyond the reserve.
+	slotsShared int
+	bytesShared int
 	// fixedBufs: the arena is registered as fixed buffer 0.
 	fixedBufs bool
 	efd       int
@@ -86,6 +91,8 @@ type ShardStats struct {
 	// Punts counts device operations the ring runs on an io-wq thread, by
 	// reason (puntEAGAIN...).
 	Punts [puntReasons]atomic.Uint64
+	// IOTimeouts counts connections cut by -io-timeout (stall.go).
+	IOTimeouts atomic.Uint64
 }
 
 type handoff struct {
@@ -136,6 +143,7 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 		s.connFree = append(s.connFree, int32(i))
 	}
 	s.mem.words.timeout = unix.NsecToTimespec(rangeLockRetry.Nanoseconds())
+	s.mem.words.tick = unix.NsecToTimespec(srv.ioTick.Nanoseconds())
 	s.waiting = make([]int32, 0, sz.conns)
 	s.waitingSpare = make([]int32, 0, sz.conns)
 	s.rmwWait = make([]int32, 0, sz.slots)
@@ -217,6 +225,7 @@ func (s *shard) loop() error {
 			ring.PrepTimeout(s.issue(opTimer, 0), &s.mem.words.timeout)
 			s.timerOn = true
 		}
+		s.armTick()
 		wait := uint32(1)
 		if len(s.local) > 0 {
 			wait = 0 // inline completions are waiting already

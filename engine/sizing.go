@@ -11,13 +11,16 @@ import (
 // and the shard count, so the memory a server pins follows what it was
 // configured to serve rather than a fixed amount per shard.
 type sizing struct {
-	conns    int    // connections per shard
-	slots    int    // requests in flight per shard
-	arena    int    // buffer arena bytes per shard
-	blockMax uint32 // largest READ/WRITE payload advertised and served
-	ring     uint32 // submission queue entries (the completion queue is twice that)
-	connBuf  int    // arena bytes one connection's requests may hold (connBufShare)
-	recvBufs int    // receive pool buffers per shard (recvPoolBufs)
+	conns       int    // connections per shard
+	slots       int    // requests in flight per shard: shared, then one reserved per connection
+	slotsShared int    // slots any request may take (slotsPerShardMax)
+	arena       int    // buffer arena bytes per shard
+	blockMax    uint32 // largest READ/WRITE payload advertised and served
+	ring        uint32 // submission queue entries (the completion queue is twice that)
+	connBuf     int    // arena bytes one connection's requests may hold (connBufShare)
+	shared      int    // arena bytes all requests may hold before the reserve (arenaReserveShare)
+	resvReq     int    // arena bytes a connection's only request may take from the reserve
+	recvBufs    int    // receive pool buffers per shard (recvPoolBufs)
 }
 
 // sizeShards derives the shards' sizing. The connections are spread by
@@ -36,11 +39,12 @@ func sizeShards(cfg Config, shards int) (sizing, error) {
 	}
 	var sz sizing
 	sz.conns = (maxConns + shards - 1) / shards
-	sz.slots = min(slotsPerShardMax, sz.conns*inflightPerConnMax)
+	sz.slotsShared = min(slotsPerShardMax, sz.conns*inflightPerConnMax)
+	sz.slots = sz.slotsShared + sz.conns // one in reserve per connection
 	// The completion queue must hold every operation a shard can have in
 	// flight: a device operation per slot, a receive and a send per
-	// connection, the wake-up read and the timer.
-	sz.ring = uint32(1) << bits.Len(uint((sz.slots+2*sz.conns+2)/2))
+	// connection, the wake-up read and the two timers.
+	sz.ring = uint32(1) << bits.Len(uint((sz.slots+2*sz.conns+3)/2))
 	sz.arena = cfg.ArenaSize
 	if sz.arena == 0 {
 		budget := cfg.Memory
@@ -61,6 +65,11 @@ func sizeShards(cfg Config, shards int) (sizing, error) {
 	}
 	sz.blockMax = uint32(min(wire.PayloadMax, sz.arena/arenaPerBlockMax))
 	sz.connBuf = sz.arena / connBufShare
+	reserve := sz.arena / arenaReserveShare
+	sz.shared = sz.arena - reserve
+	// A power of two (what the buddy allocator hands out) no larger than
+	// the reserve's share, so conns of them always fit in the reserve.
+	sz.resvReq = 1 << (bits.Len(uint(reserve/sz.conns)) - 1)
 	sz.recvBufs = recvPoolBufs(sz.conns)
 	return sz, nil
 }

@@ -37,13 +37,20 @@ func TestSizeShards(t *testing.T) {
 			continue
 		}
 		if sz.arena != c.arena || sz.blockMax != c.blockMax || sz.conns != c.conns ||
-			sz.slots != c.slots {
+			sz.slotsShared != c.slots || sz.slots != c.slots+c.conns {
 			t.Errorf("%+v on %d shards: %+v, want arena %d MiB, requests to %d MiB, "+
-				"%d conns, %d slots", c.cfg, c.shards, sz, c.arena>>20, c.blockMax>>20,
+				"%d conns, %d shared slots and one more each", c.cfg, c.shards, sz, c.arena>>20, c.blockMax>>20,
 				c.conns, c.slots)
 		}
 		// The completion queue (twice the ring) holds everything in flight.
-		if need := uint32(sz.slots + 2*sz.conns + 2); 2*sz.ring < need ||
+		// The reserve serves every connection's only request at once, and
+		// the shared part the largest request (an unaligned WRITE: 3n).
+		if sz.conns*sz.resvReq > sz.arena-sz.shared || sz.resvReq < arenaBlockSize ||
+			3*int(sz.blockMax) > sz.shared {
+			t.Errorf("%+v: reserve of %d bytes for %d connections of %d bytes each",
+				c.cfg, sz.arena-sz.shared, sz.conns, sz.resvReq)
+		}
+		if need := uint32(sz.slots + 2*sz.conns + 3); 2*sz.ring < need ||
 			sz.ring&(sz.ring-1) != 0 {
 			t.Errorf("%+v: ring of %d entries for %d operations in flight", c.cfg, sz.ring,
 				need)

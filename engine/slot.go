@@ -21,6 +21,11 @@ type slot struct {
 	payload []byte // unaligned WRITE's payload, before it is merged
 	pbuf    int32  // its arena handle, or -1
 	budget  int    // arena bytes counted against the connection's budget
+	cgen    uint32 // the owner's generation: its budget is its own until released
+	// The tenants' rule (limits.go, arenaReserveShare): the slot itself,
+	// and its buffers, are counted in the shard's reserve, not the shared
+	// part.
+	slotResv, bufResv bool
 
 	spanOff uint64 // the aligned span the device sees (READ, WRITE)
 	spanLen uint32
@@ -77,9 +82,13 @@ var phaseName = [...]string{phRead: "read", phRMWRead: "read for read-modify-wri
 	phWrite: "write", phFlush: "fdatasync", phTrim: "trim", phZero: "zero",
 	phZeroWrite: "write of zeros", phSync: "fdatasync", phCache: "fadvise"}
 
-// allocSlot takes a free slot for connection ci, or -1.
+// allocSlot takes a free slot for connection ci, or -1. A shared slot
+// while there are any; else a reserved one, but only for a connection
+// holding no other slot (limits.go, slotsPerShardMax).
 func (s *shard) allocSlot(ci int32) int32 {
-	if len(s.slotFree) == 0 {
+	c := &s.conns[ci]
+	resv := s.slotsShared >= s.srv.sz.slotsShared
+	if len(s.slotFree) == 0 || resv && c.slotsHeld > 0 {
 		return -1
 	}
 	i := s.slotFree[len(s.slotFree)-1]
@@ -88,23 +97,26 @@ func (s *shard) allocSlot(ci int32) int32 {
 	assert(sl.state == slotFree && sl.ops == 0, "allocated a slot in use")
 	sl.gen++
 	sl.state, sl.conn, sl.next, sl.lock = slotLive, ci, -1, lockNone
-	sl.exp = s.conns[ci].exp
+	sl.exp = c.exp
 	sl.done, sl.phase, sl.step, sl.nout, sl.nsegs, sl.blocking = 0, 0, 0, 0, 0, false
-	s.conns[ci].inflight++
+	sl.cgen, sl.slotResv, sl.bufResv = c.gen, resv, false
+	if !resv {
+		s.slotsShared++
+	}
+	c.slotsHeld++
+	c.inflight++
 	s.stats.Inflight.Add(1)
 	return i
 }
 
 // releaseSlot ends a request for its connection. The slot and its
 // buffers are freed now, or, while an operation still holds them, by the
-// ledger when it completes.
+// ledger when it completes; they count against the connection's budget
+// until then.
 func (s *shard) releaseSlot(si int32) {
 	sl := &s.slots[si]
 	assert(sl.state == slotLive, "released a slot twice")
-	c := &s.conns[sl.conn]
-	c.inflight--
-	c.bufBytes -= sl.budget
-	sl.budget = 0
+	s.conns[sl.conn].inflight--
 	sl.state = slotReleased
 	if sl.ops == 0 {
 		s.freeSlot(si)
@@ -118,6 +130,13 @@ func (s *shard) freeSlot(si int32) {
 	assert(sl.state == slotReleased && sl.ops == 0, "freed a slot the kernel holds")
 	s.freeArena(&sl.buf, &sl.data)
 	s.freeArena(&sl.pbuf, &sl.payload)
+	s.unbudget(sl, sl.budget)
+	if c := &s.conns[sl.conn]; c.gen == sl.cgen {
+		c.slotsHeld--
+	}
+	if !sl.slotResv {
+		s.slotsShared--
+	}
 	s.unlockSpan(sl)
 	sl.gen++
 	sl.state, sl.exp = slotFree, nil
@@ -125,21 +144,51 @@ func (s *shard) freeSlot(si int32) {
 	s.slotFree = append(s.slotFree, si)
 }
 
-// allocArena gives slot si an arena buffer of n bytes within its
-// connection's budget (a request alone on its connection may exceed it).
+// unbudget uncounts n bytes of slot sl's buffers, freed: from its
+// connection (unless released since) and from the shared part or the
+// reserve.
+func (s *shard) unbudget(sl *slot, n int) {
+	sl.budget -= n
+	if c := &s.conns[sl.conn]; c.gen == sl.cgen {
+		c.bufBytes -= n
+	}
+	if !sl.bufResv {
+		s.bytesShared -= n
+	}
+}
+
+// allocArena gives slot si an arena buffer of n bytes by the tenants' rule
+// (limits.go, arenaReserveShare): from the shared part within its
+// connection's budget (a request alone on its connection may exceed it),
+// else, for a request alone on its connection, from the reserve up to
+// resvReq. false: the request waits.
 func (s *shard) allocArena(si int32, n int) ([]byte, int32, bool) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
-	if c.bufBytes+n > s.srv.sz.connBuf && c.inflight > 1 {
+	sz := &s.srv.sz
+	size := arenaBlockSize << orderFor(n)
+	alone := c.slotsHeld == 1
+	if sl.budget == 0 {
+		sl.bufResv = alone && s.bytesShared+size > sz.shared
+	}
+	switch {
+	case sl.bufResv:
+		if sl.budget+size > sz.resvReq {
+			return nil, -1, false
+		}
+	case s.bytesShared+size > sz.shared, c.bufBytes+size > sz.connBuf && !alone:
 		return nil, -1, false
 	}
 	b, h, ok := s.arena.alloc(n)
 	if !ok {
 		return nil, -1, false
 	}
-	c.bufBytes += cap(b)
-	sl.budget += cap(b)
-	s.stats.ArenaBytes.Add(int64(cap(b)))
+	c.bufBytes += size
+	sl.budget += size
+	if !sl.bufResv {
+		s.bytesShared += size
+	}
+	s.stats.ArenaBytes.Add(int64(size))
 	return b, h, true
 }
 
@@ -162,6 +211,5 @@ func (s *shard) freePayload(si int32) {
 	}
 	n := cap(sl.payload)
 	s.freeArena(&sl.pbuf, &sl.payload)
-	s.conns[sl.conn].bufBytes -= n
-	sl.budget -= n
+	s.unbudget(sl, n)
 }

@@ -50,6 +50,7 @@ type ShardSnapshot struct {
 	Recvs             uint64              // receives into the pool that brought data
 	RecvBufs          uint64              // pool buffers they filled
 	RecvNoBufs        uint64              // receives that found the pool empty
+	IOTimeouts        uint64              // connections cut by -io-timeout
 	RecvBufsFree      int64               // pool buffers free now
 	BackpressureWaits uint64              // requests that waited for a slot or a buffer
 	RingEnters        uint64
@@ -121,6 +122,7 @@ func (sh *shard) snapshot() ShardSnapshot {
 		BackpressureWaits: m.backpressure.Load(), Recvs: st.Recvs.Load(),
 		Sends: st.Sends.Load(), SentReplies: st.SentReplies.Load(),
 		RecvBufs: st.RecvBufs.Load(), RecvNoBufs: st.RecvNoBufs.Load(),
+		IOTimeouts:   st.IOTimeouts.Load(),
 		RecvBufsFree: st.RecvBufsFree.Load()}
 	for i := range ss.Punts {
 		ss.Punts[i] = st.Punts[i].Load()
@@ -206,6 +208,7 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 		line("recvs", ss.Recvs)
 		line("recv_buffers", ss.RecvBufs)
 		line("recv_no_buffers", ss.RecvNoBufs)
+		line("io_timeouts", ss.IOTimeouts)
 		line("recv_buffers_free", ss.RecvBufsFree)
 		for c, n := range reqs {
 			if n > 0 {

@@ -40,6 +40,10 @@ func main() {
 	batchWait := flag.Uint("batch-wait-us", 0,
 		"with more than one request in flight, a shard waits up to this many microseconds "+
 			"for a batch of completions (io_uring min-wait, Linux 6.12); 0: off")
+	ioTimeout := flag.Duration("io-timeout", engine.IOTimeoutDefault,
+		"cut a connection that makes no progress this long while the server waits on it "+
+			"(replies it does not read, a WRITE payload or request header it does not "+
+			"finish); an idle connection is never cut; 0: off")
 	recvBundles := flag.Bool("recv-bundles", true,
 		"a receive fills several pool buffers where the kernel can (IORING_RECVSEND_BUNDLE, "+
 			"Linux 6.10); false: one buffer a receive")
@@ -106,7 +110,8 @@ func main() {
 	o := options{readOnly: *readOnly, svc: svc, sec: sec, run: *runCmd, mptcp: *mptcp,
 		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
 			Memory: *memoryMiB << 20, MaxConns: *maxConns, NoZeroCopy: !*zeroCopy,
-			BatchWait: uint32(min(*batchWait, 1<<31)), NoRecvBundles: !*recvBundles}}
+			BatchWait: uint32(min(*batchWait, 1<<31)), NoRecvBundles: !*recvBundles,
+			IOTimeout: *ioTimeout}}
 	switch *inlineIO {
 	case "auto":
 	case "on":
@@ -204,6 +209,10 @@ func (o *options) resolve(configFile string, args []string, shards, arenaMiB,
 	}
 	if o.cfg.MaxConns < 1 {
 		return fmt.Errorf("-max-connections %d: want at least 1", o.cfg.MaxConns)
+	}
+	if o.cfg.IOTimeout < 0 {
+		return fmt.Errorf("-io-timeout %v: want a duration such as 30s, or 0 to turn it off",
+			o.cfg.IOTimeout)
 	}
 	if configFile != "" {
 		if len(args) > 0 {

@@ -40,6 +40,7 @@ FAMILIES = {
     "nbdring_recvs": ("counter", {"shard"}),
     "nbdring_recv_buffers": ("counter", {"shard"}),
     "nbdring_recv_no_buffers": ("counter", {"shard"}),
+    "nbdring_io_timeouts": ("counter", {"shard"}),
     "nbdring_recv_buffers_free": ("gauge", {"shard"}),
     "nbdring_ring_enters": ("counter", {"shard"}),
     "nbdring_ring_submissions": ("counter", {"shard"}),

@@ -1,0 +1,105 @@
+package engine
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nbdring/nbdring/ring"
+)
+
+// -io-timeout: a connection the server waits on (replies queued that it
+// does not read, a WRITE payload or a request header it does not finish)
+// and that makes no progress for Server.ioTimeout is cut, so a stalled
+// client gives its slots and buffers back. A connection idle between
+// requests with nothing queued is never cut: NBD clients idle for hours.
+//
+// Nothing is timed per request: receives and sends only bump conn.prog,
+// and one timer per shard (opTick, every ioTick) compares each
+// connection's count with what the previous tick saw.
+
+// armTick arms the shard's tick while it has connections and -io-timeout
+// is on; the loop calls it every turn.
+func (s *shard) armTick() {
+	if s.tickOn || s.srv.ioTimeout <= 0 || s.live == 0 {
+		return
+	}
+	ring.PrepTimeout(s.issue(opTick, 0), &s.mem.words.tick)
+	s.tickOn = true
+}
+
+// onTick cuts the connections that have made no progress for -io-timeout
+// while the server waited on them.
+func (s *shard) onTick() {
+	s.tickOn = false
+	now := time.Now()
+	for i := range s.conns {
+		c := &s.conns[i]
+		if c.fd < 0 || c.closing {
+			continue
+		}
+		if s.stalledOn(c) == "" || c.prog != c.progSeen || c.stuckSince.IsZero() {
+			c.progSeen, c.stuckSince = c.prog, now
+			continue
+		}
+		if now.Sub(c.stuckSince) >= s.srv.ioTimeout {
+			s.cutStalled(int32(i))
+		}
+	}
+}
+
+// stalledOn says what the server waits on the client for, or "" when it
+// waits for nothing the client owes (idle, or its requests are with the
+// device or waiting for memory).
+func (s *shard) stalledOn(c *conn) string {
+	switch {
+	case c.sending || c.qHead >= 0:
+		return "replies"
+	case c.pslot >= 0, c.drain > 0:
+		return "payload"
+	case !c.waiting && !c.reqHeld && c.avail() > 0:
+		return "header"
+	}
+	return ""
+}
+
+// cutStalled closes a connection -io-timeout found stalled, logging once
+// who it was and what was stuck.
+func (s *shard) cutStalled(ci int32) {
+	c := &s.conns[ci]
+	var what string
+	switch s.stalledOn(c) {
+	case "replies":
+		what = fmt.Sprintf("%d bytes of replies unsent (it does not read them)",
+			s.unsentBytes(c))
+	case "payload":
+		missing := c.drain
+		if c.pslot >= 0 {
+			missing = uint64(len(s.payload(c.pslot))) - uint64(c.pgot)
+		}
+		what = fmt.Sprintf("%d bytes of a WRITE payload missing", missing)
+	default:
+		what = fmt.Sprintf("%d of %d bytes of a request header received", c.avail(),
+			c.reqSize)
+	}
+	s.stats.IOTimeouts.Add(1)
+	slog.Warn(fmt.Sprintf("io-timeout: cutting connection from %s (export %q): no progress "+
+		"for %v with %s; -io-timeout sets the limit", c.peer, c.exp.Name, s.srv.ioTimeout,
+		what), "client", c.peer, "export", c.exp.Name, "shard", s.id)
+	s.beginClose(ci, closeTimeout)
+}
+
+// unsentBytes is what a connection's queued replies and the unsent rest of
+// its send in flight add up to (a TLS connection's: its queued replies).
+func (s *shard) unsentBytes(c *conn) uint64 {
+	var n uint64
+	for si := c.qHead; si >= 0; si = s.slots[si].next {
+		n += s.slots[si].outLen
+	}
+	if c.sending && c.tls == nil {
+		for _, v := range c.mem.iov[c.iovAt:c.iovN] {
+			n += v.Len
+		}
+	}
+	return n
+}
