@@ -267,7 +267,21 @@ func (s *shard) beginClose(ci int32, why closeReason) {
 		return
 	}
 	c.closing, c.closeWhy = true, why
-	_ = unix.Shutdown(c.fd, unix.SHUT_RDWR) // completes a pending recv and send
+	if why.abortive() {
+		// Reset rather than finish: a zero-copy send's notification comes
+		// only once the kernel frees what it still holds to send, which a
+		// peer that stopped reading never lets it do while the socket
+		// lives; a reset purges the queue. io_uring holds the file of every
+		// operation in flight, and none is issued on a closing connection,
+		// so the descriptor can go now (c.fd = -1: nothing reuses it).
+		_ = unix.SetsockoptLinger(c.fd, unix.SOL_SOCKET, unix.SO_LINGER,
+			&unix.Linger{Onoff: 1, Linger: 0})
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+		unix.Close(c.fd)
+		c.fd = -1
+	} else {
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR) // completes a pending recv and send
+	}
 	s.maybeRelease(ci)
 }
 
@@ -364,7 +378,9 @@ func (s *shard) maybeRelease(ci int32) {
 	// Slots a device operation still holds are freed by the ledger; their
 	// buffers no longer count against this connection (slot.cgen).
 	s.logClose(ci)
-	unix.Close(c.fd)
+	if c.fd >= 0 {
+		unix.Close(c.fd)
+	}
 	if c.tls != nil {
 		c.tls.pipe.release() // no operation holds its buffers (c.ops == 0)
 		c.tls = nil

@@ -30,6 +30,18 @@ var closeReasonNames = [...]string{
 	closeTLSErr: "TLS error", closeTimeout: "io timeout",
 }
 
+// abortive reports whether a close with this reason resets the connection
+// at once: the server gives up on the client (a cut, a timeout, a stream
+// it cannot follow or a socket that failed), so nothing queued for it needs
+// to arrive. The others close in order: every reply sent reaches the client.
+func (r closeReason) abortive() bool {
+	switch r {
+	case closeCut, closeTimeout, closeProtocol, closeRecvErr, closeSendErr:
+		return true
+	}
+	return false
+}
+
 func (r closeReason) String() string {
 	if int(r) < len(closeReasonNames) {
 		return closeReasonNames[r]
