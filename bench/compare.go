@@ -652,6 +652,34 @@ func pinned(cpus string, args []string) []string {
 // pinSelf pins every thread of this process (nbdbench as the client) to
 // the CPU list cpus ("1", "0,2", "2-3"); threads started later inherit it.
 func pinSelf(cpus string) error {
+	if err := PinProcess(cpus); err != nil {
+		return fmt.Errorf("-client-cpus: %w", err)
+	}
+	return nil
+}
+
+// PinProcess pins every thread of this process to the CPU list cpus
+// (taskset's form: "1", "0,2", "2-3"); threads started later inherit it.
+func PinProcess(cpus string) error {
+	set, err := parseCPUList(cpus)
+	if err != nil {
+		return err
+	}
+	tids, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return fmt.Errorf("pin to CPUs %s: %w", cpus, err)
+	}
+	for _, t := range tids {
+		tid, _ := strconv.Atoi(t.Name())
+		if err := unix.SchedSetaffinity(tid, &set); err != nil {
+			return fmt.Errorf("pin to CPUs %s: %w", cpus, err)
+		}
+	}
+	return nil
+}
+
+// parseCPUList reads a taskset CPU list ("1", "0,2", "2-3").
+func parseCPUList(cpus string) (unix.CPUSet, error) {
 	var set unix.CPUSet
 	for _, part := range strings.Split(cpus, ",") {
 		lo, hi, isRange := strings.Cut(part, "-")
@@ -661,21 +689,11 @@ func pinSelf(cpus string) error {
 			b, err2 = strconv.Atoi(hi)
 		}
 		if err1 != nil || err2 != nil || a < 0 || b < a || b >= len(set)*64 {
-			return fmt.Errorf("-client-cpus %q: want a CPU list such as 1 or 0,2-3", cpus)
+			return set, fmt.Errorf("CPU list %q: want one such as 1 or 0,2-3", cpus)
 		}
 		for c := a; c <= b; c++ {
 			set.Set(c)
 		}
 	}
-	tids, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return fmt.Errorf("pin the client: %w", err)
-	}
-	for _, t := range tids {
-		tid, _ := strconv.Atoi(t.Name())
-		if err := unix.SchedSetaffinity(tid, &set); err != nil {
-			return fmt.Errorf("pin the client to CPUs %s: %w", cpus, err)
-		}
-	}
-	return nil
+	return set, nil
 }

@@ -1,6 +1,7 @@
 // Command nbdbench measures NBD servers: `run` drives one server with one
 // workload; `compare` runs the same workloads against several servers in
-// turn and prints them side by side.
+// turn and prints them side by side; `floor` serves a file with the bare
+// loop (pread, write) that every server is measured against.
 package main
 
 import (
@@ -30,6 +31,8 @@ func main() {
 		err = runCmd(os.Args[2:])
 	case "compare":
 		err = compareCmd(os.Args[2:])
+	case "floor":
+		err = floorCmd(os.Args[2:])
 	case "-h", "-help", "--help", "help":
 		usage()
 		return
@@ -48,8 +51,9 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   nbdbench run -uri URI [-rw MODE] [-bs SIZE] [-qd N] [-conns N] [-duration D | -ops N] ...
   nbdbench compare -file PATH -servers LIST -workloads LIST [-duration D] [-rounds N] ...
+  nbdbench floor [-listen ADDR] [-cpus LIST] FILE
 
-Run 'nbdbench run -h' or 'nbdbench compare -h' for the flags.
+Run 'nbdbench run -h', 'nbdbench compare -h' or 'nbdbench floor -h' for the flags.
 `)
 }
 
@@ -237,4 +241,41 @@ func compareCmd(args []string) error {
 	fmt.Printf("machine: %s\nmedians of %d rounds of %v each, client %s over %s; cpu/op is "+
 		"the server's CPU time per operation\n", machine, *rounds, *dur, *client, over)
 	return nil
+}
+
+func floorCmd(args []string) error {
+	fs := flag.NewFlagSet("floor", flag.ExitOnError)
+	listen := fs.String("listen", "localhost:10809",
+		"address to serve on: host:port for TCP (plain, never multipath), or unix:/path")
+	name := fs.String("name", "", "export name")
+	cpus := fs.String("cpus", "", "run on these CPUs (taskset list, e.g. 0-3); each "+
+		"connection's thread is pinned to one of them in turn. Default: the CPUs this "+
+		"process may use (taskset is honoured)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "usage: nbdbench floor [flags] FILE\n\nServe FILE (or a "+
+			"block device) with the bare loop: per connection one thread that does only "+
+			"pread (O_DIRECT) and write\nfor a READ, recv and pwrite (O_DIRECT) for a WRITE. "+
+			"Requests must be 4 KiB aligned.\n\n")
+		fs.PrintDefaults()
+	}
+	_ = fs.Parse(args)
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return fmt.Errorf("floor needs one FILE to serve, got %d arguments", fs.NArg())
+	}
+	if *cpus != "" {
+		if err := bench.PinProcess(*cpus); err != nil {
+			return fmt.Errorf("-cpus: %w", err)
+		}
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	ln, err := bench.ListenFloor(ctx, *listen)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "nbdbench floor: serving %s on %s, pid %d (for run -server-pid)\n",
+		fs.Arg(0), ln.Addr(), os.Getpid())
+	return bench.ServeFloor(ctx, ln, bench.FloorConfig{File: fs.Arg(0), Name: *name,
+		Log: os.Stderr})
 }
