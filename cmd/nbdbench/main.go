@@ -212,6 +212,11 @@ func compareCmd(args []string) error {
 		Workloads: wls, Rounds: *rounds, Client: *client, NbdRing: *nbdring, NbdBench: self,
 		DropCaches: *drop && os.Geteuid() == 0, TLSCerts: *tlsDir, Log: os.Stderr,
 		ServerCPUs: *serverCPUs, ClientCPUs: *clientCPUs}
+	// Read before compare pins the client: the line describes the machine.
+	machine := ""
+	if topo, err := topology.Read(); err == nil {
+		machine = topo.String()
+	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	var rows []bench.Row
@@ -227,18 +232,14 @@ func compareCmd(args []string) error {
 	} else if rows, err = bench.Compare(ctx, cc); err != nil {
 		return err
 	}
-	return printCompare(rows, *svg, *asJSON, fmt.Sprintf("medians of %d rounds of %v each, "+
+	return printCompare(rows, *svg, *asJSON, machine, fmt.Sprintf("medians of %d rounds of %v each, "+
 		"client %s over %s", *rounds, *dur, *client, map[bool]string{false: "plaintext",
 		true: "TLS"}[*tlsDir != ""]))
 }
 
 // printCompare writes compare's rows: as JSON, or as one table per core
 // count (one in all without -cores), with an SVG per table when asked.
-func printCompare(rows []bench.Row, svg string, asJSON bool, how string) error {
-	machine := ""
-	if topo, err := topology.Read(); err == nil {
-		machine = topo.String()
-	}
+func printCompare(rows []bench.Row, svg string, asJSON bool, machine, how string) error {
 	groups := map[int][]bench.Row{}
 	var counts []int
 	for _, r := range rows {
