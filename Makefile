@@ -150,6 +150,23 @@ compare: build deps $(BENCH_FILE) ## nbdring vs qemu-nbd, nbdkit, nbd-server (ta
 	    $(if $(SERVER_CPUS),-server-cpus $(SERVER_CPUS)) $(if $(CLIENT_CPUS),-client-cpus $(CLIENT_CPUS)) \
 	    $(if $(TLS_CERTS),-tls-certificates $(TLS_CERTS))
 
+# make scale: compare once per core count in CORES, each server on the
+# first N CPUs (nbdring with -shards N), the client on the rest (or on
+# CLIENT_CPUS), with the floor (nbdbench floor: the bare pread/write loop)
+# as a pseudo-server; one table per count, var/scale-coresN.svg each.
+# Default: those of 1,4,8 that leave the client a CPU (1 on 2 CPUs).
+CORES     ?= $(shell n=$$(nproc); s=; for c in 1 4 8; do [ $$c -lt $$n ] && s=$$s$${s:+,}$$c; \
+               done; echo $${s:-1})
+SCALE_SERVERS   ?= nbdring,nbdkit,qemu-nbd,floor
+SCALE_WORKLOADS ?= read:1M:8:1,write:1M:8:1,randread:4k:32:1
+
+scale: build deps $(BENCH_FILE) ## compare per core count (CORES=1,4,8) with the floor; a table each
+	mkdir -p var
+	$(BIN)/nbdbench compare -file $(BENCH_FILE) -servers $(SCALE_SERVERS) \
+	    -workloads $(SCALE_WORKLOADS) -duration $(DURATION) -rounds $(ROUNDS) \
+	    -client $(CLIENT) -cores $(CORES) -svg var/scale.svg \
+	    $(if $(CLIENT_CPUS),-client-cpus $(CLIENT_CPUS))
+
 realclients: build $(BENCH_FILE) ## nbdcopy and qemu-img convert wall times per server; 1M reads vs iperf3 loopback
 	bench/realclients.sh -f $(BENCH_FILE) -r $(ROUNDS) -s $(or $(SERVER_CPUS),0) -c $(or $(CLIENT_CPUS),1)
 
@@ -177,4 +194,4 @@ lint: ## gofmt and go vet
 clean: ## remove binaries (not the default image)
 	rm -rf $(BIN)
 
-.PHONY: help build install uninstall run deps test soak race fuzz bench compare realclients profile lint clean
+.PHONY: help build install uninstall run deps test soak race fuzz bench compare scale realclients profile lint clean

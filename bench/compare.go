@@ -26,11 +26,15 @@ import (
 // server in turn (A B C A B C ...), on the same backing file or device.
 type CompareConfig struct {
 	File      string
-	Servers   []string // nbdring, qemu-nbd, nbdkit, nbd-server
+	Servers   []string // nbdring, qemu-nbd, nbdkit, nbd-server, floor
 	Workloads []Config // URI is filled in per server
 	Rounds    int
 	Client    string // "nbdbench" or "fio"
 	NbdRing   string // path of the nbdring binary
+	// NbdBench is the nbdbench binary that serves the floor (its floor
+	// command): the bare pread/write loop the other servers are
+	// measured against (see ServeFloor).
+	NbdBench string
 	// DropCaches empties the page cache before each server starts, so a
 	// server that reads through it does not inherit another's warm cache.
 	DropCaches bool
@@ -43,6 +47,12 @@ type CompareConfig struct {
 	// CPU lists, e.g. "0" and "1"), so every server runs on the same CPUs
 	// and none shares one with the client; "" leaves them to the scheduler.
 	ServerCPUs, ClientCPUs string
+	// Cores, when set, is how many CPUs ServerCPUs names: nbdring runs
+	// with that many shards, and each row records it (CompareCores).
+	Cores int
+	// OnStart, when set, is called with each server's name and pid once
+	// it serves, before any load (tests look at its pinning).
+	OnStart func(name string, pid int)
 }
 
 // Row is one server's median result for one workload. Each row carries
@@ -58,8 +68,9 @@ type Row struct {
 	// BackingKind is "file", "block device" or "tmpfs file" (a file in
 	// the page cache: no disk under it).
 	BackingKind      string    `json:"backing_kind"`
-	Client           string    `json:"client"`      // nbdbench or fio
-	ServerCPUs       string    `json:"server_cpus"` // taskset list, "" unpinned
+	Client           string    `json:"client"`          // nbdbench or fio
+	ServerCPUs       string    `json:"server_cpus"`     // taskset list, "" unpinned
+	Cores            int       `json:"cores,omitempty"` // compare -cores: CPUs in ServerCPUs
 	ClientCPUs       string    `json:"client_cpus"`
 	TLS              bool      `json:"tls"`       // every connection over TLS
 	Timestamp        string    `json:"timestamp"` // RFC 3339, UTC: when the compare started
@@ -116,7 +127,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 	}
 	var servers []string
 	for _, s := range cc.Servers {
-		if why := serverMissing(s, cc.NbdRing); why != "" {
+		if why := serverMissing(s, &cc); why != "" {
 			fmt.Fprintf(cc.Log, "skipping %s: %s\n", s, why)
 			continue
 		}
@@ -139,9 +150,12 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 			if cc.DropCaches {
 				dropCaches()
 			}
-			srv, err := startServer(name, file, cc.NbdRing, cc.ServerCPUs, cc.TLSCerts)
+			srv, err := startServer(name, file, &cc)
 			if err != nil {
 				return nil, err
+			}
+			if cc.OnStart != nil {
+				cc.OnStart(name, srv.pid)
 			}
 			for wi, w := range cc.Workloads {
 				w.URI, w.ServerPID = srv.uri, srv.pid
@@ -178,6 +192,7 @@ func Compare(ctx context.Context, cc CompareConfig) ([]Row, error) {
 				QueueDepth: w.QD, Connections: w.Conns, BackingPath: file,
 				BackingKind: kind, Client: cc.Client, Timestamp: started,
 				ServerCPUs: cc.ServerCPUs, ClientCPUs: cc.ClientCPUs, TLS: cc.TLSCerts != "",
+				Cores:  cc.Cores,
 				Rounds: cc.Rounds, DurationSeconds: w.Duration.Seconds()}
 			rows = append(rows, median(r, runs[[2]int{si, wi}]))
 		}
@@ -345,11 +360,16 @@ func awaitReaped(pid int) {
 	}
 }
 
-func serverMissing(name, nbdring string) string {
-	bin := map[string]string{"nbdring": nbdring, "qemu-nbd": "qemu-nbd",
-		"nbdkit": "nbdkit", "nbd-server": "nbd-server"}[name]
-	if bin == "" {
-		return "unknown server (use nbdring, qemu-nbd, nbdkit, nbd-server)"
+func serverMissing(name string, cc *CompareConfig) string {
+	bin := map[string]string{"nbdring": cc.NbdRing, "qemu-nbd": "qemu-nbd",
+		"nbdkit": "nbdkit", "nbd-server": "nbd-server", "floor": cc.NbdBench}[name]
+	switch {
+	case name == "floor" && cc.TLSCerts != "":
+		return "the floor is a bare loop without TLS"
+	case name == "floor" && bin == "":
+		return "no nbdbench binary given to serve it"
+	case bin == "":
+		return "unknown server (use nbdring, qemu-nbd, nbdkit, nbd-server, floor)"
 	}
 	if _, err := exec.LookPath(bin); err != nil {
 		return bin + " is not installed"
@@ -365,12 +385,15 @@ const maxSockPath = 108
 // before it accepts (0.1-0.5 s here), the others listen at once.
 const readyWait = 10 * time.Second
 
-// startServer starts name on file, on a Unix socket. Each is run as its
-// users run it for speed: qemu-nbd with O_DIRECT and io_uring; nbdkit's
-// file plugin and nbd-server as they are (both read through the page
-// cache: neither has an O_DIRECT switch). With a TLS directory (checked
-// by checkTLSDir) each requires TLS with its certificates.
-func startServer(name, file, nbdring, cpus, tlsDir string) (*server, error) {
+// startServer starts name on file, on a Unix socket, on cc.ServerCPUs.
+// Each is run as its users run it for speed: qemu-nbd with O_DIRECT and
+// io_uring; nbdkit's file plugin and nbd-server as they are (both read
+// through the page cache: neither has an O_DIRECT switch); nbdring with
+// cc.Cores shards when set. The floor is nbdbench floor. With a TLS
+// directory (checked by checkTLSDir) each requires TLS with its
+// certificates.
+func startServer(name, file string, cc *CompareConfig) (*server, error) {
+	cpus, tlsDir := cc.ServerCPUs, cc.TLSCerts
 	dir, err := os.MkdirTemp("", "nbdbench-")
 	if err != nil {
 		return nil, err
@@ -391,7 +414,10 @@ func startServer(name, file, nbdring, cpus, tlsDir string) (*server, error) {
 	var args []string
 	switch name {
 	case "nbdring":
-		args = []string{nbdring, "-listen", "unix:" + sock}
+		args = []string{cc.NbdRing, "-listen", "unix:" + sock}
+		if cc.Cores > 0 {
+			args = append(args, "-shards", strconv.Itoa(cc.Cores))
+		}
 		if tlsDir != "" {
 			args = append(args, "-tls", "require", "-tls-certificates", tlsDir)
 		}
@@ -412,6 +438,8 @@ func startServer(name, file, nbdring, cpus, tlsDir string) (*server, error) {
 			args = append(args, "--tls=require", "--tls-certificates="+tlsDir)
 		}
 		args = append(args, "file", "file="+file)
+	case "floor":
+		args = []string{cc.NbdBench, "floor", "-listen", "unix:" + sock, file}
 	case "nbd-server":
 		if err := startNBDServer(s, sock, file, cpus); err != nil {
 			os.RemoveAll(dir)
@@ -652,6 +680,34 @@ func pinned(cpus string, args []string) []string {
 // pinSelf pins every thread of this process (nbdbench as the client) to
 // the CPU list cpus ("1", "0,2", "2-3"); threads started later inherit it.
 func pinSelf(cpus string) error {
+	if err := PinProcess(cpus); err != nil {
+		return fmt.Errorf("-client-cpus: %w", err)
+	}
+	return nil
+}
+
+// PinProcess pins every thread of this process to the CPU list cpus
+// (taskset's form: "1", "0,2", "2-3"); threads started later inherit it.
+func PinProcess(cpus string) error {
+	set, err := parseCPUList(cpus)
+	if err != nil {
+		return err
+	}
+	tids, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return fmt.Errorf("pin to CPUs %s: %w", cpus, err)
+	}
+	for _, t := range tids {
+		tid, _ := strconv.Atoi(t.Name())
+		if err := unix.SchedSetaffinity(tid, &set); err != nil {
+			return fmt.Errorf("pin to CPUs %s: %w", cpus, err)
+		}
+	}
+	return nil
+}
+
+// parseCPUList reads a taskset CPU list ("1", "0,2", "2-3").
+func parseCPUList(cpus string) (unix.CPUSet, error) {
 	var set unix.CPUSet
 	for _, part := range strings.Split(cpus, ",") {
 		lo, hi, isRange := strings.Cut(part, "-")
@@ -661,21 +717,11 @@ func pinSelf(cpus string) error {
 			b, err2 = strconv.Atoi(hi)
 		}
 		if err1 != nil || err2 != nil || a < 0 || b < a || b >= len(set)*64 {
-			return fmt.Errorf("-client-cpus %q: want a CPU list such as 1 or 0,2-3", cpus)
+			return set, fmt.Errorf("CPU list %q: want one such as 1 or 0,2-3", cpus)
 		}
 		for c := a; c <= b; c++ {
 			set.Set(c)
 		}
 	}
-	tids, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return fmt.Errorf("pin the client: %w", err)
-	}
-	for _, t := range tids {
-		tid, _ := strconv.Atoi(t.Name())
-		if err := unix.SchedSetaffinity(tid, &set); err != nil {
-			return fmt.Errorf("pin the client to CPUs %s: %w", cpus, err)
-		}
-	}
-	return nil
+	return set, nil
 }

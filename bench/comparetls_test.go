@@ -118,11 +118,11 @@ func TestCompareTLS(t *testing.T) {
 		})
 	}
 	for _, name := range []string{"nbdring", "qemu-nbd", "nbdkit", "nbd-server"} {
-		if why := serverMissing(name, bin); why != "" {
+		if why := serverMissing(name, &CompareConfig{NbdRing: bin}); why != "" {
 			t.Logf("not checking %s: %s", name, why)
 			continue
 		}
-		srv, err := startServer(name, file, bin, "", certs)
+		srv, err := startServer(name, file, &CompareConfig{NbdRing: bin, TLSCerts: certs})
 		if err != nil {
 			t.Fatalf("%s over TLS: %v", name, err)
 		}

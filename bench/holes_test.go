@@ -77,7 +77,7 @@ func TestHolesWarning(t *testing.T) {
 // TestHolesCheckSkipsQuietly: nbd-server has no base:allocation, so the
 // check cannot tell and run says nothing, even on a sparse file.
 func TestHolesCheckSkipsQuietly(t *testing.T) {
-	if why := serverMissing("nbd-server", ""); why != "" {
+	if why := serverMissing("nbd-server", &CompareConfig{}); why != "" {
 		skipMissing(t, "client", "%s (make test installs it)", why)
 	}
 	file := filepath.Join(t.TempDir(), "img")
@@ -87,7 +87,7 @@ func TestHolesCheckSkipsQuietly(t *testing.T) {
 	if err := os.Truncate(file, 8<<20); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := startServer("nbd-server", file, "", "", "")
+	srv, err := startServer("nbd-server", file, &CompareConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -64,5 +65,50 @@ func TestMakeCompareBacking(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(string(out2), "does not exist") {
 		t.Errorf("missing device %s: want a failure that says so: %v\n%s", dev, err, out2)
+	}
+}
+
+// TestMakeScale: make scale runs compare with the floor, once per core
+// count: by default those of 1,4,8 that leave the client a CPU; CORES
+// and CLIENT_CPUS pass through.
+func TestMakeScale(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		skipMissing(t, "client", "make not installed")
+	}
+	file := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(file, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	scale := func(vars ...string) string {
+		out, err := exec.Command("make", append([]string{"-n", "-C", "..", "scale",
+			"BENCH_FILE=" + file}, vars...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("make -n scale %v: %v\n%s", vars, err, out)
+		}
+		return strings.Join(strings.Fields(strings.ReplaceAll(string(out), "\\\n", " ")), " ")
+	}
+	var cores []string
+	for _, c := range []int{1, 4, 8} {
+		if c < runtime.NumCPU() {
+			cores = append(cores, strconv.Itoa(c))
+		}
+	}
+	if len(cores) == 0 {
+		cores = []string{"1"}
+	}
+	out := scale()
+	for _, want := range []string{"nbdbench compare -file " + file,
+		"-servers nbdring,nbdkit,qemu-nbd,floor", "-cores " + strings.Join(cores, ",") + " ",
+		"-workloads read:1M:8:1,write:1M:8:1,randread:4k:32:1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("make scale lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "-client-cpus") {
+		t.Errorf("make scale pins the client without CLIENT_CPUS:\n%s", out)
+	}
+	out = scale("CORES=1,4,8", "CLIENT_CPUS=3")
+	if !strings.Contains(out, "-cores 1,4,8 ") || !strings.Contains(out, "-client-cpus 3") {
+		t.Errorf("CORES=1,4,8 CLIENT_CPUS=3 not passed on:\n%s", out)
 	}
 }

@@ -40,7 +40,7 @@ func TestPinning(t *testing.T) {
 	if err := os.WriteFile(file, make([]byte, 4<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := startServer("nbdring", file, bin, "1", "")
+	srv, err := startServer("nbdring", file, &CompareConfig{NbdRing: bin, ServerCPUs: "1"})
 	if err != nil {
 		t.Fatal(err)
 	}

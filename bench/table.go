@@ -35,6 +35,42 @@ func WriteTable(w io.Writer, rows []Row) {
 		}
 		fmt.Fprintln(w)
 	}
+	writeFloor(w, rows)
+}
+
+// floorServer is the pseudo-server compare runs as the yardstick: the
+// bare pread/write loop of nbdbench floor.
+const floorServer = "floor"
+
+// writeFloor prints, for each 1 MiB workload that the floor ran, every
+// other server's throughput and CPU per MiB as fractions of the floor's:
+// how close a server comes to the bare loop on the same file, cores and
+// client.
+func writeFloor(w io.Writer, rows []Row) {
+	servers, workloads := axes(rows)
+	at := index(rows)
+	header := false
+	for _, wl := range workloads {
+		f, ok := at[[2]string{floorServer, wl}]
+		if !ok || f.BlockSize != 1<<20 || f.BytesPerSec <= 0 || f.ServerCPUUsPerOp <= 0 {
+			continue
+		}
+		if !header {
+			fmt.Fprintf(w, "\nagainst the floor (bare pread+write loop), 1 MiB workloads: "+
+				"throughput and server CPU per MiB as fractions of the floor's\n")
+			header = true
+		}
+		fmt.Fprintf(w, "%-22s %-10s %6.0f MB/s  %5.0f us/MiB\n", wl, floorServer,
+			f.BytesPerSec/1e6, f.ServerCPUUsPerOp)
+		for _, s := range servers {
+			r, ok := at[[2]string{s, wl}]
+			if s == floorServer || !ok {
+				continue
+			}
+			fmt.Fprintf(w, "%-22s %-10s %5.2fx floor MB/s, %5.2fx floor CPU\n", "", s,
+				r.BytesPerSec/f.BytesPerSec, r.ServerCPUUsPerOp/f.ServerCPUUsPerOp)
+		}
+	}
 }
 
 func axes(rows []Row) (servers, workloads []string) {

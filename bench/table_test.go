@@ -207,3 +207,32 @@ func TestMedianAndParseWorkloads(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteTableFloor: with the floor among the servers, each 1 MiB
+// workload gets every other server's throughput and CPU per MiB as
+// fractions of the floor's; 4 KiB workloads get none, nor does a table
+// without the floor.
+func TestWriteTableFloor(t *testing.T) {
+	rows := append(slices.Clone(tableRows),
+		row("floor", "randread", 4096, 32, 1, 80000, 328e6, 10),
+		row("floor", "read", 1<<20, 8, 2, 1000, 1048e6, 100))
+	var b strings.Builder
+	WriteTable(&b, rows)
+	out := b.String()
+	for _, want := range []string{
+		"read:1M:8:2            floor        1048 MB/s    100 us/MiB",
+		"nbdring     0.50x floor MB/s,  0.90x floor CPU",
+		"qemu-nbd    0.75x floor MB/s,  1.20x floor CPU"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "x floor MB/s"); n != 2 {
+		t.Errorf("%d floor fractions, want 2 (the 1 MiB workload's two servers):\n%s", n, out)
+	}
+	b.Reset()
+	WriteTable(&b, tableRows)
+	if strings.Contains(b.String(), "floor") {
+		t.Errorf("a table without the floor mentions it:\n%s", b.String())
+	}
+}

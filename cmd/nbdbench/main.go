@@ -1,6 +1,7 @@
 // Command nbdbench measures NBD servers: `run` drives one server with one
 // workload; `compare` runs the same workloads against several servers in
-// turn and prints them side by side.
+// turn and prints them side by side; `floor` serves a file with the bare
+// loop (pread, write) that every server is measured against.
 package main
 
 import (
@@ -30,6 +31,8 @@ func main() {
 		err = runCmd(os.Args[2:])
 	case "compare":
 		err = compareCmd(os.Args[2:])
+	case "floor":
+		err = floorCmd(os.Args[2:])
 	case "-h", "-help", "--help", "help":
 		usage()
 		return
@@ -48,8 +51,9 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   nbdbench run -uri URI [-rw MODE] [-bs SIZE] [-qd N] [-conns N] [-duration D | -ops N] ...
   nbdbench compare -file PATH -servers LIST -workloads LIST [-duration D] [-rounds N] ...
+  nbdbench floor [-listen ADDR] [-cpus LIST] FILE
 
-Run 'nbdbench run -h' or 'nbdbench compare -h' for the flags.
+Run 'nbdbench run -h', 'nbdbench compare -h' or 'nbdbench floor -h' for the flags.
 `)
 }
 
@@ -157,8 +161,8 @@ func compareCmd(args []string) error {
 	fs := flag.NewFlagSet("compare", flag.ExitOnError)
 	file := fs.String("file", "", "backing file or block device every server serves")
 	servers := fs.String("servers", "nbdring,qemu-nbd,nbdkit,nbd-server",
-		"servers to compare, in order (nbdring, qemu-nbd, nbdkit, nbd-server); "+
-			"ratios are to the first")
+		"servers to compare, in order (nbdring, qemu-nbd, nbdkit, nbd-server, and floor: "+
+			"the bare pread/write loop of nbdbench floor); ratios are to the first")
 	workloads := fs.String("workloads", "randread:4k:32:1,read:1M:8:1",
 		"workloads rw:bs:qd:conns, comma-separated")
 	dur := fs.Duration("duration", 5*time.Second, "run time of each workload")
@@ -176,9 +180,13 @@ func compareCmd(args []string) error {
 		"(taskset list, e.g. 0), so each runs on the same ones")
 	clientCPUs := fs.String("client-cpus", "", "pin the client (nbdbench or fio) to "+
 		"these CPUs (e.g. 1), away from the server's")
+	cores := fs.String("cores", "", "core counts, e.g. 1,4,8: one compare per count N, "+
+		"every server on the first N CPUs (nbdring with -shards N), the client on the "+
+		"rest (or -client-cpus); one table each")
 	asJSON := fs.Bool("json", false, "print the rows as a JSON list")
 	svg := fs.String("svg", "", "also write an SVG to this file: one panel per "+
-		"workload, throughput and server CPU per operation for each server")
+		"workload, throughput and server CPU per operation for each server (with "+
+		"-cores, one file per count: NAME-coresN.svg)")
 	_ = fs.Parse(args)
 	if *file == "" {
 		return fmt.Errorf("compare needs -file: the image or device every server serves")
@@ -193,48 +201,126 @@ func compareCmd(args []string) error {
 	for i := range wls {
 		wls[i].Batch = *batch
 	}
-	if *nbdring == "" {
-		self, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		*nbdring = filepath.Join(filepath.Dir(self), "nbdring")
-	}
-	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer cancel()
-	cc := bench.CompareConfig{File: *file, Servers: strings.Split(*servers, ","),
-		Workloads: wls, Rounds: *rounds, Client: *client, NbdRing: *nbdring,
-		DropCaches: *drop && os.Geteuid() == 0, TLSCerts: *tlsDir, Log: os.Stderr,
-		ServerCPUs: *serverCPUs, ClientCPUs: *clientCPUs}
-	rows, err := bench.Compare(ctx, cc)
+	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
+	if *nbdring == "" {
+		*nbdring = filepath.Join(filepath.Dir(self), "nbdring")
+	}
+	cc := bench.CompareConfig{File: *file, Servers: strings.Split(*servers, ","),
+		Workloads: wls, Rounds: *rounds, Client: *client, NbdRing: *nbdring, NbdBench: self,
+		DropCaches: *drop && os.Geteuid() == 0, TLSCerts: *tlsDir, Log: os.Stderr,
+		ServerCPUs: *serverCPUs, ClientCPUs: *clientCPUs}
+	// Read before compare pins the client: the line describes the machine.
 	machine := ""
 	if topo, err := topology.Read(); err == nil {
 		machine = topo.String()
 	}
-	if *svg != "" {
-		f, err := os.Create(*svg)
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	var rows []bench.Row
+	if *cores != "" {
+		counts, err := bench.ParseCores(*cores)
 		if err != nil {
 			return err
 		}
-		bench.WriteSVG(f, rows, "machine: "+machine)
-		if err := f.Close(); err != nil {
+		rows, err = bench.CompareCores(ctx, cc, counts)
+		if err != nil {
 			return err
 		}
+	} else if rows, err = bench.Compare(ctx, cc); err != nil {
+		return err
 	}
-	if *asJSON {
+	return printCompare(rows, *svg, *asJSON, machine, fmt.Sprintf("medians of %d rounds of %v each, "+
+		"client %s over %s", *rounds, *dur, *client, map[bool]string{false: "plaintext",
+		true: "TLS"}[*tlsDir != ""]))
+}
+
+// printCompare writes compare's rows: as JSON, or as one table per core
+// count (one in all without -cores), with an SVG per table when asked.
+func printCompare(rows []bench.Row, svg string, asJSON bool, machine, how string) error {
+	groups := map[int][]bench.Row{}
+	var counts []int
+	for _, r := range rows {
+		if _, ok := groups[r.Cores]; !ok {
+			counts = append(counts, r.Cores)
+		}
+		groups[r.Cores] = append(groups[r.Cores], r)
+	}
+	for _, n := range counts {
+		g := groups[n]
+		if svg != "" {
+			name := svg
+			if n > 0 {
+				name = strings.TrimSuffix(svg, ".svg") + fmt.Sprintf("-cores%d.svg", n)
+			}
+			if err := writeSVG(name, g, machine); err != nil {
+				return err
+			}
+		}
+		if asJSON {
+			continue
+		}
+		if n > 0 {
+			fmt.Printf("cores %d: servers on CPUs %s (nbdring -shards %d), client on CPUs "+
+				"%s\n", n, g[0].ServerCPUs, n, g[0].ClientCPUs)
+		}
+		bench.WriteTable(os.Stdout, g)
+		fmt.Println()
+	}
+	if asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rows)
 	}
-	bench.WriteTable(os.Stdout, rows)
-	over := "plaintext"
-	if *tlsDir != "" {
-		over = "TLS"
-	}
-	fmt.Printf("machine: %s\nmedians of %d rounds of %v each, client %s over %s; cpu/op is "+
-		"the server's CPU time per operation\n", machine, *rounds, *dur, *client, over)
+	fmt.Printf("machine: %s\n%s; cpu/op is the server's CPU time per operation\n",
+		machine, how)
 	return nil
+}
+
+func writeSVG(name string, rows []bench.Row, machine string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	bench.WriteSVG(f, rows, "machine: "+machine)
+	return f.Close()
+}
+
+func floorCmd(args []string) error {
+	fs := flag.NewFlagSet("floor", flag.ExitOnError)
+	listen := fs.String("listen", "localhost:10809",
+		"address to serve on: host:port for TCP (plain, never multipath), or unix:/path")
+	name := fs.String("name", "", "export name")
+	cpus := fs.String("cpus", "", "run on these CPUs (taskset list, e.g. 0-3); each "+
+		"connection's thread is pinned to one of them in turn. Default: the CPUs this "+
+		"process may use (taskset is honoured)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "usage: nbdbench floor [flags] FILE\n\nServe FILE (or a "+
+			"block device) with the bare loop: per connection one thread that does only "+
+			"pread (O_DIRECT) and write\nfor a READ, recv and pwrite (O_DIRECT) for a WRITE. "+
+			"Requests must be 4 KiB aligned.\n\n")
+		fs.PrintDefaults()
+	}
+	_ = fs.Parse(args)
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return fmt.Errorf("floor needs one FILE to serve, got %d arguments", fs.NArg())
+	}
+	if *cpus != "" {
+		if err := bench.PinProcess(*cpus); err != nil {
+			return fmt.Errorf("-cpus: %w", err)
+		}
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	ln, err := bench.ListenFloor(ctx, *listen)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "nbdbench floor: serving %s on %s, pid %d (for run -server-pid)\n",
+		fs.Arg(0), ln.Addr(), os.Getpid())
+	return bench.ServeFloor(ctx, ln, bench.FloorConfig{File: fs.Arg(0), Name: *name,
+		Log: os.Stderr})
 }
