@@ -1,80 +1,199 @@
 package engine
 
 import (
-	"bufio"
-	"fmt"
-	"io"
-	"math"
 	"strconv"
 	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nbdring/nbdring/wire"
 )
 
-// MetricsContentType is the Prometheus text exposition format's type.
-const MetricsContentType = "text/plain; version=0.0.4; charset=utf-8"
+// The nbdring_* families of /metrics (README, Metrics, lists them): a
+// prometheus.Collector that takes one Snapshot per scrape and turns it into
+// constant metrics. Nothing is registered with or observed by the library on
+// a request: the shards keep counting into their own atomics (metrics.go)
+// and the library sees them only when a scraper asks.
+//
+// Why here and not in cmd or a package of its own: the collector reads only
+// the exported Snapshot, but the label values and bucket bounds it needs
+// (cmdLabel, puntLabel, hsLabel, latencyBounds) are engine's, and this
+// keeps them unexported and in one place; cmd stays wiring (a registry, a
+// handler). The dependency is engine's, but only this file imports it and
+// no request path calls into it.
 
-// promWriter writes the text exposition format: a family's HELP and TYPE
-// lines, then its samples.
-type promWriter struct{ w *bufio.Writer }
-
-func (p promWriter) family(name, typ, help string) {
-	fmt.Fprintf(p.w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+// Collector is a prometheus.Collector of a server's nbdring_* families.
+type Collector struct {
+	snapshot func() *Snapshot
 }
 
-// sample writes name{labels} v; labels alternate name and value.
-func (p promWriter) sample(name string, v float64, labels ...string) {
-	p.w.WriteString(name)
-	if len(labels) > 0 {
-		p.w.WriteByte('{')
-		for i := 0; i+1 < len(labels); i += 2 {
-			if i > 0 {
-				p.w.WriteByte(',')
-			}
-			p.w.WriteString(labels[i])
-			p.w.WriteString(`="`)
-			p.w.WriteString(labelEscaper.Replace(strings.ToValidUTF8(labels[i+1], "\uFFFD")))
-			p.w.WriteByte('"')
-		}
-		p.w.WriteByte('}')
-	}
-	p.w.WriteByte(' ')
-	if v == math.Trunc(v) && math.Abs(v) < 1<<53 {
-		p.w.WriteString(strconv.FormatInt(int64(v), 10)) // counts stay exact
-	} else {
-		p.w.WriteString(strconv.FormatFloat(v, 'g', -1, 64))
-	}
-	p.w.WriteByte('\n')
+var _ prometheus.Collector = (*Collector)(nil)
+
+// NewCollector collects what snapshot returns, called once per scrape
+// (Server.Snapshot, or a fixed snapshot in a test).
+func NewCollector(snapshot func() *Snapshot) *Collector {
+	return &Collector{snapshot: snapshot}
 }
 
-// labelEscaper escapes a label value as the text format asks (which also
-// wants UTF-8: an export name need not be).
-var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+func promDesc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, labels, nil)
+}
 
-// WritePrometheus renders the snapshot in the Prometheus text exposition
-// format (README, Metrics, lists every family).
-func (sn *Snapshot) WritePrometheus(w io.Writer) error {
-	p := promWriter{bufio.NewWriter(w)}
-	sn.promRequests(p)
-	sn.promLatency(p)
-	sn.promShards(p)
-	p.family("nbdring_iowq_workers", "gauge",
+// exportFamily is a per-command counter summed over shards, by export.
+type exportFamily struct {
+	desc *prometheus.Desc
+	pick func(*ExportCounts) *[cmdLabels]uint64
+	data bool // READ and WRITE only
+}
+
+var exportFamilies = [...]exportFamily{
+	{promDesc("nbdring_requests_total", "Requests decoded, by command and export.",
+		"command", "export"), requestsOf, false},
+	{promDesc("nbdring_request_errors_total", "Requests answered with an error.",
+		"command", "export"), errorsOf, false},
+	{promDesc("nbdring_request_bytes_total", "Data bytes of successful READs and WRITEs.",
+		"command", "export"), bytesOf, true},
+}
+
+var (
+	descConnections = promDesc("nbdring_connections",
+		"Connections in transmission, by export and shard.", "export", "shard")
+	descLatency = promDesc("nbdring_request_duration_seconds", "Time from a request's "+
+		"header decoded to its reply handed to the socket, by command.", "command")
+	descPunts = promDesc("nbdring_iowq_punts_total", "Device operations run on an io-wq "+
+		"thread, by reason: eagain (RWF_NOWAIT would have blocked), no_nowait (the "+
+		"export refuses RWF_NOWAIT), always (fdatasync, fallocate, fadvise).",
+		"reason", "shard")
+	descShardInfo = promDesc("nbdring_shard_info",
+		"1 per shard, with the CPU it is pinned to.", "shard", "cpu")
+	descIOWorkers = promDesc("nbdring_iowq_workers",
 		"io-wq worker threads (iou-wrk) the process has now.")
-	p.sample("nbdring_iowq_workers", float64(sn.IOWorkers))
-	p.family("nbdring_handshakes_total", "counter", "Handshakes by how they ended.")
+	descHandshakes = promDesc("nbdring_handshakes_total", "Handshakes by how they ended.",
+		"result")
+	descFlushFailing = promDesc("nbdring_export_flush_failing",
+		"1 once an fdatasync of the export failed: every later FLUSH fails.", "export")
+	descExportSize = promDesc("nbdring_export_size_bytes",
+		"The export's size as advertised.", "export")
+)
+
+// latencyBoundsSeconds are latencyBounds as the library takes them.
+var latencyBoundsSeconds = func() (s [latencyBuckets]float64) {
+	for i, b := range latencyBounds {
+		s[i] = b.Seconds()
+	}
+	return s
+}()
+
+// shardFamily is one value per shard.
+type shardFamily struct {
+	desc *prometheus.Desc
+	typ  prometheus.ValueType
+	get  func(*ShardSnapshot) float64
+}
+
+func shardGauge(name, help string, get func(*ShardSnapshot) float64) shardFamily {
+	return shardFamily{promDesc(name, help, "shard"), prometheus.GaugeValue, get}
+}
+
+func shardCounter(name, help string, get func(*ShardSnapshot) uint64) shardFamily {
+	return shardFamily{promDesc(name, help, "shard"), prometheus.CounterValue,
+		func(s *ShardSnapshot) float64 { return float64(get(s)) }}
+}
+
+var shardFamilies = [...]shardFamily{
+	shardGauge("nbdring_requests_in_flight", "Request slots in use.",
+		func(s *ShardSnapshot) float64 { return float64(s.Inflight) }),
+	shardGauge("nbdring_arena_bytes_in_use", "Buffer arena bytes held by requests.",
+		func(s *ShardSnapshot) float64 { return float64(s.ArenaBytes) }),
+	shardGauge("nbdring_kernel_ops_in_flight", "io_uring operations the kernel holds.",
+		func(s *ShardSnapshot) float64 { return float64(s.OpsInflight) }),
+	shardCounter("nbdring_stale_completions_total",
+		"Completions dropped for a stale generation (a defect if it grows).",
+		func(s *ShardSnapshot) uint64 { return s.Stale }),
+	shardCounter("nbdring_backpressure_waits_total",
+		"Requests that had to wait for a slot or a buffer.",
+		func(s *ShardSnapshot) uint64 { return s.BackpressureWaits }),
+	shardCounter("nbdring_zerocopy_sends_total", "Zero-copy sends issued.",
+		func(s *ShardSnapshot) uint64 { return s.SendsZC }),
+	shardCounter("nbdring_zerocopy_copied_total",
+		"Zero-copy sends the kernel copied after all.",
+		func(s *ShardSnapshot) uint64 { return s.ZCCopied }),
+	shardCounter("nbdring_zerocopy_refused_total",
+		"Connections whose socket refused zero-copy.",
+		func(s *ShardSnapshot) uint64 { return s.ZCRefused }),
+	shardCounter("nbdring_zerocopy_bytes_total",
+		"Bytes the kernel took from zero-copy sends.",
+		func(s *ShardSnapshot) uint64 { return s.ZCBytes }),
+	shardCounter("nbdring_zerocopy_disabled_total",
+		"Connections that stopped zero-copy because the kernel kept copying.",
+		func(s *ShardSnapshot) uint64 { return s.ZCDisabled }),
+	shardCounter("nbdring_inline_ops_total",
+		"Device operations the shard did itself, not on the ring (-inline-io).",
+		func(s *ShardSnapshot) uint64 { return s.InlineOps }),
+	shardCounter("nbdring_recvs_total", "Receives into the receive pool that brought data.",
+		func(s *ShardSnapshot) uint64 { return s.Recvs }),
+	shardCounter("nbdring_recv_buffers_total",
+		"Receive pool buffers they filled (more than receives: bundles).",
+		func(s *ShardSnapshot) uint64 { return s.RecvBufs }),
+	shardCounter("nbdring_recv_no_buffers_total",
+		"Receives that found the receive pool empty and waited for buffers.",
+		func(s *ShardSnapshot) uint64 { return s.RecvNoBufs }),
+	shardCounter("nbdring_io_timeouts_total",
+		"Connections cut by -io-timeout: no progress while the server waited on them.",
+		func(s *ShardSnapshot) uint64 { return s.IOTimeouts }),
+	shardGauge("nbdring_recv_buffers_free", "Receive pool buffers free now.",
+		func(s *ShardSnapshot) float64 { return float64(s.RecvBufsFree) }),
+	shardCounter("nbdring_ring_enters_total", "io_uring_enter calls.",
+		func(s *ShardSnapshot) uint64 { return s.RingEnters }),
+	shardCounter("nbdring_ring_submissions_total", "Submission queue entries submitted.",
+		func(s *ShardSnapshot) uint64 { return s.RingSubmissions }),
+	shardCounter("nbdring_ring_completions_total", "Completion queue entries reaped.",
+		func(s *ShardSnapshot) uint64 { return s.RingCompletions }),
+}
+
+// Describe sends every family's Desc: the collector is checked (names,
+// labels, no family twice) when it is registered.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for i := range exportFamilies {
+		ch <- exportFamilies[i].desc
+	}
+	for i := range shardFamilies {
+		ch <- shardFamilies[i].desc
+	}
+	for _, d := range []*prometheus.Desc{descConnections, descLatency, descPunts,
+		descShardInfo, descIOWorkers, descHandshakes, descFlushFailing, descExportSize} {
+		ch <- d
+	}
+}
+
+// Collect takes one snapshot and sends every sample of it.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	sn := c.snapshot()
+	// A label value must be UTF-8 (the library refuses one that is not);
+	// an export's name need not be.
+	names := make([]string, len(sn.Exports))
+	for i, e := range sn.Exports {
+		names[i] = strings.ToValidUTF8(e.Name, "\uFFFD")
+	}
+	ids := make([]string, len(sn.Shards))
+	for i := range sn.Shards {
+		ids[i] = strconv.Itoa(sn.Shards[i].ID)
+	}
+	sn.collectRequests(ch, names, ids)
+	sn.collectLatency(ch)
+	sn.collectShards(ch, ids)
+	ch <- prometheus.MustNewConstMetric(descIOWorkers, prometheus.GaugeValue,
+		float64(sn.IOWorkers))
 	for r, n := range sn.Handshakes {
-		p.sample("nbdring_handshakes_total", float64(n), "result", hsLabel[r])
+		ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue,
+			float64(n), hsLabel[r])
 	}
-	p.family("nbdring_export_flush_failing", "gauge",
-		"1 once an fdatasync of the export failed: every later FLUSH fails.")
-	for _, e := range sn.Exports {
-		p.sample("nbdring_export_flush_failing", b2f(e.FlushFailing), "export", e.Name)
+	for i, e := range sn.Exports {
+		ch <- prometheus.MustNewConstMetric(descFlushFailing, prometheus.GaugeValue,
+			b2f(e.FlushFailing), names[i])
+		ch <- prometheus.MustNewConstMetric(descExportSize, prometheus.GaugeValue,
+			float64(e.Size), names[i])
 	}
-	p.family("nbdring_export_size_bytes", "gauge", "The export's size as advertised.")
-	for _, e := range sn.Exports {
-		p.sample("nbdring_export_size_bytes", float64(e.Size), "export", e.Name)
-	}
-	return p.w.Flush()
 }
 
 func b2f(b bool) float64 {
@@ -84,22 +203,12 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// promRequests: requests, errors and bytes by command and export, summed
+// collectRequests: requests, errors and bytes by command and export, summed
 // over shards; connections by export and shard.
-func (sn *Snapshot) promRequests(p promWriter) {
-	for _, f := range []struct {
-		name, help string
-		pick       func(*ExportCounts) *[cmdLabels]uint64
-		data       bool // READ and WRITE only
-	}{
-		{"nbdring_requests_total", "Requests decoded, by command and export.",
-			requestsOf, false},
-		{"nbdring_request_errors_total", "Requests answered with an error.", errorsOf, false},
-		{"nbdring_request_bytes_total", "Data bytes of successful READs and WRITEs.",
-			bytesOf, true},
-	} {
-		p.family(f.name, "counter", f.help)
-		for ei, e := range sn.Exports {
+func (sn *Snapshot) collectRequests(ch chan<- prometheus.Metric, names, ids []string) {
+	for fi := range exportFamilies {
+		f := &exportFamilies[fi]
+		for ei := range sn.Exports {
 			var t [cmdLabels]uint64
 			for si := range sn.Shards {
 				for c, v := range f.pick(&sn.Shards[si].Exports[ei]) {
@@ -110,26 +219,22 @@ func (sn *Snapshot) promRequests(p promWriter) {
 				if f.data && c != int(wire.CmdRead) && c != int(wire.CmdWrite) {
 					continue
 				}
-				p.sample(f.name, float64(v), "command", cmdLabel[c], "export", e.Name)
+				ch <- prometheus.MustNewConstMetric(f.desc, prometheus.CounterValue,
+					float64(v), cmdLabel[c], names[ei])
 			}
 		}
 	}
-	p.family("nbdring_connections", "gauge", "Connections in transmission, by export and shard.")
 	for si := range sn.Shards {
-		ss := &sn.Shards[si]
-		for ei, e := range sn.Exports {
-			p.sample("nbdring_connections", float64(ss.Exports[ei].Conns), "export", e.Name,
-				"shard", strconv.Itoa(ss.ID))
+		for ei := range sn.Exports {
+			ch <- prometheus.MustNewConstMetric(descConnections, prometheus.GaugeValue,
+				float64(sn.Shards[si].Exports[ei].Conns), names[ei], ids[si])
 		}
 	}
 }
 
-// promLatency: the latency histogram by command, summed over shards.
+// collectLatency: the latency histogram by command, summed over shards.
 // DISC has no reply, so no latency.
-func (sn *Snapshot) promLatency(p promWriter) {
-	const name = "nbdring_request_duration_seconds"
-	p.family(name, "histogram", "Time from a request's header decoded to its reply "+
-		"handed to the socket, by command.")
+func (sn *Snapshot) collectLatency(ch chan<- prometheus.Metric) {
 	for c := range cmdLabels {
 		if c == int(wire.CmdDisc) { // NBD_CMD_DISC
 			continue
@@ -143,91 +248,32 @@ func (sn *Snapshot) promLatency(p promWriter) {
 			h.Count += sh.Count
 			h.Sum += sh.Sum
 		}
+		// The library takes cumulative counts by upper bound; +Inf is the
+		// count, so the last (overflow) bucket needs no entry.
+		buckets := make(map[float64]uint64, latencyBuckets)
 		var cum uint64
-		for b, bound := range latencyBounds {
+		for b, bound := range latencyBoundsSeconds {
 			cum += h.Counts[b]
-			p.sample(name+"_bucket", float64(cum), "command", cmdLabel[c],
-				"le", strconv.FormatFloat(bound.Seconds(), 'g', -1, 64))
+			buckets[bound] = cum
 		}
-		p.sample(name+"_bucket", float64(h.Count), "command", cmdLabel[c], "le", "+Inf")
-		p.sample(name+"_sum", h.Sum.Seconds(), "command", cmdLabel[c])
-		p.sample(name+"_count", float64(h.Count), "command", cmdLabel[c])
+		ch <- prometheus.MustNewConstHistogram(descLatency, h.Count, h.Sum.Seconds(),
+			buckets, cmdLabel[c])
 	}
 }
 
-// promShards: the per-shard engine and ring counters.
-func (sn *Snapshot) promShards(p promWriter) {
-	p.family("nbdring_iowq_punts_total", "counter", "Device operations run on an io-wq "+
-		"thread, by reason: eagain (RWF_NOWAIT would have blocked), no_nowait (the "+
-		"export refuses RWF_NOWAIT), always (fdatasync, fallocate, fadvise).")
-	for _, ss := range sn.Shards {
+// collectShards: the per-shard engine and ring counters.
+func (sn *Snapshot) collectShards(ch chan<- prometheus.Metric, ids []string) {
+	for si := range sn.Shards {
+		ss := &sn.Shards[si]
 		for r, n := range ss.Punts {
-			p.sample("nbdring_iowq_punts_total", float64(n), "reason", puntLabel[r],
-				"shard", strconv.Itoa(ss.ID))
+			ch <- prometheus.MustNewConstMetric(descPunts, prometheus.CounterValue,
+				float64(n), puntLabel[r], ids[si])
 		}
-	}
-	p.family("nbdring_shard_info", "gauge", "1 per shard, with the CPU it is pinned to.")
-	for _, ss := range sn.Shards {
-		p.sample("nbdring_shard_info", 1, "shard", strconv.Itoa(ss.ID),
-			"cpu", strconv.Itoa(ss.CPU))
-	}
-	for _, f := range []struct {
-		name, typ, help string
-		get             func(*ShardSnapshot) float64
-	}{
-		{"nbdring_requests_in_flight", "gauge", "Request slots in use.",
-			func(s *ShardSnapshot) float64 { return float64(s.Inflight) }},
-		{"nbdring_arena_bytes_in_use", "gauge", "Buffer arena bytes held by requests.",
-			func(s *ShardSnapshot) float64 { return float64(s.ArenaBytes) }},
-		{"nbdring_kernel_ops_in_flight", "gauge", "io_uring operations the kernel holds.",
-			func(s *ShardSnapshot) float64 { return float64(s.OpsInflight) }},
-		{"nbdring_stale_completions_total", "counter",
-			"Completions dropped for a stale generation (a defect if it grows).",
-			func(s *ShardSnapshot) float64 { return float64(s.Stale) }},
-		{"nbdring_backpressure_waits_total", "counter",
-			"Requests that had to wait for a slot or a buffer.",
-			func(s *ShardSnapshot) float64 { return float64(s.BackpressureWaits) }},
-		{"nbdring_zerocopy_sends_total", "counter", "Zero-copy sends issued.",
-			func(s *ShardSnapshot) float64 { return float64(s.SendsZC) }},
-		{"nbdring_zerocopy_copied_total", "counter",
-			"Zero-copy sends the kernel copied after all.",
-			func(s *ShardSnapshot) float64 { return float64(s.ZCCopied) }},
-		{"nbdring_zerocopy_refused_total", "counter",
-			"Connections whose socket refused zero-copy.",
-			func(s *ShardSnapshot) float64 { return float64(s.ZCRefused) }},
-		{"nbdring_zerocopy_bytes_total", "counter",
-			"Bytes the kernel took from zero-copy sends.",
-			func(s *ShardSnapshot) float64 { return float64(s.ZCBytes) }},
-		{"nbdring_zerocopy_disabled_total", "counter",
-			"Connections that stopped zero-copy because the kernel kept copying.",
-			func(s *ShardSnapshot) float64 { return float64(s.ZCDisabled) }},
-		{"nbdring_inline_ops_total", "counter",
-			"Device operations the shard did itself, not on the ring (-inline-io).",
-			func(s *ShardSnapshot) float64 { return float64(s.InlineOps) }},
-		{"nbdring_recvs_total", "counter", "Receives into the receive pool that brought data.",
-			func(s *ShardSnapshot) float64 { return float64(s.Recvs) }},
-		{"nbdring_recv_buffers_total", "counter",
-			"Receive pool buffers they filled (more than receives: bundles).",
-			func(s *ShardSnapshot) float64 { return float64(s.RecvBufs) }},
-		{"nbdring_recv_no_buffers_total", "counter",
-			"Receives that found the receive pool empty and waited for buffers.",
-			func(s *ShardSnapshot) float64 { return float64(s.RecvNoBufs) }},
-		{"nbdring_io_timeouts_total", "counter",
-			"Connections cut by -io-timeout: no progress while the server waited on them.",
-			func(s *ShardSnapshot) float64 { return float64(s.IOTimeouts) }},
-		{"nbdring_recv_buffers_free", "gauge", "Receive pool buffers free now.",
-			func(s *ShardSnapshot) float64 { return float64(s.RecvBufsFree) }},
-		{"nbdring_ring_enters_total", "counter", "io_uring_enter calls.",
-			func(s *ShardSnapshot) float64 { return float64(s.RingEnters) }},
-		{"nbdring_ring_submissions_total", "counter", "Submission queue entries submitted.",
-			func(s *ShardSnapshot) float64 { return float64(s.RingSubmissions) }},
-		{"nbdring_ring_completions_total", "counter", "Completion queue entries reaped.",
-			func(s *ShardSnapshot) float64 { return float64(s.RingCompletions) }},
-	} {
-		p.family(f.name, f.typ, f.help)
-		for si := range sn.Shards {
-			ss := &sn.Shards[si]
-			p.sample(f.name, f.get(ss), "shard", strconv.Itoa(ss.ID))
+		ch <- prometheus.MustNewConstMetric(descShardInfo, prometheus.GaugeValue, 1,
+			ids[si], strconv.Itoa(ss.CPU))
+		for fi := range shardFamilies {
+			f := &shardFamilies[fi]
+			ch <- prometheus.MustNewConstMetric(f.desc, f.typ, f.get(ss), ids[si])
 		}
 	}
 }

@@ -22,8 +22,9 @@ type e2eSample struct {
 }
 
 // e2eMetrics reads url's /metrics through testdata/metrics.py (the
-// Prometheus client library's parser plus the checks that hold for any
-// load) and returns the samples.
+// Prometheus client library's parsers, text format and OpenMetrics, plus
+// the checks that hold for any load) and returns the text format's
+// samples: the nbdring_* families and the process and Go ones it checks.
 func e2eMetrics(t *testing.T, url string) []e2eSample {
 	t.Helper()
 	out := e2eRun(t, "/usr/bin/python3", "testdata/metrics.py", url)
@@ -108,10 +109,11 @@ func e2eGetStatus(t *testing.T, url string) (int, string) {
 }
 
 // TestE2EMetrics: after fio and nbdcopy ran a known load on two exports,
-// /metrics (parsed by the Prometheus client library) counts exactly that
-// load under the right command and export, the histogram holds every
-// request, /counters agrees (one snapshot renders both), and the metrics
-// port serves nothing but /metrics.
+// /metrics (parsed by the Prometheus client library, as the text format and
+// as OpenMetrics) counts exactly that load under the right command and
+// export, the histogram holds every request, the process and Go families
+// are there with live values, /counters agrees (one snapshot renders both),
+// and the metrics port serves nothing but /metrics.
 func TestE2EMetrics(t *testing.T) {
 	e2eNeedTool(t, "fio", "nbdcopy", "/usr/bin/python3")
 	if _, _, err := e2eRunErr("/usr/bin/python3", "-c", "import prometheus_client"); err != nil {
@@ -191,6 +193,14 @@ func TestE2EMetrics(t *testing.T) {
 	// fio's three connections, nbdcopy's (one or more) and ours.
 	if ok := e2eSum(ss, "nbdring_handshakes_total", "result", "ok"); ok < 5 {
 		t.Errorf("%v handshakes ok, want at least 5", ok)
+	}
+	// The client library's process and Go collectors: this process's memory
+	// (its arenas alone are MiBs) and goroutines (shards, listeners, HTTP).
+	if rss := e2eSum(ss, "process_resident_memory_bytes"); rss < 1<<20 {
+		t.Errorf("process_resident_memory_bytes = %v", rss)
+	}
+	if g := e2eSum(ss, "go_goroutines"); g < 2 {
+		t.Errorf("go_goroutines = %v", g)
 	}
 	enters := e2eSum(ss, "nbdring_ring_enters_total")
 	if comps := e2eSum(ss, "nbdring_ring_completions_total"); enters == 0 || comps < 1024 {

@@ -13,23 +13,34 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/nbdring/nbdring/engine"
 )
 
-// serveMetrics serves /metrics (Prometheus text format) on addr, on a mux
-// of its own: a metrics port may be reachable by more hosts than pprof
-// should be, so nothing else is served there. It binds before returning,
-// so a privileged port is bound before -user applies.
+// serveMetrics serves /metrics on addr, on a mux of its own: a metrics
+// port may be reachable by more hosts than pprof should be, so nothing else
+// is served there. The page is a private registry's (never the library's
+// global one, which any imported package could fill): the engine's nbdring_*
+// families, nbdring_build_info, and the library's process_* and go_*
+// collectors that dashboards expect. A scraper that asks for OpenMetrics gets
+// it; others get the text format 0.0.4. It binds before returning, so a
+// privileged port is bound before -user applies.
 func serveMetrics(addr string, srv *engine.Server) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(engine.NewCollector(srv.Snapshot), buildInfoCollector(readBuildInfo()),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector())
 	mux := http.NewServeMux()
-	info := buildInfoMetric(readBuildInfo())
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", engine.MetricsContentType)
-		fmt.Fprint(w, info)
-		if err := srv.Snapshot().WritePrometheus(w); err != nil {
-			slog.Warn(fmt.Sprintf("-metrics: writing /metrics: %v", err))
-		}
-	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		EnableOpenMetrics: true,
+		// A collector that fails (the process collector cannot read /proc)
+		// costs its own families, not the page: log it and serve the rest.
+		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:      metricsErrorLog{},
+	}))
 	ln, err := serveSide(addr, mux, metricsLimits, "-metrics")
 	if err != nil {
 		return fmt.Errorf("-metrics %s: %w (choose another host:port)", addr, err)
@@ -38,18 +49,27 @@ func serveMetrics(addr string, srv *engine.Server) error {
 	return nil
 }
 
-// buildInfoMetric is the nbdring_build_info family: a constant 1 whose
+// metricsErrorLog is promhttp's error log: a warning in the server's log.
+type metricsErrorLog struct{}
+
+func (metricsErrorLog) Println(v ...any) {
+	slog.Warn("-metrics: " + strings.TrimSuffix(fmt.Sprintln(v...), "\n"))
+}
+
+// buildInfoCollector is the nbdring_build_info family: a constant 1 whose
 // labels say what is running (the version -version prints).
-func buildInfoMetric(bi *debug.BuildInfo) string {
+func buildInfoCollector(bi *debug.BuildInfo) prometheus.Collector {
 	goVersion := runtime.Version()
 	if bi != nil && bi.GoVersion != "" {
 		goVersion = bi.GoVersion
 	}
-	esc := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-	return "# HELP nbdring_build_info The running nbdring's version and Go version.\n" +
-		"# TYPE nbdring_build_info gauge\n" +
-		fmt.Sprintf("nbdring_build_info{version=\"%s\",goversion=\"%s\"} 1\n",
-			esc.Replace(buildVersion(bi)), esc.Replace(goVersion))
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "nbdring_build_info",
+		Help: "The running nbdring's version and Go version.",
+		ConstLabels: prometheus.Labels{
+			"version":   strings.ToValidUTF8(buildVersion(bi), "\uFFFD"),
+			"goversion": goVersion}})
+	g.Set(1)
+	return g
 }
 
 // servePprof serves net/http/pprof and srv's counters on addr, on a mux of
