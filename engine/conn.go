@@ -214,7 +214,7 @@ func (s *shard) parse(ci int32) {
 		}
 		if !s.dispatch(ci) {
 			c.waiting = true
-			s.countWait(ci)
+			s.m.countWait(ci)
 			s.waiting = append(s.waiting, ci)
 			return
 		}
@@ -246,7 +246,7 @@ func (s *shard) decode(ci int32) bool {
 	}
 	s.consume(c, nil, c.reqSize)
 	c.served++
-	s.countRequest(ci)
+	s.m.countRequest(ci, s.conns[ci].req.Type)
 	var ok bool
 	if c.payloadLen, ok = wire.PayloadLen(&c.req, c.sess.Extended); !ok {
 		slog.Warn(fmt.Sprintf("%v payload of %d bytes exceeds %d; disconnecting it",
@@ -373,6 +373,6 @@ func (s *shard) maybeRelease(ci int32) {
 	c.gen++
 	s.live--
 	s.assigned.Add(-1)
-	s.connReleased(ci)
+	s.m.connReleased(ci)
 	s.connFree = append(s.connFree, ci)
 }

@@ -253,7 +253,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 	}
 	switch sl.phase {
 	case phRead:
-		s.countBytes(sl)
+		s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
 		s.replyRead(si)
 	case phRMWRead:
 		part := sl.data[sl.skip : uint64(sl.skip)+sl.req.Length]
@@ -268,7 +268,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 	case phWrite:
 		s.unlockSpan(sl)
 		if sl.req.Type == wire.CmdWrite {
-			s.countBytes(sl)
+			s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
 		}
 		s.replyOK(si)
 	}

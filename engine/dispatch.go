@@ -26,7 +26,7 @@ func (s *shard) dispatch(ci int32) bool {
 	if si < 0 {
 		return false
 	}
-	s.slotTimed(si, ci)
+	s.m.slotTimed(si, ci)
 	sl := &s.slots[si]
 	sl.req = *r
 	if errno == wire.EOK && c.draining {
@@ -93,7 +93,7 @@ func (s *shard) startRead(si int32) bool {
 	sl := &s.slots[si]
 	s.planRead(sl, s.conns[sl.conn].style)
 	if sl.nsegs == 1 && sl.segs[0].hole {
-		s.countBytes(sl)
+		s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
 		s.replyRead(si) // all hole: nothing to read
 		return true
 	}

@@ -28,7 +28,7 @@ func (s *shard) replyOK(si int32) {
 func (s *shard) replyErr(si int32, errno wire.Errno, msg string) {
 	sl := &s.slots[si]
 	c := &s.conns[sl.conn]
-	s.countError(sl)
+	s.m.countError(sl.conn, sl.req.Type)
 	n := wire.EncodeError(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset, errno, msg)
 	sl.nout, sl.outLen = 0, 0
 	sl.put(sl.hdr[:n])
@@ -219,7 +219,10 @@ func (s *shard) onSend(ci int32, res int32) {
 		s.submitSend(ci)
 		return
 	}
-	s.observeSent(ci)
+	now := s.m.clock()
+	for si := c.sendHead; si >= 0; si = s.slots[si].next {
+		s.m.observeSent(si, s.slots[si].req.Type, now)
+	}
 	s.freeBatch(ci)
 	s.sendQueued(ci)
 	s.maybeFinish(ci)

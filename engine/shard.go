@@ -313,7 +313,7 @@ func (s *shard) attach(h handoff) {
 	s.conns[ci].reset(h, s.srv.sz.blockMax)
 	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
 	s.live++
-	s.connAttached(ci, h.neg.Export)
+	s.m.connAttached(ci, h.neg.Export)
 	s.logConnect(ci)
 	s.armRecv(ci)
 }
