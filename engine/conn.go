@@ -14,7 +14,6 @@ import (
 // flight at a time: into the shard's receive pool (recvpool.go), or
 // straight into a WRITE's data, or (TLS) into its ciphertext buffer.
 type conn struct {
-	gen  uint32
 	fd   int
 	exp  *Export
 	sess wire.Session
@@ -46,7 +45,6 @@ type conn struct {
 
 	inflight  int // live slots (from decode until the reply is sent)
 	slotsHeld int // slots not yet free (live, or released but held by the kernel)
-	ops       int // ledger: kernel operations holding the connection (recv, send)
 	bufBytes  int // arena bytes held by this connection's slots not yet free
 
 	// -io-timeout (stall.go): prog counts receives and sends that moved
@@ -79,7 +77,7 @@ type conn struct {
 // reset readies the connection for h; blockMax is the largest request
 // its shard serves.
 func (c *conn) reset(h handoff, blockMax uint32) {
-	*c = conn{gen: c.gen + 1, fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
+	*c = conn{fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
 		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1, winBid: -1,
 		rxHead: -1, rxTail: -1,
 		started: time.Now()}
@@ -332,7 +330,7 @@ func (s *shard) maybeFinish(ci int32) {
 // operation in flight) is freed by the ledger when that completes.
 func (s *shard) maybeRelease(ci int32) {
 	c := &s.conns[ci]
-	if !c.closing || c.ops > 0 {
+	if !c.closing || s.led.connHeld(ci) {
 		return
 	}
 	keep := s.rmwWait[:0]
@@ -366,11 +364,11 @@ func (s *shard) maybeRelease(ci int32) {
 	s.logClose(ci)
 	unix.Close(c.fd)
 	if c.tls != nil {
-		c.tls.pipe.release() // no operation holds its buffers (c.ops == 0)
+		c.tls.pipe.release() // no operation holds its buffers (the ledger holds none)
 		c.tls = nil
 	}
 	c.fd, c.closing = -1, false // released: a second call finds nothing to do
-	c.gen++
+	s.led.renewConn(ci)
 	s.live--
 	s.assigned.Add(-1)
 	s.m.connReleased(ci)

@@ -48,6 +48,14 @@ const (
 // puntLabel names each punt reason for the counters page and Prometheus.
 var puntLabel = [puntReasons]string{"eagain", "no_nowait", "always"}
 
+// inline reports whether slot sl's next device operation is done by the
+// shard itself: on an inline export, while the shard has few requests in
+// flight. At depth, the ring's io-wq threads run the I/O in parallel on
+// other CPUs, which beats one shard doing it in turn.
+func (s *shard) inline(sl *slot) bool {
+	return sl.exp.inline && s.stats.Inflight.Load() <= inlineSlotsMax
+}
+
 // rwFlags returns the RWF_* flags for a ring read or write of slot sl
 // (rwf: RWF_DSYNC or 0) and counts a punt the ring will make.
 func (s *shard) rwFlags(sl *slot, rwf uint32) uint32 {

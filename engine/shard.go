@@ -41,12 +41,8 @@ type shard struct {
 	// once buffers are back (retryStarved); starvedSpare swaps with it.
 	starved      []int32
 	starvedSpare []int32
-	// local holds the completions of inline operations (issueInline) until
-	// the loop hands them to complete; localSpare swaps with it meanwhile.
-	local      []ring.CQE
-	localSpare []ring.CQE
-	timerOn    bool
-	tickOn     bool // the -io-timeout tick is armed (stall.go)
+	timerOn      bool
+	tickOn       bool // the -io-timeout tick is armed (stall.go)
 	// The tenants' rule (limits.go, arenaReserveShare): slots and arena
 	// bytes held beyond the reserve.
 	slotsShared int
@@ -59,7 +55,6 @@ type shard struct {
 	stopping  bool         // draining: new requests get ESHUTDOWN, idle connections close
 	cutting   bool         // the grace is over: every connection is closed now
 	live      int          // connections attached
-	ioOps     int          // device operations in flight (the ledger's count)
 	// Device errors are logged at most once per deviceErrorLogEvery, with
 	// a count of those left out since the last line.
 	errLogNext  time.Time
@@ -67,6 +62,7 @@ type shard struct {
 
 	stats ShardStats
 	m     shardMetrics // per-request counters and timing (metrics.go)
+	led   ledger       // kernel operations: generations, holds (ledger.go)
 }
 
 // ShardStats are one shard's counters (per request ones: shardMetrics),
@@ -109,6 +105,7 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	sz := srv.sz
 	s := &shard{id: id, cpu: cpu, srv: srv, inbox: make(chan handoff, sz.conns)}
 	s.m.init(len(srv.exports))
+	s.led.init(id, sz.slots, sz.conns, &s.stats)
 	var err error
 	if s.arena, err = newArena(sz.arena); err != nil {
 		return nil, err
@@ -151,8 +148,6 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	s.dirty = make([]int32, 0, sz.conns)
 	s.starved = make([]int32, 0, sz.conns)
 	s.starvedSpare = make([]int32, 0, sz.conns)
-	s.local = make([]ring.CQE, 0, sz.slots)
-	s.localSpare = make([]ring.CQE, 0, sz.slots)
 	return s, nil
 }
 
@@ -217,7 +212,7 @@ func (s *shard) run(ready chan<- error) {
 // ends once the server stops and no connection or device operation is
 // left (the wake-up read is cancelled with the ring).
 func (s *shard) loop() error {
-	for !s.stopping || s.live > 0 || s.ioOps > 0 {
+	for !s.stopping || s.live > 0 || s.led.ioOps > 0 {
 		s.retryWaiting()
 		s.retryStarved()
 		s.flushDirty()
@@ -227,7 +222,7 @@ func (s *shard) loop() error {
 		}
 		s.armTick()
 		wait := uint32(1)
-		if len(s.local) > 0 {
+		if len(s.led.local) > 0 {
 			wait = 0 // inline completions are waiting already
 		}
 		s.pool.publish()
@@ -311,6 +306,7 @@ func (s *shard) attach(h handoff) {
 	ci := s.connFree[len(s.connFree)-1]
 	s.connFree = s.connFree[:len(s.connFree)-1]
 	s.conns[ci].reset(h, s.srv.sz.blockMax)
+	s.led.renewConn(ci)
 	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
 	s.live++
 	s.m.connAttached(ci, h.neg.Export)

@@ -8,9 +8,7 @@ import (
 // slot is one request from decode until its reply has been sent and the
 // kernel has let go of its buffers.
 type slot struct {
-	gen   uint32
 	state uint8
-	ops   int32 // ledger: kernel operations holding the slot
 	conn  int32 // owner; kept while released, for a send still holding it
 	next  int32 // send queue link
 	exp   *Export
@@ -94,12 +92,12 @@ func (s *shard) allocSlot(ci int32) int32 {
 	i := s.slotFree[len(s.slotFree)-1]
 	s.slotFree = s.slotFree[:len(s.slotFree)-1]
 	sl := &s.slots[i]
-	assert(sl.state == slotFree && sl.ops == 0, "allocated a slot in use")
-	sl.gen++
+	assert(sl.state == slotFree, "allocated a slot in use")
+	s.led.renewSlot(i)
 	sl.state, sl.conn, sl.next, sl.lock = slotLive, ci, -1, lockNone
 	sl.exp = c.exp
 	sl.done, sl.phase, sl.step, sl.nout, sl.nsegs, sl.blocking = 0, 0, 0, 0, 0, false
-	sl.cgen, sl.slotResv, sl.bufResv = c.gen, resv, false
+	sl.cgen, sl.slotResv, sl.bufResv = s.led.connGen[ci], resv, false
 	if !resv {
 		s.slotsShared++
 	}
@@ -118,7 +116,7 @@ func (s *shard) releaseSlot(si int32) {
 	assert(sl.state == slotLive, "released a slot twice")
 	s.conns[sl.conn].inflight--
 	sl.state = slotReleased
-	if sl.ops == 0 {
+	if !s.led.slotHeld(si) {
 		s.freeSlot(si)
 	}
 }
@@ -127,18 +125,18 @@ func (s *shard) releaseSlot(si int32) {
 // buffers and range lock, and wakes waiters on their next turn.
 func (s *shard) freeSlot(si int32) {
 	sl := &s.slots[si]
-	assert(sl.state == slotReleased && sl.ops == 0, "freed a slot the kernel holds")
+	assert(sl.state == slotReleased && !s.led.slotHeld(si), "freed a slot the kernel holds")
 	s.freeArena(&sl.buf, &sl.data)
 	s.freeArena(&sl.pbuf, &sl.payload)
 	s.unbudget(sl, sl.budget)
-	if c := &s.conns[sl.conn]; c.gen == sl.cgen {
+	if c := &s.conns[sl.conn]; s.led.connGen[sl.conn] == sl.cgen {
 		c.slotsHeld--
 	}
 	if !sl.slotResv {
 		s.slotsShared--
 	}
 	s.unlockSpan(sl)
-	sl.gen++
+	s.led.renewSlot(si)
 	sl.state, sl.exp = slotFree, nil
 	s.stats.Inflight.Add(-1)
 	s.slotFree = append(s.slotFree, si)
@@ -149,7 +147,7 @@ func (s *shard) freeSlot(si int32) {
 // reserve.
 func (s *shard) unbudget(sl *slot, n int) {
 	sl.budget -= n
-	if c := &s.conns[sl.conn]; c.gen == sl.cgen {
+	if c := &s.conns[sl.conn]; s.led.connGen[sl.conn] == sl.cgen {
 		c.bufBytes -= n
 	}
 	if !sl.bufResv {
