@@ -43,9 +43,7 @@ type conn struct {
 	style          wire.ReplyStyle
 	reqSize        int // request header size: compact or extended
 
-	inflight  int // live slots (from decode until the reply is sent)
-	slotsHeld int // slots not yet free (live, or released but held by the kernel)
-	bufBytes  int // arena bytes held by this connection's slots not yet free
+	inflight int // live slots (from decode until the reply is sent)
 
 	// -io-timeout (stall.go): prog counts receives and sends that moved
 	// bytes; the shard's tick compares it with progSeen, and stuckSince is
@@ -121,7 +119,7 @@ func (s *shard) armRecv(ci int32) {
 
 // payload is where a WRITE's data is received.
 func (s *shard) payload(si int32) []byte {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	if sl.pbuf >= 0 {
 		return sl.payload
 	}
@@ -335,7 +333,7 @@ func (s *shard) maybeRelease(ci int32) {
 	}
 	keep := s.rmwWait[:0]
 	for _, si := range s.rmwWait {
-		if s.slots[si].conn != ci {
+		if s.slots.rows[si].conn != ci {
 			keep = append(keep, si)
 		}
 	}
@@ -349,8 +347,8 @@ func (s *shard) maybeRelease(ci int32) {
 		}
 		s.waiting = keepC
 	}
-	for i := range s.slots {
-		if sl := &s.slots[i]; sl.state == slotLive && sl.conn == ci {
+	for i := range s.slots.rows {
+		if sl := &s.slots.rows[i]; sl.state == slotLive && sl.conn == ci {
 			s.releaseSlot(int32(i))
 		}
 	}
@@ -369,6 +367,7 @@ func (s *shard) maybeRelease(ci int32) {
 	}
 	c.fd, c.closing = -1, false // released: a second call finds nothing to do
 	s.led.renewConn(ci)
+	s.slots.connGone(ci)
 	s.live--
 	s.assigned.Add(-1)
 	s.m.connReleased(ci)

@@ -220,8 +220,8 @@ func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 			s.led.holdSlot(rs)
 		}
 	case opSend:
-		s.led.holdConn(s.slots[idx].conn)
-		for si := idx; si >= 0; si = s.slots[si].next {
+		s.led.holdConn(s.slots.rows[idx].conn)
+		for si := idx; si >= 0; si = s.slots.rows[si].next {
 			s.led.holdSlot(si)
 		}
 	case opIO:
@@ -279,11 +279,11 @@ func (s *shard) complete(cqe *ring.CQE) {
 		}
 		s.onRecv(idx, res, direct, cqe.Flags)
 	case opSend:
-		ci := s.slots[idx].conn
+		ci := s.slots.rows[idx].conn
 		if last {
 			s.led.unholdConn(ci)
 			for si := idx; si >= 0; {
-				next := s.slots[si].next // unhold may free si
+				next := s.slots.rows[si].next // unhold may free si
 				s.unhold(si)
 				si = next
 			}
@@ -306,7 +306,7 @@ func (s *shard) complete(cqe *ring.CQE) {
 			s.led.unholdSlot(idx)
 		}
 		s.onIO(idx, res)
-		if s.slots[idx].state == slotReleased && !s.led.slotHeld(idx) {
+		if s.slots.rows[idx].state == slotReleased && !s.led.slotHeld(idx) {
 			s.freeSlot(idx) // its connection went while the kernel held it
 		}
 	}
@@ -315,7 +315,7 @@ func (s *shard) complete(cqe *ring.CQE) {
 // unhold drops one operation's hold on a slot; the last hold on a slot
 // that was released meanwhile frees it.
 func (s *shard) unhold(si int32) {
-	if !s.led.unholdSlot(si) && s.slots[si].state == slotReleased {
+	if !s.led.unholdSlot(si) && s.slots.rows[si].state == slotReleased {
 		s.freeSlot(si)
 	}
 }

@@ -40,7 +40,7 @@ func TestStaleCompletionDropped(t *testing.T) {
 	if got := s.allocSlot(ci); got != si {
 		t.Fatalf("slot table gave %d, want the recycled %d", got, si)
 	}
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	sl.req = wire.Request{Type: wire.CmdFlush, Cookie: 5}
 	sl.phase = phFlush
 	s.led.holdSlot(si) // its own fdatasync is in flight
@@ -71,7 +71,7 @@ func TestStaleCompletionDropped(t *testing.T) {
 func TestReleaseWaitsForKernel(t *testing.T) {
 	s, ci := ledgerShard(t)
 	si := s.allocSlot(ci)
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	sl.req = wire.Request{Type: wire.CmdRead, Length: 4096}
 	if !s.allocData(si, 4096) {
 		t.Fatal("no buffer")
@@ -81,19 +81,19 @@ func TestReleaseWaitsForKernel(t *testing.T) {
 	gen := s.led.slotGen[si]
 	s.led.stamp(opIO, si)
 	s.releaseSlot(si)
-	if sl.state != slotReleased || sl.buf < 0 || s.arena.inUse == 0 {
+	if sl.state != slotReleased || sl.buf < 0 || s.slots.ar.inUse == 0 {
 		t.Fatalf("buffer freed while the kernel holds it: state %d, handle %d, in use %d",
-			sl.state, sl.buf, s.arena.inUse)
+			sl.state, sl.buf, s.slots.ar.inUse)
 	}
-	for _, f := range s.slotFree {
+	for _, f := range s.slots.free {
 		if f == si {
 			t.Fatal("held slot is on the free list")
 		}
 	}
 	s.complete(&ring.CQE{UserData: ring.UserData(opIO, gen, uint32(si)), Res: 4096})
-	if sl.state != slotFree || s.arena.inUse != 0 || s.stats.ArenaBytes.Load() != 0 {
+	if sl.state != slotFree || s.slots.ar.inUse != 0 || s.stats.ArenaBytes.Load() != 0 {
 		t.Fatalf("not freed on its completion: state %d, arena in use %d", sl.state,
-			s.arena.inUse)
+			s.slots.ar.inUse)
 	}
 	if s.stats.Stale.Load() != 0 || s.conns[ci].qHead >= 0 {
 		t.Fatal("completion of a released request was applied")

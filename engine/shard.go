@@ -25,8 +25,7 @@ type shard struct {
 	pool  *recvPool // receive buffers (made with the ring, in run)
 	zeros []byte    // read-only zeros, the source of writes of zeros
 
-	slots    []slot
-	slotFree []int32
+	slots    slotTable // requests, their buffers and budgets (slot.go)
 	conns    []conn
 	connFree []int32
 
@@ -43,10 +42,6 @@ type shard struct {
 	starvedSpare []int32
 	timerOn      bool
 	tickOn       bool // the -io-timeout tick is armed (stall.go)
-	// The tenants' rule (limits.go, arenaReserveShare): slots and arena
-	// bytes held beyond the reserve.
-	slotsShared int
-	bytesShared int
 	// fixedBufs: the arena is registered as fixed buffer 0.
 	fixedBufs bool
 	efd       int
@@ -125,14 +120,7 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 		s.close()
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	s.slots = make([]slot, sz.slots)
-	s.slotFree = make([]int32, 0, sz.slots)
-	for i := sz.slots - 1; i >= 0; i-- {
-		sl := &s.slots[i]
-		sl.hdr = s.mem.hdrs[i][:]
-		sl.buf, sl.pbuf, sl.conn = -1, -1, -1
-		s.slotFree = append(s.slotFree, int32(i))
-	}
+	s.slots.init(&srv.sz, s.arena, &s.stats, s.mem.hdrs)
 	s.conns = make([]conn, sz.conns)
 	s.connFree = make([]int32, 0, sz.conns)
 	for i := sz.conns - 1; i >= 0; i-- {
