@@ -14,7 +14,6 @@ import (
 // flight at a time: into the shard's receive pool (recvpool.go), or
 // straight into a WRITE's data, or (TLS) into its ciphertext buffer.
 type conn struct {
-	gen  uint32
 	fd   int
 	exp  *Export
 	sess wire.Session
@@ -44,10 +43,7 @@ type conn struct {
 	style          wire.ReplyStyle
 	reqSize        int // request header size: compact or extended
 
-	inflight  int // live slots (from decode until the reply is sent)
-	slotsHeld int // slots not yet free (live, or released but held by the kernel)
-	ops       int // ledger: kernel operations holding the connection (recv, send)
-	bufBytes  int // arena bytes held by this connection's slots not yet free
+	inflight int // live slots (from decode until the reply is sent)
 
 	// -io-timeout (stall.go): prog counts receives and sends that moved
 	// bytes; the shard's tick compares it with progSeen, and stuckSince is
@@ -79,7 +75,7 @@ type conn struct {
 // reset readies the connection for h; blockMax is the largest request
 // its shard serves.
 func (c *conn) reset(h handoff, blockMax uint32) {
-	*c = conn{gen: c.gen + 1, fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
+	*c = conn{fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
 		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1, winBid: -1,
 		rxHead: -1, rxTail: -1,
 		started: time.Now()}
@@ -123,7 +119,7 @@ func (s *shard) armRecv(ci int32) {
 
 // payload is where a WRITE's data is received.
 func (s *shard) payload(si int32) []byte {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	if sl.pbuf >= 0 {
 		return sl.payload
 	}
@@ -214,7 +210,7 @@ func (s *shard) parse(ci int32) {
 		}
 		if !s.dispatch(ci) {
 			c.waiting = true
-			s.countWait(ci)
+			s.m.countWait(ci)
 			s.waiting = append(s.waiting, ci)
 			return
 		}
@@ -246,7 +242,7 @@ func (s *shard) decode(ci int32) bool {
 	}
 	s.consume(c, nil, c.reqSize)
 	c.served++
-	s.countRequest(ci)
+	s.m.countRequest(ci, s.conns[ci].req.Type)
 	var ok bool
 	if c.payloadLen, ok = wire.PayloadLen(&c.req, c.sess.Extended); !ok {
 		slog.Warn(fmt.Sprintf("%v payload of %d bytes exceeds %d; disconnecting it",
@@ -346,12 +342,12 @@ func (s *shard) maybeFinish(ci int32) {
 // operation in flight) is freed by the ledger when that completes.
 func (s *shard) maybeRelease(ci int32) {
 	c := &s.conns[ci]
-	if !c.closing || c.ops > 0 {
+	if !c.closing || s.led.connHeld(ci) {
 		return
 	}
 	keep := s.rmwWait[:0]
 	for _, si := range s.rmwWait {
-		if s.slots[si].conn != ci {
+		if s.slots.rows[si].conn != ci {
 			keep = append(keep, si)
 		}
 	}
@@ -365,8 +361,8 @@ func (s *shard) maybeRelease(ci int32) {
 		}
 		s.waiting = keepC
 	}
-	for i := range s.slots {
-		if sl := &s.slots[i]; sl.state == slotLive && sl.conn == ci {
+	for i := range s.slots.rows {
+		if sl := &s.slots.rows[i]; sl.state == slotLive && sl.conn == ci {
 			s.releaseSlot(int32(i))
 		}
 	}
@@ -382,13 +378,14 @@ func (s *shard) maybeRelease(ci int32) {
 		unix.Close(c.fd)
 	}
 	if c.tls != nil {
-		c.tls.pipe.release() // no operation holds its buffers (c.ops == 0)
+		c.tls.pipe.release() // no operation holds its buffers (the ledger holds none)
 		c.tls = nil
 	}
 	c.fd, c.closing = -1, false // released: a second call finds nothing to do
-	c.gen++
+	s.led.renewConn(ci)
+	s.slots.connGone(ci)
 	s.live--
 	s.assigned.Add(-1)
-	s.connReleased(ci)
+	s.m.connReleased(ci)
 	s.connFree = append(s.connFree, ci)
 }

@@ -48,6 +48,14 @@ const (
 // puntLabel names each punt reason for the counters page and Prometheus.
 var puntLabel = [puntReasons]string{"eagain", "no_nowait", "always"}
 
+// inline reports whether slot sl's next device operation is done by the
+// shard itself: on an inline export, while the shard has few requests in
+// flight. At depth, the ring's io-wq threads run the I/O in parallel on
+// other CPUs, which beats one shard doing it in turn.
+func (s *shard) inline(sl *slot) bool {
+	return sl.exp.inline && s.stats.Inflight.Load() <= inlineSlotsMax
+}
+
 // rwFlags returns the RWF_* flags for a ring read or write of slot sl
 // (rwf: RWF_DSYNC or 0) and counts a punt the ring will make.
 func (s *shard) rwFlags(sl *slot, rwf uint32) uint32 {
@@ -64,7 +72,7 @@ func (s *shard) rwFlags(sl *slot, rwf uint32) uint32 {
 // after res, if res is the EAGAIN that flag asked for (or EOPNOTSUPP: a
 // filesystem that takes it for reads but not writes); false otherwise.
 func (s *shard) retryBlocking(si int32, res int32, again func(int32)) bool {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	if res != -int32(unix.EAGAIN) && res != -int32(unix.EOPNOTSUPP) || !sl.exp.nowait ||
 		sl.blocking {
 		return false
@@ -97,7 +105,7 @@ const (
 )
 
 func (s *shard) submitRead(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	p, n := bytesAt(sl.data[sl.done:]), sl.spanLen-uint32(sl.done)
 	off := sl.spanOff + sl.done
 	if s.inline(sl) {
@@ -116,7 +124,7 @@ func (s *shard) submitRead(si int32) {
 }
 
 func (s *shard) submitWrite(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	var rwf uint32
 	if sl.req.Flags&wire.CmdFlagFUA != 0 {
 		rwf = rwfDSync
@@ -138,13 +146,13 @@ func (s *shard) submitWrite(si int32) {
 
 func (s *shard) submitFallocate(si int32, mode uint32, off, n uint64) {
 	s.stats.Punts[puntAlways].Add(1)
-	ring.PrepFallocate(s.issue(opIO, si), s.slots[si].exp.fd, mode, off, n)
+	ring.PrepFallocate(s.issue(opIO, si), s.slots.rows[si].exp.fd, mode, off, n)
 }
 
 // submitZeroWrite writes the next piece of zeros from the shard's zero
 // buffer (read-only to the kernel: it is the source of the write).
 func (s *shard) submitZeroWrite(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	n := min(sl.req.Length-sl.done, uint64(len(s.zeros)))
 	ring.PrepWrite(s.issue(opIO, si), sl.exp.fd, bytesAt(s.zeros), uint32(n),
 		sl.req.Offset+sl.done, s.rwFlags(sl, 0))
@@ -178,7 +186,7 @@ func pwritev2(fd int, b []byte, off int64, flags int) (int, error) {
 // A slot whose connection has gone (released) is freed by the ledger; its
 // result still counts where it is about durability.
 func (s *shard) onIO(si int32, res int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	if (sl.phase == phFlush || sl.phase == phSync) && res < 0 {
 		s.syncFailed(sl, res)
 	}
@@ -226,7 +234,7 @@ func (s *shard) syncFailed(sl *slot, res int32) {
 }
 
 func (s *shard) onReadWrite(si int32, res int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	if sl.phase == phWrite && s.retryBlocking(si, res, s.submitWrite) ||
 		sl.phase != phWrite && s.retryBlocking(si, res, s.submitRead) {
 		return
@@ -253,7 +261,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 	}
 	switch sl.phase {
 	case phRead:
-		s.countBytes(sl)
+		s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
 		s.replyRead(si)
 	case phRMWRead:
 		part := sl.data[sl.skip : uint64(sl.skip)+sl.req.Length]
@@ -261,14 +269,14 @@ func (s *shard) onReadWrite(si int32, res int32) {
 			clear(part)
 		} else {
 			copy(part, sl.payload)
-			s.freePayload(si)
+			s.slots.freePayload(si)
 		}
 		sl.phase, sl.done = phWrite, 0
 		s.submitWrite(si)
 	case phWrite:
 		s.unlockSpan(sl)
 		if sl.req.Type == wire.CmdWrite {
-			s.countBytes(sl)
+			s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
 		}
 		s.replyOK(si)
 	}
@@ -277,7 +285,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 // onTrim: a device that refused the discard command gets PUNCH_HOLE; a
 // refusal of that is no error, TRIM being advice.
 func (s *shard) onTrim(si int32, res int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	unsupported := res == -int32(unix.EOPNOTSUPP) || res == -int32(unix.EINVAL)
 	if sl.exp.isDevice && sl.step == 0 && unsupported {
 		sl.step = 1
@@ -303,7 +311,7 @@ func zeroPlan(sl *slot) int {
 }
 
 func (s *shard) submitZeroStep(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	mode := uint32(fallocKeepSize) // zeroStepAllocate: allocate what was punched
 	if sl.step != zeroStepAllocate {
 		mode = zeroSteps[zeroPlan(sl)][sl.step]
@@ -315,7 +323,7 @@ func (s *shard) submitZeroStep(si int32) {
 }
 
 func (s *shard) onZero(si int32, res int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	plan := zeroPlan(sl)
 	steps := zeroSteps[plan]
 	refused := res == -int32(unix.EOPNOTSUPP)
@@ -348,7 +356,7 @@ func (s *shard) onZero(si int32, res int32) {
 // zeroByWriting zeroes where the export has no fallocate that zeroes: by
 // writing zeros, which is not fast, and needs whole blocks (O_DIRECT).
 func (s *shard) zeroByWriting(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	if sl.req.Flags&wire.CmdFlagFastZero != 0 {
 		s.unlockSpan(sl) // refused: nothing more changes its blocks
 		s.replyErr(si, wire.ENOTSUP, "fast zeroing is not supported by this export")
@@ -365,7 +373,7 @@ func (s *shard) zeroByWriting(si int32) {
 }
 
 func (s *shard) onZeroWrite(si int32, res int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	if s.retryBlocking(si, res, s.submitZeroWrite) {
 		return
 	}
@@ -387,8 +395,8 @@ func (s *shard) onZeroWrite(si int32, res int32) {
 // afterFallocate finishes TRIM and WRITE_ZEROES, syncing first for FUA;
 // the blocks are changed, so their range lock goes before the sync.
 func (s *shard) afterFallocate(si int32) {
-	s.unlockSpan(&s.slots[si])
-	if s.slots[si].req.Flags&wire.CmdFlagFUA != 0 {
+	s.unlockSpan(&s.slots.rows[si])
+	if s.slots.rows[si].req.Flags&wire.CmdFlagFUA != 0 {
 		s.startSync(si, phSync)
 		return
 	}
@@ -397,7 +405,7 @@ func (s *shard) afterFallocate(si int32) {
 
 // deviceError logs the real errno, then replies with the protocol's code.
 func (s *shard) deviceError(si int32, res int32, what string) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	s.unlockSpan(sl)
 	errno := unix.Errno(-res)
 	if now := time.Now(); now.After(s.errLogNext) {

@@ -26,8 +26,8 @@ func (s *shard) dispatch(ci int32) bool {
 	if si < 0 {
 		return false
 	}
-	s.slotTimed(si, ci)
-	sl := &s.slots[si]
+	s.m.slotTimed(si, ci)
+	sl := &s.slots.rows[si]
 	sl.req = *r
 	if errno == wire.EOK && c.draining {
 		errno = wire.ESHUTDOWN
@@ -77,12 +77,12 @@ func (s *shard) setSpan(sl *slot, off, n uint64) {
 // allocData gives slot si a span buffer of n bytes within its connection's
 // budget; on failure the slot is released and the caller waits.
 func (s *shard) allocData(si int32, n int) bool {
-	b, h, ok := s.allocArena(si, n)
+	b, h, ok := s.slots.allocArena(si, n)
 	if !ok {
 		s.releaseSlot(si)
 		return false
 	}
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	sl.data, sl.buf = b, h
 	return true
 }
@@ -90,10 +90,10 @@ func (s *shard) allocData(si int32, n int) bool {
 // startRead plans the reply (sparse files: holes are not read or sent)
 // and reads the span.
 func (s *shard) startRead(si int32) bool {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	s.planRead(sl, s.conns[sl.conn].style)
 	if sl.nsegs == 1 && sl.segs[0].hole {
-		s.countBytes(sl)
+		s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
 		s.replyRead(si) // all hole: nothing to read
 		return true
 	}
@@ -106,14 +106,14 @@ func (s *shard) startRead(si int32) bool {
 }
 
 func (s *shard) startWrite(si int32) bool {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	c := &s.conns[sl.conn]
 	aligned := sl.skip == 0 && uint64(sl.spanLen) == sl.req.Length
 	if !s.allocData(si, int(sl.spanLen)) {
 		return false
 	}
 	if !aligned {
-		b, h, ok := s.allocArena(si, int(sl.req.Length))
+		b, h, ok := s.slots.allocArena(si, int(sl.req.Length))
 		if !ok {
 			s.releaseSlot(si)
 			return false
@@ -130,7 +130,7 @@ func (s *shard) payloadDone(ci int32) {
 	c := &s.conns[ci]
 	si := c.pslot
 	c.pslot = -1
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	sl.phase = phWrite
 	if sl.pbuf >= 0 {
 		sl.phase = phRMWRead
@@ -144,7 +144,7 @@ func (s *shard) payloadDone(ci int32) {
 // (phTrim). A slot that cannot take it waits in rmwWait and comes back
 // here on a later turn of the loop.
 func (s *shard) startLocked(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	a := uint64(sl.exp.align)
 	start, end := alignDown(sl.req.Offset, a), alignUp(sl.req.Offset+sl.req.Length, a)
 	var ok bool
@@ -184,7 +184,7 @@ func (s *shard) unlockSpan(sl *slot) {
 // After an earlier fdatasync failed, acknowledged writes may be lost, so
 // no later FLUSH may claim durability: it fails at once.
 func (s *shard) startSync(si int32, phase uint8) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	if sl.exp.syncFailed.Load() {
 		s.replyErr(si, wire.EIO, "an earlier fdatasync failed: acknowledged data may be "+
 			"lost; restart the server after checking the device")
@@ -205,7 +205,7 @@ func (s *shard) startSync(si int32, phase uint8) {
 // only whole sectors) the unaligned edges are simply left alone, and an
 // export configured with trim = "ignore" leaves all of it alone.
 func (s *shard) startTrim(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	off, end := s.trimRange(sl)
 	sl.phase, sl.step = phTrim, 0
 	if sl.exp.trimIgnore {
@@ -222,7 +222,7 @@ func (s *shard) startTrim(si int32) {
 
 // submitTrim issues a TRIM's discard (device) or hole punch (file).
 func (s *shard) submitTrim(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	off, end := s.trimRange(sl)
 	if sl.exp.isDevice {
 		ring.PrepDiscard(s.issue(opIO, si), sl.exp.fd, off, end-off)
@@ -245,7 +245,7 @@ func (s *shard) trimRange(sl *slot) (off, end uint64) {
 // startZero zeroes with fallocate. A block device takes only whole
 // sectors, so there an unaligned request is a read-modify-write of zeros.
 func (s *shard) startZero(si int32) bool {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	r := &sl.req
 	fast, noHole := r.Flags&wire.CmdFlagFastZero != 0, r.Flags&wire.CmdFlagNoHole != 0
 	if sl.exp.isDevice {
@@ -269,7 +269,7 @@ func (s *shard) startZero(si int32) bool {
 // startZeroRMW zeroes an unaligned range by reading its span, clearing the
 // range and writing the span back, holding the span alone (rangeLocks).
 func (s *shard) startZeroRMW(si int32) bool {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	if sl.req.Length > uint64(s.srv.sz.blockMax) {
 		s.replyErr(si, wire.EINVAL, fmt.Sprintf("unaligned zeroing over %d MiB where "+
 			"the export cannot zero by itself; align the request to the block size",

@@ -211,10 +211,10 @@ func (h *shardFuzz) held(t testing.TB) shardHeld {
 	sh := h.srv.shards[0]
 	st := &sh.stats
 	for {
-		c := shardHeld{conns: sh.connCount(), slots: st.Inflight.Load(),
+		c := shardHeld{conns: sh.m.connCount(), slots: st.Inflight.Load(),
 			arena: st.ArenaBytes.Load()}
 		c.fds = openFDs(t)
-		if c.conns == sh.connCount() && c.slots == st.Inflight.Load() &&
+		if c.conns == sh.m.connCount() && c.slots == st.Inflight.Load() &&
 			c.arena == st.ArenaBytes.Load() {
 			return c
 		}

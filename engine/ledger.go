@@ -53,124 +53,237 @@ const (
 	opTick                     // the -io-timeout tick (stall.go)
 )
 
+// ledger is the component that accounts for kernel operations. It owns
+// the generations of connections and slots, the holds on each (how many
+// operations in flight still use it), the count of device operations in
+// flight and the queue of inline completions. It is a leaf: it stamps,
+// counts and checks, and calls no handler and no other component; the
+// shard says which owner each operation holds (hold*, unhold*) and
+// routes what complete returns.
+//
+// Invariants (asserted under -tags invariants): a hold is dropped at
+// most as often as it was taken; a generation moves on only while
+// nothing holds its owner, so a completion carrying an old generation
+// can only be a defect (counted in ShardStats.Stale and dropped); every
+// stamped operation is uncounted exactly once, by its last CQE.
+type ledger struct {
+	shard   int         // for the stale completion's log line
+	stats   *ShardStats // OpsInflight, Stale, InlineOps: written here only
+	connGen []uint32
+	connOps []int32 // operations holding each connection (recv, send)
+	slotGen []uint32
+	slotOps []int32 // operations holding each slot (I/O, a send's batch, a recv)
+	ioOps   int     // device operations in flight
+	// local holds the completions of inline operations (inline) until the
+	// loop hands them to complete; localSpare swaps with it meanwhile.
+	local      []ring.CQE
+	localSpare []ring.CQE
+}
+
+func (l *ledger) init(shard, slots, conns int, stats *ShardStats) {
+	l.shard, l.stats = shard, stats
+	l.connGen, l.connOps = make([]uint32, conns), make([]int32, conns)
+	l.slotGen, l.slotOps = make([]uint32, slots), make([]int32, slots)
+	l.local = make([]ring.CQE, 0, slots)
+	l.localSpare = make([]ring.CQE, 0, slots)
+}
+
+// renewConn moves connection ci to its next generation (attached,
+// released); nothing may hold it then.
+func (l *ledger) renewConn(ci int32) {
+	assert(l.connOps[ci] == 0, "connection recycled while the kernel holds it")
+	l.connGen[ci]++
+}
+
+// renewSlot moves slot si to its next generation (allocated, freed).
+func (l *ledger) renewSlot(si int32) {
+	assert(l.slotOps[si] == 0, "slot recycled while the kernel holds it")
+	l.slotGen[si]++
+}
+
+func (l *ledger) holdConn(ci int32) { l.connOps[ci]++ }
+func (l *ledger) holdSlot(si int32) { l.slotOps[si]++ }
+
+// unholdConn drops one operation's hold on ci.
+func (l *ledger) unholdConn(ci int32) {
+	assert(l.connOps[ci] > 0, "connection completion with no operation in flight")
+	l.connOps[ci]--
+}
+
+// unholdSlot drops one operation's hold on si and reports whether any
+// hold is left.
+func (l *ledger) unholdSlot(si int32) bool {
+	assert(l.slotOps[si] > 0, "slot hold dropped twice")
+	l.slotOps[si]--
+	return l.slotOps[si] > 0
+}
+
+func (l *ledger) connHeld(ci int32) bool { return l.connOps[ci] > 0 }
+func (l *ledger) slotHeld(si int32) bool { return l.slotOps[si] > 0 }
+
+// stamp counts operation op of owner idx in flight and returns its
+// user_data, carrying the owner's generation: a connection's for opRecv
+// and opSendTLS, a slot's for opSend (the batch's first) and opIO. It
+// takes no hold: the caller holds what the operation uses.
+func (l *ledger) stamp(op uint8, idx int32) uint64 {
+	var gen uint32
+	switch op {
+	case opRecv, opSendTLS:
+		gen = l.connGen[idx]
+	case opSend:
+		gen = l.slotGen[idx]
+	case opIO:
+		gen = l.slotGen[idx]
+		l.ioOps++
+	default:
+		idx = 0
+	}
+	l.stats.OpsInflight.Add(1)
+	return ring.UserData(op, gen, uint32(idx))
+}
+
+// inline stamps a device operation of slot si that the shard has just
+// done itself with a plain system call (see Export.inline), and queues its
+// result res as a CQE of the shard's own, which the loop hands to
+// complete like any other. So an inline operation is counted, completed
+// and checked exactly as a ring operation is.
+func (l *ledger) inline(si int32, res int32) {
+	l.local = append(l.local, ring.CQE{UserData: l.stamp(opIO, si), Res: res})
+	l.stats.InlineOps.Add(1)
+}
+
+// takeLocal returns the inline completions queued so far; those queued
+// while the caller completes them wait for the next call.
+func (l *ledger) takeLocal() []ring.CQE {
+	batch := l.local
+	l.local, l.localSpare = l.localSpare[:0], batch
+	return batch
+}
+
+// complete checks a completion against its owner's generation. ok false:
+// the owner has moved on; the completion is counted as stale and must be
+// dropped. Else op and idx name the owner, res is the result and last
+// says the operation is over (uncounted here: a CQE with
+// IORING_CQE_F_MORE is not the last). The holds the operation took stay
+// for the caller to drop.
+func (l *ledger) complete(cqe *ring.CQE) (op uint8, idx int32, res int32, last, ok bool) {
+	op, gen, i := ring.SplitUserData(cqe.UserData)
+	idx, res = int32(i), cqe.Res
+	last = cqe.Flags&ring.CQEMore == 0
+	switch op {
+	case opRecv, opSendTLS:
+		ok = l.connGen[idx]&ring.GenMask == gen
+	case opSend, opIO:
+		ok = l.slotGen[idx]&ring.GenMask == gen
+	case opWake, opTimer, opTick:
+		ok = true
+	default:
+		panic(fmt.Sprintf("shard %d: completion with unknown op %d", l.shard, op))
+	}
+	if !ok {
+		l.dropStale(op, gen, i)
+		return op, idx, res, last, false
+	}
+	if last {
+		if op == opIO {
+			l.ioOps--
+		}
+		l.stats.OpsInflight.Add(-1)
+	}
+	return op, idx, res, last, true
+}
+
+// dropStale counts a completion whose owner's generation has moved on:
+// the owner was recycled while the kernel still held an operation of it.
+// The ledger's counts make that impossible, so it is a defect (tests
+// assert the count stays 0); it is dropped rather than applied to
+// whoever holds the index now, and logged at counts 1, 2, 4, ...
+func (l *ledger) dropStale(op uint8, gen, idx uint32) {
+	n := l.stats.Stale.Add(1)
+	if n&(n-1) == 0 {
+		slog.Error(fmt.Sprintf("dropped stale completion (op %d, index %d, generation %d); "+
+			"%d so far: please report this defect", op, idx, gen, n), "shard", l.shard)
+	}
+}
+
 // issue returns a zeroed SQE for operation op of owner idx (a connection
-// for opRecv, a batch's first slot for opSend, a slot for opIO, nothing
-// for the shard's own), counted in flight and stamped; the caller fills
-// in the rest.
+// for opRecv and opSendTLS, a batch's first slot for opSend, a slot for
+// opIO, nothing for the shard's own), stamped by the ledger, with the
+// holds the operation takes; the caller fills in the rest.
 func (s *shard) issue(op uint8, idx int32) *ring.SQE {
-	ud := s.stamp(op, idx)
+	switch op {
+	case opSendTLS:
+		s.led.holdConn(idx)
+	case opRecv:
+		s.led.holdConn(idx)
+		if rs := s.conns[idx].recvSlot; rs >= 0 {
+			s.led.holdSlot(rs)
+		}
+	case opSend:
+		s.led.holdConn(s.slots.rows[idx].conn)
+		for si := idx; si >= 0; si = s.slots.rows[si].next {
+			s.led.holdSlot(si)
+		}
+	case opIO:
+		s.led.holdSlot(idx)
+	}
+	ud := s.led.stamp(op, idx)
 	sqe := s.ring.SQE()
 	sqe.UserData = ud
 	return sqe
 }
 
 // issueInline is issue for a device operation the shard has just done
-// itself with a plain system call (see Export.inline): counted the same
-// way, and its result queued as a CQE of the shard's own, which the loop
-// hands to complete like any other. So an inline operation is held,
-// completed and checked exactly as a ring operation is.
-func (s *shard) issueInline(idx int32, res int32) {
-	s.local = append(s.local, ring.CQE{UserData: s.stamp(opIO, idx), Res: res})
-	s.stats.InlineOps.Add(1)
-}
-
-// stamp counts operation op of owner idx in flight and returns its
-// user_data.
-func (s *shard) stamp(op uint8, idx int32) uint64 {
-	var gen uint32
-	switch op {
-	case opSendTLS:
-		c := &s.conns[idx]
-		c.ops++
-		gen = c.gen
-	case opRecv:
-		c := &s.conns[idx]
-		c.ops++
-		if c.recvSlot >= 0 {
-			s.slots[c.recvSlot].ops++
-		}
-		gen = c.gen
-	case opSend:
-		s.conns[s.slots[idx].conn].ops++
-		for si := idx; si >= 0; si = s.slots[si].next {
-			s.slots[si].ops++
-		}
-		gen = s.slots[idx].gen
-	case opIO:
-		sl := &s.slots[idx]
-		sl.ops++
-		s.ioOps++
-		gen = sl.gen
-	default:
-		idx = 0
-	}
-	s.stats.OpsInflight.Add(1)
-	return ring.UserData(op, gen, uint32(idx))
-}
-
-// inline reports whether slot sl's next device operation is done by the
-// shard itself: on an inline export, while the shard has few requests in
-// flight. At depth, the ring's io-wq threads run the I/O in parallel on
-// other CPUs, which beats one shard doing it in turn.
-func (s *shard) inline(sl *slot) bool {
-	return sl.exp.inline && s.stats.Inflight.Load() <= inlineSlotsMax
+// itself (ledger.inline): the slot is held until its completion.
+func (s *shard) issueInline(si int32, res int32) {
+	s.led.holdSlot(si)
+	s.led.inline(si, res)
 }
 
 // completeLocal hands the inline operations' completions to complete; those
 // they start meanwhile are completed on the loop's next turn.
 func (s *shard) completeLocal() {
-	batch := s.local
-	s.local, s.localSpare = s.localSpare[:0], batch
+	batch := s.led.takeLocal()
 	for i := range batch {
 		s.complete(&batch[i])
 	}
 }
 
-// complete is the one completion entry: it settles the ledger, then
-// hands the result to the owner's handler.
+// complete is the one completion entry: the ledger checks it, then the
+// shard drops the holds the operation took and routes the result to its
+// owner's handler.
 func (s *shard) complete(cqe *ring.CQE) {
-	op, gen, idx := ring.SplitUserData(cqe.UserData)
-	last := cqe.Flags&ring.CQEMore == 0
-	res := cqe.Res
+	op, idx, res, last, ok := s.led.complete(cqe)
+	if !ok {
+		if op == opRecv && cqe.Flags&ring.CQEBuffer != 0 {
+			s.dropRecvBuffers(ring.CQEBufferID(cqe.Flags), int(res))
+		}
+		return
+	}
 	switch op {
 	case opWake:
-		s.stats.OpsInflight.Add(-1)
 		s.onWake()
 	case opTimer:
-		s.stats.OpsInflight.Add(-1)
 		s.timerOn = false
 	case opTick:
-		s.stats.OpsInflight.Add(-1)
 		s.onTick()
 	case opRecv:
 		c := &s.conns[idx]
-		if c.gen&ring.GenMask != gen {
-			if cqe.Flags&ring.CQEBuffer != 0 {
-				s.dropRecvBuffers(ring.CQEBufferID(cqe.Flags), int(res))
-			}
-			s.dropStale(op, gen, idx)
-			return
-		}
 		direct := c.recvSlot >= 0
 		if last {
-			s.settleConn(c)
+			s.led.unholdConn(idx)
 			if direct {
 				s.unhold(c.recvSlot)
 				c.recvSlot = -1
 			}
 		}
-		s.onRecv(int32(idx), res, direct, cqe.Flags)
+		s.onRecv(idx, res, direct, cqe.Flags)
 	case opSend:
-		head := &s.slots[idx]
-		if head.gen&ring.GenMask != gen {
-			s.dropStale(op, gen, idx)
-			return
-		}
-		ci := head.conn
+		ci := s.slots.rows[idx].conn
 		if last {
-			s.settleConn(&s.conns[ci])
-			for si := int32(idx); si >= 0; {
-				next := s.slots[si].next // unhold may free si
+			s.led.unholdConn(ci)
+			for si := idx; si >= 0; {
+				next := s.slots.rows[si].next // unhold may free si
 				s.unhold(si)
 				si = next
 			}
@@ -181,65 +294,28 @@ func (s *shard) complete(cqe *ring.CQE) {
 		}
 		s.onSend(ci, res)
 	case opSendTLS:
-		c := &s.conns[idx]
-		if c.gen&ring.GenMask != gen {
-			s.dropStale(op, gen, idx)
-			return
-		}
 		if last {
-			s.settleConn(c)
+			s.led.unholdConn(idx)
 		}
 		if res > 0 {
-			c.prog++ // -io-timeout: the client reads its replies
+			s.conns[idx].prog++ // -io-timeout: the client reads its replies
 		}
-		s.onSendTLS(int32(idx), res)
+		s.onSendTLS(idx, res)
 	case opIO:
-		sl := &s.slots[idx]
-		if sl.gen&ring.GenMask != gen {
-			s.dropStale(op, gen, idx)
-			return
-		}
 		if last {
-			assert(sl.ops > 0, "I/O completion with no operation in flight")
-			sl.ops--
-			s.ioOps--
-			s.stats.OpsInflight.Add(-1)
+			s.led.unholdSlot(idx)
 		}
-		s.onIO(int32(idx), res)
-		if sl.state == slotReleased && sl.ops == 0 {
-			s.freeSlot(int32(idx)) // its connection went while the kernel held it
+		s.onIO(idx, res)
+		if s.slots.rows[idx].state == slotReleased && !s.led.slotHeld(idx) {
+			s.freeSlot(idx) // its connection went while the kernel held it
 		}
-	default:
-		panic(fmt.Sprintf("shard %d: completion with unknown op %d", s.id, op))
 	}
-}
-
-func (s *shard) settleConn(c *conn) {
-	assert(c.ops > 0, "connection completion with no operation in flight")
-	c.ops--
-	s.stats.OpsInflight.Add(-1)
 }
 
 // unhold drops one operation's hold on a slot; the last hold on a slot
 // that was released meanwhile frees it.
 func (s *shard) unhold(si int32) {
-	sl := &s.slots[si]
-	assert(sl.ops > 0, "slot hold dropped twice")
-	sl.ops--
-	if sl.ops == 0 && sl.state == slotReleased {
+	if !s.led.unholdSlot(si) && s.slots.rows[si].state == slotReleased {
 		s.freeSlot(si)
-	}
-}
-
-// dropStale counts a completion whose owner's generation has moved on:
-// the owner was recycled while the kernel still held an operation of it.
-// The ledger's counts make that impossible, so it is a defect (tests
-// assert the count stays 0); it is dropped rather than applied to
-// whoever holds the index now, and logged at counts 1, 2, 4, ...
-func (s *shard) dropStale(op uint8, gen, idx uint32) {
-	n := s.stats.Stale.Add(1)
-	if n&(n-1) == 0 {
-		slog.Error(fmt.Sprintf("dropped stale completion (op %d, index %d, generation %d); "+
-			"%d so far: please report this defect", op, idx, gen, n), "shard", s.id)
 	}
 }

@@ -35,32 +35,33 @@ func ledgerShard(t *testing.T) (*shard, int32) {
 func TestStaleCompletionDropped(t *testing.T) {
 	s, ci := ledgerShard(t)
 	si := s.allocSlot(ci)
-	old := s.slots[si].gen
+	old := s.led.slotGen[si]
 	s.releaseSlot(si) // done: freed, generation moves on
 	if got := s.allocSlot(ci); got != si {
 		t.Fatalf("slot table gave %d, want the recycled %d", got, si)
 	}
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	sl.req = wire.Request{Type: wire.CmdFlush, Cookie: 5}
-	sl.phase, sl.ops = phFlush, 1 // its own fdatasync is in flight
-	s.ioOps = 1
+	sl.phase = phFlush
+	s.led.holdSlot(si) // its own fdatasync is in flight
+	s.led.stamp(opIO, si)
 	s.complete(&ring.CQE{UserData: ring.UserData(opIO, old, uint32(si)),
 		Res: -int32(unix.EIO)})
 	if n := s.stats.Stale.Load(); n != 1 {
 		t.Fatalf("stale completions counted: %d, want 1", n)
 	}
-	if sl.ops != 1 || s.ioOps != 1 || sl.state != slotLive {
+	if s.led.slotOps[si] != 1 || s.led.ioOps != 1 || sl.state != slotLive {
 		t.Fatalf("stale completion settled the new request: ops %d, shard ops %d, state %d",
-			sl.ops, s.ioOps, sl.state)
+			s.led.slotOps[si], s.led.ioOps, sl.state)
 	}
 	if s.conns[ci].qHead >= 0 || sl.exp.syncFailed.Load() {
 		t.Fatal("stale completion was applied: a reply was queued or FLUSH poisoned")
 	}
 	// The real completion still finds its request.
-	s.complete(&ring.CQE{UserData: ring.UserData(opIO, sl.gen, uint32(si))})
-	if s.conns[ci].qHead != si || sl.ops != 0 {
+	s.complete(&ring.CQE{UserData: ring.UserData(opIO, s.led.slotGen[si], uint32(si))})
+	if s.conns[ci].qHead != si || s.led.slotOps[si] != 0 {
 		t.Fatalf("current completion not applied: queue head %d, ops %d",
-			s.conns[ci].qHead, sl.ops)
+			s.conns[ci].qHead, s.led.slotOps[si])
 	}
 }
 
@@ -70,28 +71,29 @@ func TestStaleCompletionDropped(t *testing.T) {
 func TestReleaseWaitsForKernel(t *testing.T) {
 	s, ci := ledgerShard(t)
 	si := s.allocSlot(ci)
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	sl.req = wire.Request{Type: wire.CmdRead, Length: 4096}
 	if !s.allocData(si, 4096) {
 		t.Fatal("no buffer")
 	}
-	sl.phase, sl.ops = phRead, 1 // the read is in flight
-	s.ioOps = 1
-	gen := sl.gen
+	sl.phase = phRead
+	s.led.holdSlot(si) // the read is in flight
+	gen := s.led.slotGen[si]
+	s.led.stamp(opIO, si)
 	s.releaseSlot(si)
-	if sl.state != slotReleased || sl.buf < 0 || s.arena.inUse == 0 {
+	if sl.state != slotReleased || sl.buf < 0 || s.slots.ar.inUse == 0 {
 		t.Fatalf("buffer freed while the kernel holds it: state %d, handle %d, in use %d",
-			sl.state, sl.buf, s.arena.inUse)
+			sl.state, sl.buf, s.slots.ar.inUse)
 	}
-	for _, f := range s.slotFree {
+	for _, f := range s.slots.free {
 		if f == si {
 			t.Fatal("held slot is on the free list")
 		}
 	}
 	s.complete(&ring.CQE{UserData: ring.UserData(opIO, gen, uint32(si)), Res: 4096})
-	if sl.state != slotFree || s.arena.inUse != 0 || s.stats.ArenaBytes.Load() != 0 {
+	if sl.state != slotFree || s.slots.ar.inUse != 0 || s.stats.ArenaBytes.Load() != 0 {
 		t.Fatalf("not freed on its completion: state %d, arena in use %d", sl.state,
-			s.arena.inUse)
+			s.slots.ar.inUse)
 	}
 	if s.stats.Stale.Load() != 0 || s.conns[ci].qHead >= 0 {
 		t.Fatal("completion of a released request was applied")

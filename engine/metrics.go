@@ -73,8 +73,17 @@ type exportCounters struct {
 	bytes    [cmdLabels]atomic.Uint64 // READ and WRITE data bytes
 }
 
-// shardMetrics is one shard's metrics and the per-connection and per-slot
-// state that times requests. Only the shard touches the plain fields.
+// shardMetrics is the counters component: one shard's per-request
+// metrics and the per-connection and per-slot state that times requests.
+// It is a leaf: its methods take connection and slot indices and the
+// request's command, read nothing else of the shard and call nothing.
+// Only the shard writes the plain fields; the atomics may be read by any
+// goroutine (Snapshot, connCount).
+//
+// Invariants: every connection index given to countRequest, countWait,
+// countError and countBytes was given to connAttached first and not yet
+// to connReleased; a connection's conns count is added once and removed
+// once.
 type shardMetrics struct {
 	// epoch is the shard's start; clock reads the monotonic time since it
 	// (BenchmarkClock: half the cost of time.Now, which reads wall time too).
@@ -82,6 +91,7 @@ type shardMetrics struct {
 	connExp      [connsPerShardMax]int32 // each connection's export index
 	connStart    [connsPerShardMax]int64 // when its held request was decoded
 	connWaited   [connsPerShardMax]bool  // its held request has waited already
+	connLive     [connsPerShardMax]bool  // attached (invariants only read it)
 	slotStart    [slotsMax]int64         // when the slot's request was decoded
 	exp          []exportCounters        // by export index
 	latency      [cmdLabels]histogram
@@ -94,62 +104,65 @@ func (m *shardMetrics) init(exports int) {
 }
 
 // clock is the shard's monotonic time in nanoseconds.
-func (s *shard) clock() int64 { return int64(time.Since(s.m.epoch)) }
+func (m *shardMetrics) clock() int64 { return int64(time.Since(m.epoch)) }
 
 // connAttached counts connection ci, of export index exp.
-func (s *shard) connAttached(ci int32, exp int) {
-	s.m.connExp[ci] = int32(exp)
-	s.m.exp[exp].conns.Add(1)
+func (m *shardMetrics) connAttached(ci int32, exp int) {
+	assert(!m.connLive[ci], "connection counted attached twice")
+	m.connLive[ci] = true
+	m.connExp[ci] = int32(exp)
+	m.exp[exp].conns.Add(1)
 }
 
-func (s *shard) connReleased(ci int32) { s.m.exp[s.m.connExp[ci]].conns.Add(-1) }
+func (m *shardMetrics) connReleased(ci int32) {
+	assert(m.connLive[ci], "connection counted released twice")
+	m.connLive[ci] = false
+	m.exp[m.connExp[ci]].conns.Add(-1)
+}
 
 // connCount is the shard's connections over all exports; it may be read
 // from any goroutine.
-func (s *shard) connCount() int64 {
+func (m *shardMetrics) connCount() int64 {
 	var n int64
-	for i := range s.m.exp {
-		n += s.m.exp[i].conns.Load()
+	for i := range m.exp {
+		n += m.exp[i].conns.Load()
 	}
 	return n
 }
 
-// countRequest counts the request just decoded on ci and starts its clock.
-func (s *shard) countRequest(ci int32) {
-	m := &s.m
-	m.connStart[ci], m.connWaited[ci] = s.clock(), false
-	m.exp[m.connExp[ci]].requests[cmdIndex(s.conns[ci].req.Type)].Add(1)
+// countRequest counts the request of command t just decoded on ci and
+// starts its clock.
+func (m *shardMetrics) countRequest(ci int32, t wire.Cmd) {
+	m.connStart[ci], m.connWaited[ci] = m.clock(), false
+	m.exp[m.connExp[ci]].requests[cmdIndex(t)].Add(1)
 }
 
 // countWait counts a request that has to wait for a slot or a buffer,
 // once however often it is retried.
-func (s *shard) countWait(ci int32) {
-	if !s.m.connWaited[ci] {
-		s.m.connWaited[ci] = true
-		s.m.backpressure.Add(1)
+func (m *shardMetrics) countWait(ci int32) {
+	if !m.connWaited[ci] {
+		m.connWaited[ci] = true
+		m.backpressure.Add(1)
 	}
 }
 
 // slotTimed gives slot si its connection's request start time.
-func (s *shard) slotTimed(si, ci int32) { s.m.slotStart[si] = s.m.connStart[ci] }
+func (m *shardMetrics) slotTimed(si, ci int32) { m.slotStart[si] = m.connStart[ci] }
 
-func (s *shard) countError(sl *slot) {
-	s.m.exp[s.m.connExp[sl.conn]].errors[cmdIndex(sl.req.Type)].Add(1)
+// countError counts a request of command t on ci that failed.
+func (m *shardMetrics) countError(ci int32, t wire.Cmd) {
+	m.exp[m.connExp[ci]].errors[cmdIndex(t)].Add(1)
 }
 
-// countBytes counts a READ's or WRITE's data, once it has succeeded.
-func (s *shard) countBytes(sl *slot) {
-	s.m.exp[s.m.connExp[sl.conn]].bytes[cmdIndex(sl.req.Type)].Add(sl.req.Length)
+// countBytes counts a READ's or WRITE's n data bytes, once it has succeeded.
+func (m *shardMetrics) countBytes(ci int32, t wire.Cmd, n uint64) {
+	m.exp[m.connExp[ci]].bytes[cmdIndex(t)].Add(n)
 }
 
-// observeSent times every reply of ci's completed send batch, with one
-// clock read for the batch.
-func (s *shard) observeSent(ci int32) {
-	now := s.clock()
-	for si := s.conns[ci].sendHead; si >= 0; si = s.slots[si].next {
-		sl := &s.slots[si]
-		s.m.latency[cmdIndex(sl.req.Type)].observe(now - s.m.slotStart[si])
-	}
+// observeSent times slot si's reply to a command t, handed to the socket
+// at now (one clock read per batch: the sender passes it).
+func (m *shardMetrics) observeSent(si int32, t wire.Cmd, now int64) {
+	m.latency[cmdIndex(t)].observe(now - m.slotStart[si])
 }
 
 // Handshake results, the label of nbdring_handshakes_total.

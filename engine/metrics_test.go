@@ -248,18 +248,18 @@ func BenchmarkClock(b *testing.B) {
 // the loop; it is one wait however often it fails, and the next request
 // that waits is another.
 func TestBackpressureCountsOnce(t *testing.T) {
-	s := &shard{conns: make([]conn, 1)}
-	s.m.init(1)
-	s.countRequest(0)
+	var m shardMetrics
+	m.init(1)
+	m.countRequest(0, wire.CmdRead)
 	for i := 0; i < 5; i++ {
-		s.countWait(0)
+		m.countWait(0)
 	}
-	if n := s.m.backpressure.Load(); n != 1 {
+	if n := m.backpressure.Load(); n != 1 {
 		t.Fatalf("one request retried 5 times: %d waits, want 1", n)
 	}
-	s.countRequest(0)
-	s.countWait(0)
-	if n := s.m.backpressure.Load(); n != 2 {
+	m.countRequest(0, wire.CmdRead)
+	m.countWait(0)
+	if n := m.backpressure.Load(); n != 2 {
 		t.Fatalf("a second waiting request: %d waits, want 2", n)
 	}
 }
@@ -268,17 +268,14 @@ func TestBackpressureCountsOnce(t *testing.T) {
 // and time it at decode, count its bytes, and time its reply when its send
 // completes (one clock read per batch; here a batch of one, the worst case).
 func BenchmarkRequestMetrics(b *testing.B) {
-	s := &shard{conns: make([]conn, 1), slots: make([]slot, 1)}
-	s.m.init(1)
-	s.conns[0].req = wire.Request{Type: wire.CmdRead, Length: 4096}
-	s.conns[0].sendHead = 0
-	s.slots[0] = slot{conn: 0, next: -1, req: s.conns[0].req}
+	var m shardMetrics
+	m.init(1)
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		s.countRequest(0)
-		s.slotTimed(0, 0)
-		s.countBytes(&s.slots[0])
-		s.observeSent(0)
+		m.countRequest(0, wire.CmdRead)
+		m.slotTimed(0, 0)
+		m.countBytes(0, wire.CmdRead, 4096)
+		m.observeSent(0, wire.CmdRead, m.clock())
 	}
 }
 

@@ -15,7 +15,7 @@ import (
 // headers in the slot's header space, data in the arena.
 
 func (s *shard) replyOK(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	c := &s.conns[sl.conn]
 	n := wire.EncodeDone(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset)
 	sl.nout, sl.outLen = 0, 0
@@ -26,9 +26,9 @@ func (s *shard) replyOK(si int32) {
 // replyErr answers with errno; on structured and extended connections as
 // an ERROR chunk carrying msg for a human.
 func (s *shard) replyErr(si int32, errno wire.Errno, msg string) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	c := &s.conns[sl.conn]
-	s.countError(sl)
+	s.m.countError(sl.conn, sl.req.Type)
 	n := wire.EncodeError(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset, errno, msg)
 	sl.nout, sl.outLen = 0, 0
 	sl.put(sl.hdr[:n])
@@ -38,7 +38,7 @@ func (s *shard) replyErr(si int32, errno wire.Errno, msg string) {
 // replyRead sends the read's segments: data from the span buffer, holes
 // as OFFSET_HOLE chunks; the last chunk carries the DONE flag.
 func (s *shard) replyRead(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	c := &s.conns[sl.conn]
 	r := &sl.req
 	checkSegments(sl)
@@ -65,7 +65,7 @@ func (s *shard) replyRead(si int32) {
 
 // replyBlockStatus sends count descriptors (descLen bytes in sl.data).
 func (s *shard) replyBlockStatus(si int32, count, descLen int) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	c := &s.conns[sl.conn]
 	n := wire.EncodeBlockStatus(sl.hdr, c.style, sl.req.Cookie, sl.req.Offset,
 		wire.MetaIDBaseAllocation, count)
@@ -82,12 +82,12 @@ func (sl *slot) put(b []byte) {
 }
 
 func (s *shard) enqueue(si int32) {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	ci := sl.conn
 	c := &s.conns[ci]
 	sl.next = -1
 	if c.qTail >= 0 {
-		s.slots[c.qTail].next = si
+		s.slots.rows[c.qTail].next = si
 	} else {
 		c.qHead = si
 	}
@@ -122,8 +122,8 @@ func (s *shard) sendQueued(ci int32) {
 	n, last, replies := 0, int32(-1), 0
 	var bytes uint64
 	si := c.qHead
-	for si >= 0 && n+s.slots[si].nout <= iovecsPerSendMax {
-		sl := &s.slots[si]
+	for si >= 0 && n+s.slots.rows[si].nout <= iovecsPerSendMax {
+		sl := &s.slots.rows[si]
 		n += copy(c.mem.iov[n:], sl.out[:sl.nout])
 		bytes += sl.outLen
 		last, si = si, sl.next
@@ -131,7 +131,7 @@ func (s *shard) sendQueued(ci int32) {
 	}
 	s.stats.Sends.Add(1)
 	s.stats.SentReplies.Add(uint64(replies))
-	s.slots[last].next = -1
+	s.slots.rows[last].next = -1
 	c.sendHead, c.qHead = c.qHead, si
 	if si < 0 {
 		c.qTail = -1
@@ -219,7 +219,10 @@ func (s *shard) onSend(ci int32, res int32) {
 		s.submitSend(ci)
 		return
 	}
-	s.observeSent(ci)
+	now := s.m.clock()
+	for si := c.sendHead; si >= 0; si = s.slots.rows[si].next {
+		s.m.observeSent(si, s.slots.rows[si].req.Type, now)
+	}
 	s.freeBatch(ci)
 	s.sendQueued(ci)
 	s.maybeFinish(ci)
@@ -228,7 +231,7 @@ func (s *shard) onSend(ci int32, res int32) {
 func (s *shard) freeBatch(ci int32) {
 	c := &s.conns[ci]
 	for si := c.sendHead; si >= 0; {
-		next := s.slots[si].next
+		next := s.slots.rows[si].next
 		s.releaseSlot(si)
 		si = next
 	}

@@ -25,8 +25,7 @@ type shard struct {
 	pool  *recvPool // receive buffers (made with the ring, in run)
 	zeros []byte    // read-only zeros, the source of writes of zeros
 
-	slots    []slot
-	slotFree []int32
+	slots    slotTable // requests, their buffers and budgets (slot.go)
 	conns    []conn
 	connFree []int32
 
@@ -41,16 +40,8 @@ type shard struct {
 	// once buffers are back (retryStarved); starvedSpare swaps with it.
 	starved      []int32
 	starvedSpare []int32
-	// local holds the completions of inline operations (issueInline) until
-	// the loop hands them to complete; localSpare swaps with it meanwhile.
-	local      []ring.CQE
-	localSpare []ring.CQE
-	timerOn    bool
-	tickOn     bool // the -io-timeout tick is armed (stall.go)
-	// The tenants' rule (limits.go, arenaReserveShare): slots and arena
-	// bytes held beyond the reserve.
-	slotsShared int
-	bytesShared int
+	timerOn      bool
+	tickOn       bool // the -io-timeout tick is armed (stall.go)
 	// fixedBufs: the arena is registered as fixed buffer 0.
 	fixedBufs bool
 	efd       int
@@ -59,7 +50,6 @@ type shard struct {
 	stopping  bool         // draining: new requests get ESHUTDOWN, idle connections close
 	cutting   bool         // the grace is over: every connection is closed now
 	live      int          // connections attached
-	ioOps     int          // device operations in flight (the ledger's count)
 	// Device errors are logged at most once per deviceErrorLogEvery, with
 	// a count of those left out since the last line.
 	errLogNext  time.Time
@@ -67,6 +57,7 @@ type shard struct {
 
 	stats ShardStats
 	m     shardMetrics // per-request counters and timing (metrics.go)
+	led   ledger       // kernel operations: generations, holds (ledger.go)
 }
 
 // ShardStats are one shard's counters (per request ones: shardMetrics),
@@ -109,6 +100,7 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	sz := srv.sz
 	s := &shard{id: id, cpu: cpu, srv: srv, inbox: make(chan handoff, sz.conns)}
 	s.m.init(len(srv.exports))
+	s.led.init(id, sz.slots, sz.conns, &s.stats)
 	var err error
 	if s.arena, err = newArena(sz.arena); err != nil {
 		return nil, err
@@ -128,14 +120,7 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 		s.close()
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	s.slots = make([]slot, sz.slots)
-	s.slotFree = make([]int32, 0, sz.slots)
-	for i := sz.slots - 1; i >= 0; i-- {
-		sl := &s.slots[i]
-		sl.hdr = s.mem.hdrs[i][:]
-		sl.buf, sl.pbuf, sl.conn = -1, -1, -1
-		s.slotFree = append(s.slotFree, int32(i))
-	}
+	s.slots.init(&srv.sz, s.arena, &s.stats, s.mem.hdrs)
 	s.conns = make([]conn, sz.conns)
 	s.connFree = make([]int32, 0, sz.conns)
 	for i := sz.conns - 1; i >= 0; i-- {
@@ -151,8 +136,6 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	s.dirty = make([]int32, 0, sz.conns)
 	s.starved = make([]int32, 0, sz.conns)
 	s.starvedSpare = make([]int32, 0, sz.conns)
-	s.local = make([]ring.CQE, 0, sz.slots)
-	s.localSpare = make([]ring.CQE, 0, sz.slots)
 	return s, nil
 }
 
@@ -217,7 +200,7 @@ func (s *shard) run(ready chan<- error) {
 // ends once the server stops and no connection or device operation is
 // left (the wake-up read is cancelled with the ring).
 func (s *shard) loop() error {
-	for !s.stopping || s.live > 0 || s.ioOps > 0 {
+	for !s.stopping || s.live > 0 || s.led.ioOps > 0 {
 		s.retryWaiting()
 		s.retryStarved()
 		s.flushDirty()
@@ -227,7 +210,7 @@ func (s *shard) loop() error {
 		}
 		s.armTick()
 		wait := uint32(1)
-		if len(s.local) > 0 {
+		if len(s.led.local) > 0 {
 			wait = 0 // inline completions are waiting already
 		}
 		s.pool.publish()
@@ -311,9 +294,10 @@ func (s *shard) attach(h handoff) {
 	ci := s.connFree[len(s.connFree)-1]
 	s.connFree = s.connFree[:len(s.connFree)-1]
 	s.conns[ci].reset(h, s.srv.sz.blockMax)
+	s.led.renewConn(ci)
 	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
 	s.live++
-	s.connAttached(ci, h.neg.Export)
+	s.m.connAttached(ci, h.neg.Export)
 	s.logConnect(ci)
 	s.armRecv(ci)
 }

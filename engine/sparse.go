@@ -107,7 +107,7 @@ func checkSegments(sl *slot) {
 // covers at most blockStatusExtentsMax extents (one with REQ_ONE) of the
 // requested range; the client asks again for the rest.
 func (s *shard) blockStatus(si int32) bool {
-	sl := &s.slots[si]
+	sl := &s.slots.rows[si]
 	c := &s.conns[sl.conn]
 	exp := sl.exp
 	max := blockStatusExtentsMax

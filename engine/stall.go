@@ -93,8 +93,8 @@ func (s *shard) cutStalled(ci int32) {
 // its send in flight add up to (a TLS connection's: its queued replies).
 func (s *shard) unsentBytes(c *conn) uint64 {
 	var n uint64
-	for si := c.qHead; si >= 0; si = s.slots[si].next {
-		n += s.slots[si].outLen
+	for si := c.qHead; si >= 0; si = s.slots.rows[si].next {
+		n += s.slots.rows[si].outLen
 	}
 	if c.sending && c.tls == nil {
 		for _, v := range c.mem.iov[c.iovAt:c.iovN] {

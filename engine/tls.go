@@ -444,7 +444,7 @@ func (s *shard) sendQueuedTLS(ci int32) {
 	p := t.pipe
 	for c.qHead >= 0 && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
 		si := c.qHead
-		sl := &s.slots[si]
+		sl := &s.slots.rows[si]
 		for t.iov < sl.nout && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
 			v := &sl.out[t.iov]
 			b := unsafe.Slice(v.Base, v.Len)[t.off:]

@@ -232,7 +232,7 @@ func waitConns(t testing.TB, srv *Server, n int64) {
 	for {
 		var got int64
 		for _, sh := range srv.shards {
-			got += sh.connCount()
+			got += sh.m.connCount()
 		}
 		if got == n {
 			return
