@@ -74,6 +74,12 @@ func (sn *Snapshot) WritePrometheus(w io.Writer) error {
 	for _, e := range sn.Exports {
 		p.sample("nbdring_export_size_bytes", float64(e.Size), "export", e.Name)
 	}
+	p.family("nbdring_export_throttled_seconds_total", "counter",
+		"Time the export's requests waited for max-iops or max-bandwidth tokens.")
+	for _, e := range sn.Exports {
+		p.sample("nbdring_export_throttled_seconds_total", e.Throttled.Seconds(),
+			"export", e.Name)
+	}
 	return p.w.Flush()
 }
 

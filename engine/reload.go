@@ -451,7 +451,9 @@ func (s *shard) checkRetired() {
 		}
 		if !c.draining {
 			c.draining = true
-			s.maybeFinish(int32(i))
+			if !c.waiting { // a held request is answered (ESHUTDOWN) first
+				s.maybeFinish(int32(i))
+			}
 		}
 	}
 }

@@ -247,6 +247,13 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 		ratio("submissions_per_enter", ss.RingSubmissions, ss.RingEnters)
 		ratio("completions_per_enter", ss.RingCompletions, ss.RingEnters)
 	}
+	// Throttled time is the export's, over all shards (qos.go).
+	for _, e := range sn.Exports {
+		if e.Throttled > 0 {
+			fmt.Fprintf(w, "export %q\n  %-21s %.3f\n", e.Name, "throttled_seconds",
+				e.Throttled.Seconds())
+		}
+	}
 }
 
 // total adds a per-command table.
