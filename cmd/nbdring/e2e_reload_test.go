@@ -50,8 +50,8 @@ func e2eReload(t *testing.T, s *e2eServer, cfg, text string, want *regexp.Regexp
 }
 
 var (
-	e2eReloaded = regexp.MustCompile(`reload: \d+ exports served`)
-	e2eReloadRefused  = regexp.MustCompile(`reload refused`)
+	e2eReloaded      = regexp.MustCompile(`reload: \d+ exports served`)
+	e2eReloadRefused = regexp.MustCompile(`reload refused`)
 )
 
 // e2eListNames are the exports nbdinfo --list sees.
