@@ -300,7 +300,8 @@ func TestE2EReloadQoS(t *testing.T) {
 	b := e2eMakeFile(t, dir, "b.img", 16<<20, 2)
 	bw := e2eExportTOML("bw", b, `max-bandwidth = "20M"`)
 	cfg := e2eWriteConfig(t, dir, e2eExportTOML("iops", a)+bw)
-	s := e2eStart(t, append([]string{"-config", cfg}, e2eLight...)...)
+	s := e2eStart(t, append([]string{"-config", cfg, "-metrics", "127.0.0.1:0"},
+		e2eLight...)...)
 	e2eReload(t, s, cfg, e2eExportTOML("iops", a, "max-iops = 500")+bw, e2eReloaded)
 	measure := func(name string, bs int) *bench.Result {
 		res, err := bench.Run(context.Background(), bench.Config{URI: s.uri(name),
@@ -323,6 +324,14 @@ func TestE2EReloadQoS(t *testing.T) {
 	t.Logf("max-bandwidth = 20M: %.1f MB/s", mbs)
 	if mbs < 14 || mbs > 24 {
 		t.Errorf("max-bandwidth = \"20M\" gave %.1f MB/s; want 14 to 24", mbs)
+	}
+	_, page := e2eGetStatus(t, "http://"+e2eLogAddr(t, s, "metrics")+"/metrics")
+	for _, name := range []string{"iops", "bw"} {
+		m := regexp.MustCompile(`\nnbdring_export_throttled_seconds_total\{export="` + name +
+			`"\} ([0-9.e+-]+)\n`).FindStringSubmatch(page)
+		if m == nil || m[1] == "0" {
+			t.Errorf("export %s: throttled seconds %v, want more than 0", name, m)
+		}
 	}
 }
 
@@ -359,4 +368,22 @@ func TestE2EReloadNotify(t *testing.T) {
 		}
 	}
 	p.stop(t)
+}
+
+// TestE2EReloadGrown: a backing file that has grown is seen at its new
+// size by connections made after a reload, with the config unchanged.
+func TestE2EReloadGrown(t *testing.T) {
+	e2eNeedTool(t, "nbdinfo")
+	dir := t.TempDir()
+	a := e2eMakeFile(t, dir, "a.img", 4<<20, 1)
+	text := e2eExportTOML("a", a)
+	cfg := e2eWriteConfig(t, dir, text)
+	s := e2eStart(t, append([]string{"-config", cfg}, e2eLight...)...)
+	if err := os.Truncate(a, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	e2eReload(t, s, cfg, text, regexp.MustCompile(`1 changed`))
+	if got := strings.TrimSpace(e2eRun(t, "nbdinfo", "--size", s.uri("a"))); got != "8388608" {
+		t.Errorf("size after growing to 8 MiB and reloading: %s", got)
+	}
 }
