@@ -23,7 +23,8 @@ func TestBucketRate(t *testing.T) {
 			var took uint64
 			step := int64(50 * time.Microsecond)
 			for now := int64(1); now < int64(10*time.Second); now += step {
-				for b.take(now, tc.cost) {
+				// Bounded: a bucket that never refuses must fail, not hang.
+				for i := 0; i < 1000 && b.take(now, tc.cost); i++ {
 					took += tc.cost
 				}
 			}
@@ -80,7 +81,7 @@ func TestBucketShared(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for b.take(now, 1) {
+			for counts[i] < 1000 && b.take(now, 1) {
 				counts[i]++
 			}
 		}()
