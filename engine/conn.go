@@ -387,5 +387,6 @@ func (s *shard) maybeRelease(ci int32) {
 	s.live--
 	s.assigned.Add(-1)
 	s.m.connReleased(ci)
+	s.connGone(ci)
 	s.connFree = append(s.connFree, ci)
 }

@@ -22,6 +22,9 @@ func (s *shard) dispatch(ci int32) bool {
 	if c.inflight >= inflightPerConnMax {
 		return false
 	}
+	if errno == wire.EOK && !c.draining && !s.admitQoS(ci) {
+		return false // throttled (qos.go): the loop's timer brings it back
+	}
 	si := s.allocSlot(ci)
 	if si < 0 {
 		return false
@@ -149,9 +152,9 @@ func (s *shard) startLocked(si int32) {
 	start, end := alignDown(sl.req.Offset, a), alignUp(sl.req.Offset+sl.req.Length, a)
 	var ok bool
 	if sl.phase == phRMWRead {
-		ok = sl.exp.locks.lockRMW(start, end, &sl.lock)
+		ok = sl.exp.spanLocks().lockRMW(start, end, &sl.lock)
 	} else {
-		ok = sl.exp.locks.lockPlain(s.id, start, end, &sl.lock)
+		ok = sl.exp.spanLocks().lockPlain(s.id, start, end, &sl.lock)
 	}
 	if !ok {
 		s.rmwWait = append(s.rmwWait, si)
@@ -176,7 +179,7 @@ func (s *shard) startLocked(si int32) {
 // device operation that changed its blocks has completed.
 func (s *shard) unlockSpan(sl *slot) {
 	if sl.lock != lockNone {
-		sl.exp.locks.release(s.id, &sl.lock)
+		sl.exp.spanLocks().release(s.id, &sl.lock)
 	}
 }
 

@@ -35,6 +35,10 @@ type ExportConfig struct {
 	// only a hint, and clients such as qemu-img then still send it), but
 	// nothing is punched or discarded.
 	TrimIgnore bool
+	// MaxIOPS and MaxBandwidth (bytes per second) limit the export's
+	// requests and data over all its connections (qos.go); 0: no limit.
+	MaxIOPS      uint64
+	MaxBandwidth uint64
 }
 
 // InlineMode says whether the shards do an export's reads, writes and
@@ -84,6 +88,7 @@ type Export struct {
 	// lesson of fsyncgate). A failed O_DIRECT write does not: it was
 	// reported to its client and leaves nothing unflushed behind.
 	syncFailed atomic.Bool
+	reg        exportReg // reload.go: registry index, QoS, retirement
 }
 
 // OpenExport opens and probes an export. The errors say what to do.
@@ -126,6 +131,7 @@ func OpenExport(c ExportConfig) (*Export, error) {
 		return nil, err
 	}
 	e.flags = exportFlags(c.ReadOnly)
+	e.reg.opened(c)
 	return e, nil
 }
 

@@ -301,3 +301,25 @@ const (
 	// the shard reads (an alert, a KeyUpdate answer: tens of bytes).
 	tlsOutReserve = 4 << 10
 )
+
+// Reload and QoS (reload.go, qos.go).
+const (
+	// exportsMax bounds the export names open at once (served, or removed
+	// and still draining): each shard sizes its per-export counters for
+	// this many at start (248 bytes each, 62 KiB per shard), so a reload
+	// never allocates on a shard. nbd-server and qemu-nbd serve one to a
+	// few dozen; 256 is room for a host's worth of VM disks.
+	exportsMax = 256
+	// qosBurst: how far ahead of its rate an idle export may run (a tenth
+	// of a second of its max-iops or max-bandwidth, at least one request),
+	// so a client that pauses is not penalised and one that does not is
+	// held to the rate within 10% over any second.
+	qosBurst = 100 * time.Millisecond
+	// removeGrace: how long connections of an export a reload removed may
+	// take to finish what they sent before they are cut (as stopGrace for
+	// the whole server).
+	removeGrace = stopGrace
+	// retirePoll: how often a retired export checks whether its last
+	// connection has gone, so it can be synced and closed.
+	retirePoll = 50 * time.Millisecond
+)

@@ -74,6 +74,9 @@ var (
 		"1 once an fdatasync of the export failed: every later FLUSH fails.", "export")
 	descExportSize = promDesc("nbdring_export_size_bytes",
 		"The export's size as advertised.", "export")
+	descThrottled = promDesc("nbdring_export_throttled_seconds_total",
+		"Time the export's requests waited for max-iops or max-bandwidth tokens.",
+		"export")
 )
 
 // latencyBoundsSeconds are latencyBounds as the library takes them.
@@ -161,7 +164,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- shardFamilies[i].desc
 	}
 	for _, d := range []*prometheus.Desc{descConnections, descLatency, descPunts,
-		descShardInfo, descIOWorkers, descHandshakes, descFlushFailing, descExportSize} {
+		descShardInfo, descIOWorkers, descHandshakes, descFlushFailing, descExportSize,
+		descThrottled} {
 		ch <- d
 	}
 }
@@ -193,6 +197,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			b2f(e.FlushFailing), names[i])
 		ch <- prometheus.MustNewConstMetric(descExportSize, prometheus.GaugeValue,
 			float64(e.Size), names[i])
+	}
+	for i, e := range sn.Exports {
+		ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.CounterValue,
+			e.Throttled.Seconds(), names[i])
 	}
 }
 

@@ -24,7 +24,7 @@ import (
 func goldenSnapshot() *Snapshot {
 	sn := &Snapshot{
 		Exports: []ExportState{{Name: "", Size: 1 << 30, FlushFailing: true},
-			{Name: "b", Size: 4096}},
+			{Name: "b", Size: 4096, Throttled: 1500 * time.Millisecond}},
 		Handshakes: [hsResults]uint64{7, 1, 2, 3, 4},
 		IOWorkers:  5,
 	}

@@ -66,8 +66,7 @@ type Config struct {
 
 // Server owns the exports, the shards and the listener.
 type Server struct {
-	exports  []*Export
-	wireExps []wire.Export
+	reg      registry // the exports served, and those retired (reload.go)
 	shards   []*shard
 	stopping atomic.Bool // draining: accept nothing, finish what was sent
 	cutting  atomic.Bool // grace over: close every connection now
@@ -122,19 +121,14 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	if err := checkSecurity(cfg, exports); err != nil {
 		return nil, err
 	}
-	s := &Server{exports: exports, tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
+	s := &Server{tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
 		gate: gate{byAddr: map[netip.Addr]int{}}, hs: map[net.Conn]struct{}{},
 		noZC: cfg.NoZeroCopy, sz: sz, batchWait: batchWait,
 		bundles: feat.Bundles && !cfg.NoRecvBundles, maxConns: cmp.Or(cfg.MaxConns, maxConnsDefault),
 		ioTimeout: max(cfg.IOTimeout, 0),
 		ioTick:    min(max(cfg.IOTimeout/4, ioTickMin), ioTickMax)}
-	seen := map[string]bool{}
-	for _, e := range exports {
-		if seen[e.Name] {
-			return nil, fmt.Errorf("export name %q given twice", e.Name)
-		}
-		seen[e.Name] = true
-		s.wireExps = append(s.wireExps, e.Wire(sz.blockMax))
+	if err := s.reg.init(exports, sz.blockMax); err != nil {
+		return nil, err
 	}
 	shardsStarting(n)
 	for i := 0; i < n; i++ {
@@ -372,15 +366,7 @@ func (s *Server) Shutdown(grace time.Duration) error {
 				s.ioInflight(), stopCutWait)
 		}
 	}
-	var errs []error
-	for _, e := range s.exports {
-		if !e.readOnly {
-			if err := unix.Fdatasync(e.fd); err != nil {
-				errs = append(errs, fmt.Errorf("final fdatasync of %s: %w", e.Path, err))
-			}
-		}
-		e.Close()
-	}
+	errs := s.reg.closeAll() // served and retired exports: fdatasync, close
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return errors.Join(append([]error{s.err}, errs...)...)
@@ -442,9 +428,10 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 		s.hsCount[handshakeResult(handed, result, deadline)].Add(1)
 	}()
 	_ = nc.SetDeadline(deadline) // the TLS handshake too
-	h := wire.NewServerHandshake(s.wireExps)
+	set := s.reg.set.Load()      // this handshake's exports, whatever a reload does meanwhile
+	h := wire.NewServerHandshake(set.wire)
 	h.SetTLS(s.tlsMode)
-	for i, e := range s.exports {
+	for i, e := range set.exps {
 		if !e.servedTo(ip) {
 			h.Deny(i)
 		}
@@ -497,7 +484,7 @@ func (s *Server) handshake(nc net.Conn, ip netip.Addr) {
 			rw = t.tc
 		case wire.StepServe:
 			leave()
-			handed = s.handOff(nc, h.Result, t)
+			handed = s.handOff(nc, set.exps[h.Result.Export], h.Result, t)
 			return
 		}
 	}
@@ -549,7 +536,7 @@ func (s *Server) track(nc net.Conn, add bool) bool {
 }
 
 // handOff moves the socket (and a TLS connection's state) to a shard.
-func (s *Server) handOff(nc net.Conn, neg wire.Negotiated, t *tlsState) bool {
+func (s *Server) handOff(nc net.Conn, exp *Export, neg wire.Negotiated, t *tlsState) bool {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return false
@@ -579,14 +566,23 @@ func (s *Server) handOff(nc net.Conn, neg wire.Negotiated, t *tlsState) bool {
 	// kernel's recv and send semantics plain.
 	_ = unix.SetNonblock(fd, false)
 	unix.CloseOnExec(fd)
+	if !exp.reg.enter() { // removed by a reload meanwhile (reload.go)
+		slog.Info(fmt.Sprintf("closing connection: export %q was removed", exp.Name),
+			"client", peer)
+		unix.Close(fd)
+		if t != nil {
+			t.pipe.release()
+		}
+		return true
+	}
 	sh := s.leastLoaded()
 	sh.assigned.Add(1)
 	_, tcp := nc.(*net.TCPConn)
 	select {
-	case sh.inbox <- handoff{fd: fd, exp: s.exports[neg.Export], neg: neg, peer: peer,
-		tcp: tcp, tls: t}:
+	case sh.inbox <- handoff{fd: fd, exp: exp, neg: neg, peer: peer, tcp: tcp, tls: t}:
 		sh.wake()
 	default:
+		exp.reg.leave()
 		sh.assigned.Add(-1)
 		slog.Warn(fmt.Sprintf("shard %d: inbox full; refusing connection from %s", sh.id,
 			peer), "client", peer, "shard", sh.id)

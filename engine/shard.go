@@ -55,9 +55,11 @@ type shard struct {
 	errLogNext  time.Time
 	errLogQuiet int
 
-	stats ShardStats
-	m     shardMetrics // per-request counters and timing (metrics.go)
-	led   ledger       // kernel operations: generations, holds (ledger.go)
+	stats  ShardStats
+	m      shardMetrics // per-request counters and timing (metrics.go)
+	led    ledger       // kernel operations: generations, holds (ledger.go)
+	qos    qosShard     // per-export limits: connections waiting for tokens (qos.go)
+	regGen uint64       // the registry generation checkRetired last saw (reload.go)
 }
 
 // ShardStats are one shard's counters (per request ones: shardMetrics),
@@ -99,8 +101,9 @@ type handoff struct {
 func newShard(srv *Server, id, cpu int) (*shard, error) {
 	sz := srv.sz
 	s := &shard{id: id, cpu: cpu, srv: srv, inbox: make(chan handoff, sz.conns)}
-	s.m.init(len(srv.exports))
+	s.m.init(exportsMax)
 	s.led.init(id, sz.slots, sz.conns, &s.stats)
+	s.qos.init(sz.conns)
 	var err error
 	if s.arena, err = newArena(sz.arena); err != nil {
 		return nil, err
@@ -204,7 +207,7 @@ func (s *shard) loop() error {
 		s.retryWaiting()
 		s.retryStarved()
 		s.flushDirty()
-		if len(s.rmwWait) > 0 && !s.timerOn {
+		if (len(s.rmwWait) > 0 || s.qos.waiting > 0) && !s.timerOn {
 			ring.PrepTimeout(s.issue(opTimer, 0), &s.mem.words.timeout)
 			s.timerOn = true
 		}
@@ -269,6 +272,7 @@ func (s *shard) onWake() {
 			}
 		}
 	}
+	s.checkRetired()
 	s.armWake()
 }
 
@@ -289,6 +293,7 @@ func (s *shard) attach(h handoff) {
 			h.tls.pipe.release()
 		}
 		s.assigned.Add(-1)
+		h.exp.reg.leave()
 		return
 	}
 	ci := s.connFree[len(s.connFree)-1]
@@ -297,7 +302,7 @@ func (s *shard) attach(h handoff) {
 	s.led.renewConn(ci)
 	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
 	s.live++
-	s.m.connAttached(ci, h.neg.Export)
+	s.m.connAttached(ci, h.exp.reg.idx)
 	s.logConnect(ci)
 	s.armRecv(ci)
 }

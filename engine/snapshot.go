@@ -28,6 +28,9 @@ type ExportState struct {
 	Name         string
 	Size         uint64
 	FlushFailing bool // an fdatasync failed: every later FLUSH fails
+	// Throttled is the time its requests waited for QoS tokens (max-iops,
+	// max-bandwidth), summed over requests: nbdring_export_throttled_seconds_total.
+	Throttled time.Duration
 }
 
 // ShardSnapshot is one shard's counters.
@@ -80,15 +83,19 @@ type Histogram struct {
 // Snapshot reads every counter. It allocates; it is for the control plane.
 func (s *Server) Snapshot() *Snapshot {
 	sn := &Snapshot{}
-	for _, e := range s.exports {
+	exps := s.reg.exportsNow()
+	idx := make([]int, len(exps))
+	for i, e := range exps {
 		sn.Exports = append(sn.Exports, ExportState{Name: e.Name, Size: e.size,
-			FlushFailing: e.syncFailed.Load()})
+			FlushFailing: e.syncFailed.Load(),
+			Throttled:    time.Duration(e.reg.throttledNs.Load())})
+		idx[i] = e.reg.idx
 	}
 	for i := range sn.Handshakes {
 		sn.Handshakes[i] = s.hsCount[i].Load()
 	}
 	for _, sh := range s.shards {
-		sn.Shards = append(sn.Shards, sh.snapshot())
+		sn.Shards = append(sn.Shards, sh.snapshotOf(idx))
 	}
 	sn.IOWorkers = ioWorkers()
 	return sn
@@ -111,7 +118,18 @@ func ioWorkers() int {
 	return n
 }
 
+// snapshot reads the shard's counters, for the exports open now.
 func (sh *shard) snapshot() ShardSnapshot {
+	var idx []int
+	for _, e := range sh.srv.reg.exportsNow() {
+		idx = append(idx, e.reg.idx)
+	}
+	return sh.snapshotOf(idx)
+}
+
+// snapshotOf reads the shard's counters; idx: the counter indices of
+// Snapshot.Exports, in order.
+func (sh *shard) snapshotOf(idx []int) ShardSnapshot {
 	st, m := &sh.stats, &sh.m
 	ss := ShardSnapshot{ID: sh.id, CPU: sh.cpu,
 		Inflight: st.Inflight.Load(), ArenaBytes: st.ArenaBytes.Load(),
@@ -132,9 +150,9 @@ func (sh *shard) snapshot() ShardSnapshot {
 		ss.RingCompletions = r.Stats.Completions.Load()
 		ss.RingHoldTimeouts = r.Stats.HoldTimeouts.Load()
 	}
-	ss.Exports = make([]ExportCounts, len(m.exp))
-	for i := range m.exp {
-		e, out := &m.exp[i], &ss.Exports[i]
+	ss.Exports = make([]ExportCounts, len(idx))
+	for i, x := range idx {
+		e, out := &m.exp[x], &ss.Exports[i]
 		out.Conns = e.conns.Load()
 		for c := range cmdLabels {
 			out.Requests[c], out.Errors[c] = e.requests[c].Load(), e.errors[c].Load()
@@ -228,6 +246,13 @@ func (sn *Snapshot) WriteCounters(w io.Writer) {
 		ratio("requests_per_recv", total(reqs), ss.Recvs)
 		ratio("submissions_per_enter", ss.RingSubmissions, ss.RingEnters)
 		ratio("completions_per_enter", ss.RingCompletions, ss.RingEnters)
+	}
+	// Throttled time is the export's, over all shards (qos.go).
+	for _, e := range sn.Exports {
+		if e.Throttled > 0 {
+			fmt.Fprintf(w, "export %q\n  %-21s %.3f\n", e.Name, "throttled_seconds",
+				e.Throttled.Seconds())
+		}
 	}
 }
 

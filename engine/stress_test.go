@@ -326,7 +326,7 @@ func TestStressPartialBlocks(t *testing.T) {
 	for _, m := range inlineModes {
 		t.Run("file/"+m.name, func(t *testing.T) {
 			srv, sock, _ := testServerIO(t, 1<<20, 2, m.mode)
-			stressRun(t, srv, sock, srv.exports[0], true)
+			stressRun(t, srv, sock, srv.reg.set.Load().exps[0], true)
 		})
 	}
 	t.Run("loop", func(t *testing.T) {

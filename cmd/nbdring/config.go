@@ -39,6 +39,11 @@ type exportTable struct {
 	// TLSRequired serves the export only over TLS (ExportConfig.TLSOnly;
 	// needs -tls on).
 	TLSRequired bool `toml:"tls-required"`
+	// MaxIOPS and MaxBandwidth limit the export over all its connections
+	// (engine/qos.go): requests per second, and bytes per second as
+	// "SIZE" (K, M, G: powers of 1024).
+	MaxIOPS      int64  `toml:"max-iops"`
+	MaxBandwidth string `toml:"max-bandwidth"`
 }
 
 // serveConfig is what -config (or the flags) resolve to.
@@ -97,7 +102,7 @@ func parseConfig(file string, data []byte) (serveConfig, error) {
 		}
 		return serveConfig{}, &configError{file: file, line: line, key: key,
 			msg: "unknown key; the keys are listen, and in [[export]]: name, path, " +
-				"description, read-only, trim, allow, tls-required"}
+				"description, read-only, trim, allow, tls-required, max-iops, max-bandwidth"}
 	}
 	if len(fc.Export) == 0 {
 		return serveConfig{}, &configError{file: file, key: "export", msg: "no [[export]] " +
@@ -165,7 +170,41 @@ func (x exportTable) exportConfig(bad func(key, format string, args ...any) erro
 		ec.Allow = append(ec.Allow, p.Masked())
 	}
 	ec.TLSOnly = x.TLSRequired
+	if x.MaxIOPS < 0 {
+		return ec, bad("max-iops", "%d: want requests per second, 1 or more (leave it "+
+			"out for no limit)", x.MaxIOPS)
+	}
+	ec.MaxIOPS = uint64(x.MaxIOPS)
+	if x.MaxBandwidth != "" {
+		n, err := parseSize(x.MaxBandwidth)
+		if err != nil || n == 0 {
+			return ec, bad("max-bandwidth", "%q: want bytes per second such as \"20M\" "+
+				"(K, M and G are powers of 1024)", x.MaxBandwidth)
+		}
+		ec.MaxBandwidth = n
+	}
 	return ec, nil
+}
+
+// parseSize reads "N", "NK", "NM" or "NG" (powers of 1024).
+func parseSize(s string) (uint64, error) {
+	shift := 0
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		shift = 10
+	case "M":
+		shift = 20
+	case "G":
+		shift = 30
+	}
+	if shift > 0 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n > (1<<63)>>shift {
+		return 0, errors.New("not a size")
+	}
+	return n << shift, nil
 }
 
 // typeErrorRe matches the decoder's type mismatch ("toml: line 3 (last key

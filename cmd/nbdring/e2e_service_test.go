@@ -595,6 +595,10 @@ func TestE2EServiceUnits(t *testing.T) {
 	if !strings.Contains(unit, "\nExecStart="+prefix+"/bin/nbdring ") {
 		t.Fatalf("installed unit's ExecStart does not name %s/bin/nbdring:\n%s", prefix, unit)
 	}
+	if !strings.Contains(unit, "\nExecReload=/bin/kill -HUP $MAINPID\n") {
+		t.Fatalf("installed unit has no ExecReload sending SIGHUP (systemctl reload):\n%s",
+			unit)
+	}
 	// ExecStart names PREFIX without DESTDIR, as on the final system; make
 	// that path exist so systemd-analyze can check the executable.
 	if err := os.Symlink(staged, prefix); err != nil {

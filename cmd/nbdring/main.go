@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -188,6 +189,7 @@ type options struct {
 	exports       []engine.ExportConfig
 	exportsWhere  []string // where -config wrote each export, for open errors
 	tlsWhere      []string // where -config wrote each tls-required
+	reload        reloadState
 }
 
 // resolve reads the exports from -config or the arguments and checks
@@ -232,6 +234,7 @@ func (o *options) resolve(configFile string, args []string, shards, arenaMiB,
 			o.listen = sc.listen
 		}
 		o.exports, o.exportsWhere, o.tlsWhere = sc.exports, sc.where, sc.tlsWhere
+		o.reload.file, o.reload.listen = configFile, sc.listen
 	} else {
 		o.exports = exportArgs(args)
 	}
@@ -264,10 +267,13 @@ func exportArgs(args []string) []engine.ExportConfig {
 
 func run(o options) error {
 	slog.Info(fmt.Sprintf("nbdring %s", buildVersion(readBuildInfo())))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP) // from the start: SIGHUP's default action kills
 	tlsOnly, err := o.sec.config(&o.cfg)
 	if err != nil {
 		return err
 	}
+	o.reload.tlsExports = maps.Clone(tlsOnly)
 	mode, err := strconv.ParseUint(o.sec.socketMode, 8, 32)
 	if err != nil || mode > 0o777 || mode == 0 {
 		return fmt.Errorf("-socket-mode %q: want an octal file mode such as 0660",
@@ -321,6 +327,7 @@ func run(o options) error {
 		go func() { errc <- srv.Serve(l.ln) }()
 	}
 	ntf.ready(fmt.Sprintf("serving %d exports on %d listeners", len(exports), len(lns)))
+	go o.reloadOnHUP(srv, hup, ntf)
 	if o.run != "" {
 		env := captiveEnv(lns[0], uriExport(names), o.cfg.TLSMode)
 		return runCaptive(o.run, env, srv, sig, errc, ntf)

@@ -261,3 +261,17 @@ func (n *notifier) stopping() {
 		slog.Warn(err.Error())
 	}
 }
+
+// reloading tells the manager a reload has begun (sd_notify(3)): with
+// MONOTONIC_USEC, CLOCK_MONOTONIC in microseconds, which Type=notify-reload
+// needs to match the message to the reload it asked for; READY=1 (ready)
+// ends the reload, whether it was applied or refused.
+func (n *notifier) reloading() {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	usec := uint64(ts.Sec)*1e6 + uint64(ts.Nsec)/1e3
+	if err := n.send(fmt.Sprintf("RELOADING=1\nSTATUS=reloading -config\nMONOTONIC_USEC=%d",
+		usec)); err != nil {
+		slog.Warn(err.Error())
+	}
+}

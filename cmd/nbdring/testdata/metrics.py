@@ -53,6 +53,7 @@ FAMILIES = {
     "nbdring_ring_completions": ("counter", {"shard"}),
     "nbdring_export_flush_failing": ("gauge", {"export"}),
     "nbdring_export_size_bytes": ("gauge", {"export"}),
+    "nbdring_export_throttled_seconds": ("counter", {"export"}),
 }
 LABEL = re.compile(r"^[a-z][a-z0-9_]*$")
 # Families the client library's process and Go collectors must bring (the
