@@ -2,7 +2,7 @@
 """Reads nbdring's /metrics twice, as the text format 0.0.4 and as
 OpenMetrics (the Accept header a scraper sends for it), with the Prometheus
 project's own parsers (python3-prometheus-client), and checks what holds
-for any load: every nbdring_* family the README lists, with its type and
+for any load: every nbdring_* family docs/metrics.md lists, with its type and
 labels, and no other; the Go and process families dashboards expect next to
 them; names and labels as Prometheus asks; histograms cumulative with +Inf
 equal to the count; both formats carrying the same series, the OpenMetrics
@@ -147,7 +147,7 @@ def check_page(families, what):
                 rows.extend([s.name, s.labels, s.value] for s in fam.samples)
             continue
         if fam.name not in FAMILIES:
-            fail("%s: family %s is not in the README's list" % (what, fam.name))
+            fail("%s: family %s is not in the list docs/metrics.md has" % (what, fam.name))
         check_family(fam, rows)
     missing = set(FAMILIES) - set(seen)
     if missing:
