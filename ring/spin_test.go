@@ -71,7 +71,7 @@ func TestWaitSettlesAfterHold(t *testing.T) {
 	if n := len(r.Reap()); n != 1 {
 		t.Fatalf("reaped %d completions, want the NOP's", n)
 	}
-	if n := r.Stats.HoldTimeouts.Load(); n != 1 {
-		t.Fatalf("%d hold timeouts, want 1", n)
+	if n, e := r.Stats.HoldTimeouts.Load(), r.Stats.Enters.Load(); n != 1 || e != 1 {
+		t.Fatalf("%d hold timeouts in %d enters, want 1 in 1 (no second wait)", n, e)
 	}
 }
