@@ -133,6 +133,7 @@ func (s *shard) payloadDone(ci int32) {
 	c := &s.conns[ci]
 	si := c.pslot
 	c.pslot = -1
+	s.m.payloadIn(si)
 	sl := &s.slots.rows[si]
 	sl.phase = phWrite
 	if sl.pbuf >= 0 {

@@ -226,6 +226,7 @@ func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 		}
 	case opIO:
 		s.led.holdSlot(idx)
+		s.m.deviceIssued(idx)
 	}
 	ud := s.led.stamp(op, idx)
 	sqe := s.ring.SQE()
@@ -237,6 +238,7 @@ func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 // itself (ledger.inline): the slot is held until its completion.
 func (s *shard) issueInline(si int32, res int32) {
 	s.led.holdSlot(si)
+	s.m.inlineDone(si)
 	s.led.inline(si, res)
 }
 

@@ -151,6 +151,12 @@ const (
 	// completions are there (or fewer, once the time is up); 8 took
 	// completions per enter from 3.4 to 8 at 4k QD32 here.
 	batchWaitNr = 8
+	// pollUsMax bounds -poll-us: a spin pays off when the next completion
+	// comes sooner than a sleep and wake-up would return (a client at queue
+	// depth 1 answers in tens of microseconds; a wake-up costs a few);
+	// spinning for longer than a millisecond, the ring's hold, only burns
+	// the core while waiting for what a sleep catches as well.
+	pollUsMax = 1000
 	// controlProcs: Ps beyond one per shard for the rest of the process
 	// (procs.go): accept and handshakes, and the garbage collector's
 	// worker, which takes a quarter of the Ps while it marks.

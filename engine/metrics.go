@@ -95,7 +95,9 @@ type shardMetrics struct {
 	slotStart    [slotsMax]int64         // when the slot's request was decoded
 	exp          []exportCounters        // by export index
 	latency      [cmdLabels]histogram
-	backpressure atomic.Uint64 // requests that waited for a slot or a buffer
+	stage        [stageCount][cmdLabels]histogram // by stage (stages.go)
+	st           stageClock                       // the stages' marks
+	backpressure atomic.Uint64                    // requests that waited for a slot or a buffer
 }
 
 func (m *shardMetrics) init(exports int) {
@@ -131,9 +133,9 @@ func (m *shardMetrics) connCount() int64 {
 }
 
 // countRequest counts the request of command t just decoded on ci and
-// starts its clock.
+// starts its clock (the batch's: stages.go).
 func (m *shardMetrics) countRequest(ci int32, t wire.Cmd) {
-	m.connStart[ci], m.connWaited[ci] = m.clock(), false
+	m.connStart[ci], m.connWaited[ci] = m.batchClock(), false
 	m.exp[m.connExp[ci]].requests[cmdIndex(t)].Add(1)
 }
 
@@ -147,7 +149,10 @@ func (m *shardMetrics) countWait(ci int32) {
 }
 
 // slotTimed gives slot si its connection's request start time.
-func (m *shardMetrics) slotTimed(si, ci int32) { m.slotStart[si] = m.connStart[ci] }
+func (m *shardMetrics) slotTimed(si, ci int32) {
+	m.slotStart[si] = m.connStart[ci]
+	m.markTimed(si, ci)
+}
 
 // countError counts a request of command t on ci that failed.
 func (m *shardMetrics) countError(ci int32, t wire.Cmd) {
@@ -160,9 +165,11 @@ func (m *shardMetrics) countBytes(ci int32, t wire.Cmd, n uint64) {
 }
 
 // observeSent times slot si's reply to a command t, handed to the socket
-// at now (one clock read per batch: the sender passes it).
+// at now (sentAt: one clock read per send).
 func (m *shardMetrics) observeSent(si int32, t wire.Cmd, now int64) {
-	m.latency[cmdIndex(t)].observe(now - m.slotStart[si])
+	c := cmdIndex(t)
+	m.latency[c].observe(now - m.slotStart[si])
+	m.observeStages(si, c, now)
 }
 
 // Handshake results, the label of nbdring_handshakes_total.

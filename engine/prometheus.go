@@ -60,6 +60,18 @@ var (
 		"Connections in transmission, by export and shard.", "export", "shard")
 	descLatency = promDesc("nbdring_request_duration_seconds", "Time from a request's "+
 		"header decoded to its reply handed to the socket, by command.", "command")
+	// descStages: the latency cut into stages (stages.go defines them).
+	descStages = [stageCount]*prometheus.Desc{
+		promDesc("nbdring_request_receive_seconds", "Stage of a request's latency from its "+
+			"header decoded to its payload received and a slot held, by command.", "command"),
+		promDesc("nbdring_request_queue_seconds", "Stage of a request's latency from "+
+			"ready to its first device operation issued (range lock waits), by command.",
+			"command"),
+		promDesc("nbdring_request_device_seconds", "Stage of a request's latency from its "+
+			"first device operation issued to its reply queued, by command.", "command"),
+		promDesc("nbdring_request_send_seconds", "Stage of a request's latency from its "+
+			"reply queued to its send done, by command.", "command"),
+	}
 	descPunts = promDesc("nbdring_iowq_punts_total", "Device operations run on an io-wq "+
 		"thread, by reason: eagain (RWF_NOWAIT would have blocked), no_nowait (the "+
 		"export refuses RWF_NOWAIT), always (fdatasync, fallocate, fadvise).",
@@ -168,6 +180,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descThrottled} {
 		ch <- d
 	}
+	for _, d := range descStages {
+		ch <- d
+	}
 }
 
 // Collect takes one snapshot and sends every sample of it.
@@ -185,6 +200,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	sn.collectRequests(ch, names, ids)
 	sn.collectLatency(ch)
+	sn.collectStages(ch)
 	sn.collectShards(ch, ids)
 	ch <- prometheus.MustNewConstMetric(descIOWorkers, prometheus.GaugeValue,
 		float64(sn.IOWorkers))
@@ -241,15 +257,32 @@ func (sn *Snapshot) collectRequests(ch chan<- prometheus.Metric, names, ids []st
 }
 
 // collectLatency: the latency histogram by command, summed over shards.
-// DISC has no reply, so no latency.
 func (sn *Snapshot) collectLatency(ch chan<- prometheus.Metric) {
+	sn.collectHistograms(ch, descLatency, func(ss *ShardSnapshot) *[cmdLabels]Histogram {
+		return &ss.Latency
+	})
+}
+
+// collectStages: each stage's histogram by command, summed over shards.
+func (sn *Snapshot) collectStages(ch chan<- prometheus.Metric) {
+	for g := range descStages {
+		sn.collectHistograms(ch, descStages[g], func(ss *ShardSnapshot) *[cmdLabels]Histogram {
+			return &ss.Stages[g]
+		})
+	}
+}
+
+// collectHistograms sends desc's histogram by command, summed over shards,
+// from the table pick gives of each. DISC has no reply, so no latency.
+func (sn *Snapshot) collectHistograms(ch chan<- prometheus.Metric, desc *prometheus.Desc,
+	pick func(*ShardSnapshot) *[cmdLabels]Histogram) {
 	for c := range cmdLabels {
 		if c == int(wire.CmdDisc) { // NBD_CMD_DISC
 			continue
 		}
 		var h Histogram
 		for si := range sn.Shards {
-			sh := &sn.Shards[si].Latency[c]
+			sh := &pick(&sn.Shards[si])[c]
 			for b, n := range sh.Counts {
 				h.Counts[b] += n
 			}
@@ -264,7 +297,7 @@ func (sn *Snapshot) collectLatency(ch chan<- prometheus.Metric) {
 			cum += h.Counts[b]
 			buckets[bound] = cum
 		}
-		ch <- prometheus.MustNewConstHistogram(descLatency, h.Count, h.Sum.Seconds(),
+		ch <- prometheus.MustNewConstHistogram(desc, h.Count, h.Sum.Seconds(),
 			buckets, cmdLabel[c])
 	}
 }

@@ -54,6 +54,16 @@ func goldenSnapshot() *Snapshot {
 			}
 			h.Sum = time.Duration(h.Count) * 1500 * time.Microsecond
 		}
+		for g := range ss.Stages {
+			for c := range cmdLabels {
+				h := &ss.Stages[g][c]
+				for b := range h.Counts {
+					h.Counts[b] = uint64((b + c + si + g) % 5)
+					h.Count += h.Counts[b]
+				}
+				h.Sum = time.Duration(h.Count) * time.Duration(g+1) * 100 * time.Microsecond
+			}
+		}
 		sn.Shards = append(sn.Shards, ss)
 	}
 	return sn

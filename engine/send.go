@@ -86,6 +86,7 @@ func (s *shard) enqueue(si int32) {
 	ci := sl.conn
 	c := &s.conns[ci]
 	sl.next = -1
+	s.m.replyQueued(si)
 	if c.qTail >= 0 {
 		s.slots.rows[c.qTail].next = si
 	} else {
@@ -150,6 +151,7 @@ func (s *shard) submitSend(ci int32) {
 	m.msg.Iov = &m.iov[c.iovAt]
 	m.msg.Iovlen = uint64(c.iovN - c.iovAt)
 	c.sending = true
+	s.sendIssued(ci)
 	if c.sendZC {
 		s.stats.SendsZC.Add(1)
 		ring.PrepSendmsgZC(s.issue(opSend, c.sendHead), c.fd, &m.msg)
@@ -219,7 +221,7 @@ func (s *shard) onSend(ci int32, res int32) {
 		s.submitSend(ci)
 		return
 	}
-	now := s.m.clock()
+	now := s.m.sentAt(ci)
 	for si := c.sendHead; si >= 0; si = s.slots.rows[si].next {
 		s.m.observeSent(si, s.slots.rows[si].req.Type, now)
 	}

@@ -49,6 +49,10 @@ type Config struct {
 	// fewer (io_uring min-wait, Linux 6.12; ignored, with a warning, where
 	// the kernel lacks it).
 	BatchWait uint32
+	// PollUs (microseconds, 0: off, at most pollUsMax): a shard that has
+	// just had work spins on its completion queue this long before its
+	// wait sleeps in the kernel (ring/spin.go says when it spins).
+	PollUs uint32
 	// NoRecvBundles: each receive fills one pool buffer, even where the
 	// kernel can fill several (IORING_RECVSEND_BUNDLE, Linux 6.10).
 	NoRecvBundles bool
@@ -84,6 +88,7 @@ type Server struct {
 	maxConns int    // -max-connections: at most this many open at once
 	// batchWait: Config.BatchWait where the kernel has min-wait, else 0.
 	batchWait uint32
+	poll      time.Duration // Config.PollUs
 	// bundles: receives fill several pool buffers (the kernel has bundles,
 	// and Config.NoRecvBundles is off).
 	bundles bool
@@ -118,10 +123,14 @@ func New(cfg Config, exports []*Export) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	poll, err := pollFor(cfg.PollUs)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkSecurity(cfg, exports); err != nil {
 		return nil, err
 	}
-	s := &Server{tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
+	s := &Server{poll: poll, tlsMode: cfg.TLSMode, tlsCfg: cfg.TLS, allow: cfg.Allow,
 		gate: gate{byAddr: map[netip.Addr]int{}}, hs: map[net.Conn]struct{}{},
 		noZC: cfg.NoZeroCopy, sz: sz, batchWait: batchWait,
 		bundles: feat.Bundles && !cfg.NoRecvBundles, maxConns: cmp.Or(cfg.MaxConns, maxConnsDefault),

@@ -60,6 +60,7 @@ type shard struct {
 	led    ledger       // kernel operations: generations, holds (ledger.go)
 	qos    qosShard     // per-export limits: connections waiting for tokens (qos.go)
 	regGen uint64       // the registry generation checkRetired last saw (reload.go)
+	sends  uint32       // sends submitted since the last wait (poll.go)
 }
 
 // ShardStats are one shard's counters (per request ones: shardMetrics),
@@ -175,6 +176,7 @@ func (s *shard) run(ready chan<- error) {
 		return
 	}
 	s.ring = r
+	r.SetSpin(s.srv.poll)
 	if s.pool, err = newRecvPool(r, s.srv.sz.recvBufs, s.srv.bundles); err != nil {
 		r.Close()
 		ready <- fmt.Errorf("shard %d: %w", s.id, err)
@@ -212,7 +214,7 @@ func (s *shard) loop() error {
 			s.timerOn = true
 		}
 		s.armTick()
-		wait := uint32(1)
+		wait := s.waitNr()
 		if len(s.led.local) > 0 {
 			wait = 0 // inline completions are waiting already
 		}
@@ -221,6 +223,7 @@ func (s *shard) loop() error {
 		if err := s.submitAndWait(wait); err != nil {
 			return err
 		}
+		s.m.newBatch(wait)
 		cqes := s.ring.Reap()
 		for _, cqe := range cqes {
 			s.complete(cqe)
@@ -235,7 +238,7 @@ func (s *shard) loop() error {
 // completions (0 or 1); with a batch wait and more than one request in
 // flight it waits for a batch instead (Server.batchWait).
 func (s *shard) submitAndWait(wait uint32) error {
-	if n := s.stats.Inflight.Load(); wait == 1 && s.srv.batchWait > 0 && n > 1 {
+	if n := s.stats.Inflight.Load(); wait > 0 && s.srv.batchWait > 0 && n > 1 {
 		return s.ring.SubmitAndWaitMin(uint32(min(n, batchWaitNr)), s.srv.batchWait)
 	}
 	return s.ring.SubmitAndWait(wait)

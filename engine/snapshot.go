@@ -61,6 +61,8 @@ type ShardSnapshot struct {
 	RingCompletions   uint64
 	RingHoldTimeouts  uint64               // waits that outlasted waitHold
 	Latency           [cmdLabels]Histogram // by command
+	// Stages: the latency cut into stages (stages.go), by stage and command.
+	Stages [stageCount][cmdLabels]Histogram
 }
 
 // ExportCounts are one shard's counters for one export, by command
@@ -167,6 +169,7 @@ func (sh *shard) snapshotOf(idx []int) ShardSnapshot {
 		}
 		out.Sum = time.Duration(h.sumNs.Load())
 	}
+	m.snapStages(&ss.Stages)
 	return ss
 }
 

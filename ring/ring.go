@@ -36,6 +36,10 @@ type Stats struct {
 	// HoldTimeouts: waits that outlasted the hold and went on as ordinary
 	// system calls (an idle shard, or a gap between requests that long).
 	HoldTimeouts atomic.Uint64
+	// Spins: waits that spun on the completion queue first (SetSpin);
+	// SpinHits: those that found their completions without sleeping.
+	Spins    atomic.Uint64
+	SpinHits atomic.Uint64
 }
 
 // Ring is one io_uring with a preallocated completion batch.
@@ -52,6 +56,12 @@ type Ring struct {
 	hold    time.Duration
 	holdTS  unix.Timespec
 	holdArg getEventsArg
+	// spin is how long a wait may spin before it sleeps (SetSpin; 0:
+	// never); hot says whether the next wait spins (spin.go); epoch is
+	// the spin's clock's zero.
+	spin  time.Duration
+	hot   bool
+	epoch time.Time
 }
 
 // required lists the opcodes every shard uses; the probe checks them once
@@ -70,7 +80,10 @@ var required = []struct {
 // setupFlags: one thread submits (SINGLE_ISSUER) and completions are run
 // only when that thread asks for them (DEFER_TASKRUN), so the kernel never
 // interrupts the shard to post completions. Both need Linux 6.1.
-const setupFlags = giouring.SetupSingleIssuer | giouring.SetupDeferTaskrun
+// TASKRUN_FLAG makes the kernel flag deferred completions in the SQ
+// flags, which is what a spinning wait looks at (spin.go; Linux 5.19).
+const setupFlags = giouring.SetupSingleIssuer | giouring.SetupDeferTaskrun |
+	giouring.SetupTaskrunFlag
 
 // New creates a ring with entries submission slots (the completion queue
 // gets twice as many) and checks that the kernel has what the shard needs.
@@ -96,7 +109,7 @@ func New(entries uint32, batch int, hold time.Duration) (*Ring, error) {
 		}
 		return nil, fmt.Errorf("io_uring setup: %w", err)
 	}
-	ring := &Ring{r: r, batch: make([]*CQE, batch), hold: hold,
+	ring := &Ring{r: r, batch: make([]*CQE, batch), hold: hold, epoch: time.Now(),
 		holdTS: unix.NsecToTimespec(hold.Nanoseconds())}
 	if err := ring.probe(); err != nil {
 		r.QueueExit()
@@ -168,37 +181,52 @@ func (rg *Ring) submit(wait uint32) (uint, error) {
 	}
 }
 
-// enterOnce submits what is queued and, with wait, waits for a completion
-// in two steps. First as a raw system call bounded by the ring's hold
-// time: the Go runtime is not told the thread is in a system call, so it
-// does not hand the shard's P to another thread while the shard sleeps,
-// nor make the shard win one back when it wakes (that hand-off was a
-// quarter of a request's CPU at queue depth 1 here). Then, if nothing
-// came within the hold, as an ordinary system call, so an idle shard
-// gives its P back and nothing else waits on it for longer than the hold.
+// enterOnce submits what is queued and, with wait, waits: spinning first
+// where the ring has a spin time and is hot (spin.go), else in the kernel
+// (waitKernel).
 func (rg *Ring) enterOnce(wait uint32) (uint, error) {
-	rg.Stats.Enters.Add(1)
 	submit := flushSQ(rg.r)
 	if wait == 0 {
 		return rg.enter(unix.RawSyscall6, submit, 0, 0, nil, 0)
 	}
-	if rg.hold > 0 {
-		rg.holdArg = getEventsArg{sigmaskSz: 8, ts: uint64(uintptr(unsafe.Pointer(&rg.holdTS)))}
-		n, err := rg.enter(unix.RawSyscall6, submit, wait,
-			giouring.EnterGetEvents|giouring.EnterExtArg, unsafe.Pointer(&rg.holdArg),
-			int(unsafe.Sizeof(rg.holdArg)))
-		// A wait that timed out says ETIME, or, when the enter submitted
-		// something, the count: then only an empty queue tells.
-		timedOut := errors.Is(err, syscall.ETIME) || err == nil && rg.r.CQReady() == 0
-		if !timedOut {
-			return n, err
-		}
-		rg.Stats.Enters.Add(1)
-		rg.Stats.HoldTimeouts.Add(1)
-		m, err := rg.enter(unix.Syscall6, flushSQ(rg.r), wait, giouring.EnterGetEvents, nil, 0)
-		return n + m, err
+	if rg.spin > 0 {
+		return rg.waitSpun(submit, wait)
 	}
-	return rg.enter(unix.Syscall6, submit, wait, giouring.EnterGetEvents, nil, 0)
+	return rg.waitKernel(submit, wait)
+}
+
+// waitKernel submits and waits for wait completions in two steps. First
+// as a raw system call bounded by the ring's hold time: the Go runtime is
+// not told the thread is in a system call, so it does not hand the
+// shard's P to another thread while the shard sleeps, nor make the shard
+// win one back when it wakes (that hand-off was a quarter of a request's
+// CPU at queue depth 1 here). Then, if nothing came within the hold, as
+// an ordinary system call, so an idle shard gives its P back and nothing
+// else waits on it for longer than the hold. A wait for more than one
+// completion settles for those already there once the hold has passed
+// (with no hold: for one), so a completion never waits for company
+// longer than the hold.
+func (rg *Ring) waitKernel(submit, wait uint32) (uint, error) {
+	if rg.hold <= 0 {
+		return rg.enter(unix.Syscall6, submit, 1, giouring.EnterGetEvents, nil, 0)
+	}
+	rg.holdArg = getEventsArg{sigmaskSz: 8, ts: uint64(uintptr(unsafe.Pointer(&rg.holdTS)))}
+	n, err := rg.enter(unix.RawSyscall6, submit, wait,
+		giouring.EnterGetEvents|giouring.EnterExtArg, unsafe.Pointer(&rg.holdArg),
+		int(unsafe.Sizeof(rg.holdArg)))
+	// A wait that timed out says ETIME, or, when the enter submitted
+	// something, the count: then only an empty queue tells.
+	ready := rg.r.CQReady()
+	timedOut := errors.Is(err, syscall.ETIME) || err == nil && ready < wait
+	if !timedOut {
+		return n, err
+	}
+	rg.Stats.HoldTimeouts.Add(1)
+	if ready > 0 {
+		return n, nil
+	}
+	m, err := rg.enter(unix.Syscall6, flushSQ(rg.r), 1, giouring.EnterGetEvents, nil, 0)
+	return n + m, err
 }
 
 // syscall6 is unix.Syscall6 or unix.RawSyscall6.
@@ -207,6 +235,7 @@ type syscall6 func(trap, a1, a2, a3, a4, a5, a6 uintptr) (r1, r2 uintptr, err un
 // enter is io_uring_enter through call.
 func (rg *Ring) enter(call syscall6, submit, wait, flags uint32, arg unsafe.Pointer,
 	argSize int) (uint, error) {
+	rg.Stats.Enters.Add(1)
 	n, _, errno := call(unix.SYS_IO_URING_ENTER, uintptr(rg.r.RingFd()), uintptr(submit),
 		uintptr(wait), uintptr(flags), uintptr(arg), uintptr(argSize))
 	if errno != 0 {

@@ -68,7 +68,6 @@ func (rg *Ring) SubmitAndWaitMin(wait, minWaitUsec uint32) error {
 	rg.arg = getEventsArg{sigmaskSz: 8, minWaitUsec: minWaitUsec}
 	for {
 		submit := flushSQ(rg.r)
-		rg.Stats.Enters.Add(1)
 		n, err := rg.enter(unix.Syscall6, submit, wait,
 			giouring.EnterGetEvents|giouring.EnterExtArg, unsafe.Pointer(&rg.arg),
 			int(unsafe.Sizeof(rg.arg)))

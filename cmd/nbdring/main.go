@@ -41,6 +41,10 @@ func main() {
 	batchWait := flag.Uint("batch-wait-us", 0,
 		"with more than one request in flight, a shard waits up to this many microseconds "+
 			"for a batch of completions (io_uring min-wait, Linux 6.12); 0: off")
+	pollUs := flag.Uint("poll-us", 0,
+		"a shard that has just had work spins up to this many microseconds on its "+
+			"completion queue before it sleeps (only while its waits end that fast; "+
+			"costs CPU for latency; at most 1000); 0: off")
 	ioTimeout := flag.Duration("io-timeout", engine.IOTimeoutDefault,
 		"cut a connection that makes no progress this long while the server waits on it "+
 			"(replies it does not read, a WRITE payload or request header it does not "+
@@ -112,7 +116,7 @@ func main() {
 		cfg: engine.Config{Shards: *shards, ArenaSize: *arenaMiB << 20,
 			Memory: *memoryMiB << 20, MaxConns: *maxConns, NoZeroCopy: !*zeroCopy,
 			BatchWait: uint32(min(*batchWait, 1<<31)), NoRecvBundles: !*recvBundles,
-			IOTimeout: *ioTimeout}}
+			IOTimeout: *ioTimeout, PollUs: uint32(min(*pollUs, 1<<31))}}
 	switch *inlineIO {
 	case "auto":
 	case "on":

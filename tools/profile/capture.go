@@ -212,6 +212,12 @@ func Capture(ctx context.Context, base string, seconds int, out string,
 	if err != nil && !errors.Is(err, ErrNoCounters) {
 		return nil, err
 	}
+	var stBefore Stages
+	if before != nil {
+		if stBefore, err = FetchStages(ctx, base); err != nil {
+			return nil, err
+		}
+	}
 	start := time.Now()
 	fmt.Fprintf(w, "capturing a %ds CPU profile from %s\n", seconds, base)
 	data, err := FetchProfile(ctx, base, seconds)
@@ -225,6 +231,11 @@ func Capture(ctx context.Context, base string, seconds int, out string,
 			return nil, err
 		}
 		WriteCounterDelta(w, before, after, elapsed)
+		stAfter, err := FetchStages(ctx, base)
+		if err != nil {
+			return nil, err
+		}
+		WriteStageDelta(w, stBefore, stAfter)
 	} else {
 		fmt.Fprintf(w, "(%s has no /counters page: not nbdring, so no counters)\n", base)
 	}
