@@ -21,27 +21,17 @@ type conn struct {
 	mem  *connMem  // send vector (shard metadata memory)
 	tls  *tlsState // nil: plaintext
 
-	// Received bytes not yet parsed: win[rlo:rhi], then the pool buffers
-	// queued from rxHead to rxTail (queued bytes in all). win is a pool
-	// buffer (winBid), the carry (a header split across buffers, or left
-	// incomplete), or a TLS connection's plaintext staging buffer.
-	win            []byte
-	rlo, rhi       int
-	winBid         int32 // the pool buffer win is, or -1
-	rxHead, rxTail int32 // pool buffers queued, or -1
-	queued         int
-	carry          [carryMax]byte
-	starved        bool  // its receive found the pool empty (shard.starved)
-	recvOn         bool  // a recv is in flight
-	recvSlot       int32 // the slot that recv receives a payload into, or -1
-	pslot          int32 // slot whose WRITE payload is arriving, or -1
-	pgot           uint32
-	drain          uint64 // bytes of a rejected request's payload still to discard
-	req            wire.Request
-	reqHeld        bool   // req is decoded and waits for a slot or buffer
-	payloadLen     uint64 // payload bytes following req's header
-	style          wire.ReplyStyle
-	reqSize        int // request header size: compact or extended
+	// Received bytes not yet parsed are in the shard's rx (rx.go).
+	recvOn     bool  // a recv is in flight
+	recvSlot   int32 // the slot that recv receives a payload into, or -1
+	pslot      int32 // slot whose WRITE payload is arriving, or -1
+	pgot       uint32
+	drain      uint64 // bytes of a rejected request's payload still to discard
+	req        wire.Request
+	reqHeld    bool   // req is decoded and waits for a slot or buffer
+	payloadLen uint64 // payload bytes following req's header
+	style      wire.ReplyStyle
+	reqSize    int // request header size: compact or extended
 
 	inflight int // live slots (from decode until the reply is sent)
 
@@ -76,12 +66,8 @@ type conn struct {
 // its shard serves.
 func (c *conn) reset(h handoff, blockMax uint32) {
 	*c = conn{fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
-		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1, winBid: -1,
-		rxHead: -1, rxTail: -1,
+		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1,
 		started: time.Now()}
-	if h.tls != nil {
-		c.win = h.tls.pipe.stage
-	}
 	c.sess = wire.Session{
 		Size: h.exp.size, Flags: h.neg.Flags, BlockMin: h.exp.align,
 		BlockMax: blockMax, Strict: h.neg.BlockSizeAsked, Structured: h.neg.Structured,
@@ -104,7 +90,7 @@ func (s *shard) armRecv(ci int32) {
 		s.armRecvTLS(ci)
 		return
 	}
-	if c.pslot >= 0 && c.avail() == 0 {
+	if c.pslot >= 0 && s.rx.avail(ci) == 0 {
 		pl := s.payload(c.pslot)
 		if rest := len(pl) - int(c.pgot); rest >= recvDirectMin {
 			c.recvSlot, c.recvOn = c.pslot, true
@@ -112,9 +98,10 @@ func (s *shard) armRecv(ci int32) {
 			return
 		}
 	}
-	assert(c.rxHead < 0, "receive armed with pool buffers still queued")
+	assert(!s.rx.pooled(ci), "receive armed with pool buffers still queued")
 	c.recvOn = true
-	ring.PrepRecvSelect(s.issue(opRecv, ci), c.fd, recvBufSize, recvPoolGroup, s.pool.bundles)
+	ring.PrepRecvSelect(s.issue(opRecv, ci), c.fd, recvBufSize, recvPoolGroup,
+		s.rx.pool.bundles)
 }
 
 // payload is where a WRITE's data is received.
@@ -135,15 +122,13 @@ func (s *shard) onRecv(ci int32, res int32, direct bool, flags uint32) {
 	pooled := flags&ring.CQEBuffer != 0
 	if c.closing {
 		if pooled {
-			s.dropRecvBuffers(ring.CQEBufferID(flags), int(res))
+			s.rx.dropBuffers(ring.CQEBufferID(flags), int(res))
 		}
 		s.maybeRelease(ci)
 		return
 	}
 	if res == -int32(unix.ENOBUFS) && !direct && c.tls == nil {
-		s.stats.RecvNoBufs.Add(1)
-		c.starved = true
-		s.starved = append(s.starved, ci)
+		s.rx.starve(ci)
 		return
 	}
 	if res > 0 {
@@ -174,7 +159,7 @@ func (s *shard) onRecv(ci int32, res int32, direct bool, flags uint32) {
 		}
 	default:
 		assert(pooled, "a plaintext receive completed without pool buffers")
-		s.onRecvPooled(c, ring.CQEBufferID(flags), int(res))
+		s.rx.received(ci, ring.CQEBufferID(flags), int(res))
 	}
 	s.parse(ci)
 }
@@ -185,7 +170,7 @@ func (s *shard) parse(ci int32) {
 	c := &s.conns[ci]
 	for !c.disc && !c.closing {
 		if c.drain > 0 {
-			c.drain -= uint64(s.consume(c, nil, int(min(c.drain, uint64(c.avail())))))
+			c.drain -= uint64(s.rx.consume(ci, nil, int(min(c.drain, uint64(s.rx.avail(ci))))))
 			if c.drain > 0 {
 				break
 			}
@@ -193,7 +178,7 @@ func (s *shard) parse(ci int32) {
 		}
 		if c.pslot >= 0 {
 			pl := s.payload(c.pslot)
-			c.pgot += uint32(s.consume(c, pl[c.pgot:], len(pl)-int(c.pgot)))
+			c.pgot += uint32(s.rx.consume(ci, pl[c.pgot:], len(pl)-int(c.pgot)))
 			if int(c.pgot) < len(pl) {
 				break
 			}
@@ -201,7 +186,7 @@ func (s *shard) parse(ci int32) {
 			continue
 		}
 		if !c.reqHeld {
-			if c.avail() < c.reqSize {
+			if s.rx.avail(ci) < c.reqSize {
 				break
 			}
 			if !s.decode(ci) {
@@ -217,7 +202,7 @@ func (s *shard) parse(ci int32) {
 		c.reqHeld = false
 	}
 	if !c.closing && !c.disc {
-		s.settleRecv(c) // after DISC what is left is never parsed; release drops it
+		s.rx.settle(ci) // after DISC what is left is never parsed; release drops it
 	}
 	s.armRecv(ci)
 }
@@ -228,7 +213,7 @@ func (s *shard) parse(ci int32) {
 // connection; false then.
 func (s *shard) decode(ci int32) bool {
 	c := &s.conns[ci]
-	hdr := s.peek(c, c.reqSize)
+	hdr := s.rx.peek(ci, c.reqSize)
 	var err error
 	if c.style == wire.StyleExtended {
 		err = wire.DecodeExtendedRequest(hdr, &c.req)
@@ -240,7 +225,7 @@ func (s *shard) decode(ci int32) bool {
 		s.beginClose(ci, closeProtocol)
 		return false
 	}
-	s.consume(c, nil, c.reqSize)
+	s.rx.consume(ci, nil, c.reqSize)
 	c.served++
 	s.m.countRequest(ci, s.conns[ci].req.Type)
 	var ok bool
@@ -367,9 +352,7 @@ func (s *shard) maybeRelease(ci int32) {
 		}
 	}
 	c.pslot, c.qHead, c.qTail, c.sendHead = -1, -1, -1, -1
-	if c.tls == nil {
-		s.releaseRecv(c)
-	}
+	s.rx.release(ci) // a TLS connection holds no pool buffer
 	assert(c.inflight == 0, "connection released with slots still owned")
 	// Slots a device operation still holds are freed by the ledger; their
 	// buffers no longer count against this connection (slot.cgen).

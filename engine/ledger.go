@@ -256,7 +256,7 @@ func (s *shard) complete(cqe *ring.CQE) {
 	op, idx, res, last, ok := s.led.complete(cqe)
 	if !ok {
 		if op == opRecv && cqe.Flags&ring.CQEBuffer != 0 {
-			s.dropRecvBuffers(ring.CQEBufferID(cqe.Flags), int(res))
+			s.rx.dropBuffers(ring.CQEBufferID(cqe.Flags), int(res))
 		}
 		return
 	}

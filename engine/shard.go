@@ -22,10 +22,10 @@ type shard struct {
 	ring  *ring.Ring
 	arena *arena
 	mem   *shardMem
-	pool  *recvPool // receive buffers (made with the ring, in run)
-	zeros []byte    // read-only zeros, the source of writes of zeros
+	zeros []byte // read-only zeros, the source of writes of zeros
 
 	slots    slotTable // requests, their buffers and budgets (slot.go)
+	rx       rx        // receive pool, read cursors, starved receives (rx.go)
 	conns    []conn
 	connFree []int32
 
@@ -36,10 +36,6 @@ type shard struct {
 	waitingSpare []int32
 	rmwSpare     []int32
 	dirty        []int32 // connections with replies queued but not yet sent
-	// starved: connections whose receive found the pool empty, armed again
-	// once buffers are back (retryStarved); starvedSpare swaps with it.
-	starved      []int32
-	starvedSpare []int32
 	timerOn      bool
 	tickOn       bool // the -io-timeout tick is armed (stall.go)
 	// fixedBufs: the arena is registered as fixed buffer 0.
@@ -124,6 +120,7 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	s.slots.init(&srv.sz, s.arena, &s.stats, s.mem.hdrs)
+	s.rx.init(sz.conns, &s.stats)
 	s.conns = make([]conn, sz.conns)
 	s.connFree = make([]int32, 0, sz.conns)
 	for i := sz.conns - 1; i >= 0; i-- {
@@ -137,8 +134,6 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	s.rmwWait = make([]int32, 0, sz.slots)
 	s.rmwSpare = make([]int32, 0, sz.slots)
 	s.dirty = make([]int32, 0, sz.conns)
-	s.starved = make([]int32, 0, sz.conns)
-	s.starvedSpare = make([]int32, 0, sz.conns)
 	return s, nil
 }
 
@@ -175,7 +170,7 @@ func (s *shard) run(ready chan<- error) {
 		return
 	}
 	s.ring = r
-	if s.pool, err = newRecvPool(r, s.srv.sz.recvBufs, s.srv.bundles); err != nil {
+	if s.rx.pool, err = newRecvPool(r, s.srv.sz.recvBufs, s.srv.bundles); err != nil {
 		r.Close()
 		ready <- fmt.Errorf("shard %d: %w", s.id, err)
 		return
@@ -194,7 +189,7 @@ func (s *shard) run(ready chan<- error) {
 	ready <- nil
 	err = s.loop()
 	s.ring.Close()
-	s.pool.close()
+	s.rx.pool.close()
 	s.close()
 	s.srv.shardDone(s, err)
 }
@@ -216,8 +211,7 @@ func (s *shard) loop() error {
 		if len(s.led.local) > 0 {
 			wait = 0 // inline completions are waiting already
 		}
-		s.pool.publish()
-		s.stats.RecvBufsFree.Store(int64(s.pool.free))
+		s.rx.publish()
 		if err := s.submitAndWait(wait); err != nil {
 			return err
 		}
@@ -299,6 +293,11 @@ func (s *shard) attach(h handoff) {
 	ci := s.connFree[len(s.connFree)-1]
 	s.connFree = s.connFree[:len(s.connFree)-1]
 	s.conns[ci].reset(h, s.srv.sz.blockMax)
+	var stage []byte
+	if h.tls != nil {
+		stage = h.tls.pipe.stage
+	}
+	s.rx.reset(ci, stage)
 	s.led.renewConn(ci)
 	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
 	s.live++
@@ -329,6 +328,16 @@ func (s *shard) retryWaiting() {
 		// holds (tlsState.more): decrypt it first.
 		if c.fd >= 0 && !c.closing && (c.tls == nil || s.tlsPump(ci)) {
 			s.parse(ci)
+		}
+	}
+}
+
+// retryStarved arms again the receives that found the pool empty, once
+// buffers are back.
+func (s *shard) retryStarved() {
+	for _, ci := range s.rx.takeStarved() {
+		if c := &s.conns[ci]; c.fd >= 0 && !c.closing {
+			s.armRecv(ci)
 		}
 	}
 }

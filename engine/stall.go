@@ -38,7 +38,7 @@ func (s *shard) onTick() {
 		if c.fd < 0 || c.closing {
 			continue
 		}
-		if s.stalledOn(c) == "" || c.prog != c.progSeen || c.stuckSince.IsZero() {
+		if s.stalledOn(int32(i)) == "" || c.prog != c.progSeen || c.stuckSince.IsZero() {
 			c.progSeen, c.stuckSince = c.prog, now
 			continue
 		}
@@ -51,13 +51,14 @@ func (s *shard) onTick() {
 // stalledOn says what the server waits on the client for, or "" when it
 // waits for nothing the client owes (idle, or its requests are with the
 // device or waiting for memory).
-func (s *shard) stalledOn(c *conn) string {
+func (s *shard) stalledOn(ci int32) string {
+	c := &s.conns[ci]
 	switch {
 	case c.sending || c.qHead >= 0:
 		return "replies"
 	case c.pslot >= 0, c.drain > 0:
 		return "payload"
-	case !c.waiting && !c.reqHeld && c.avail() > 0:
+	case !c.waiting && !c.reqHeld && s.rx.avail(ci) > 0:
 		return "header"
 	}
 	return ""
@@ -68,7 +69,7 @@ func (s *shard) stalledOn(c *conn) string {
 func (s *shard) cutStalled(ci int32) {
 	c := &s.conns[ci]
 	var what string
-	switch s.stalledOn(c) {
+	switch s.stalledOn(ci) {
 	case "replies":
 		what = fmt.Sprintf("%d bytes of replies unsent (it does not read them)",
 			s.unsentBytes(c))
@@ -79,7 +80,7 @@ func (s *shard) cutStalled(ci int32) {
 		}
 		what = fmt.Sprintf("%d bytes of a WRITE payload missing", missing)
 	default:
-		what = fmt.Sprintf("%d of %d bytes of a request header received", c.avail(),
+		what = fmt.Sprintf("%d of %d bytes of a request header received", s.rx.avail(ci),
 			c.reqSize)
 	}
 	s.stats.IOTimeouts.Add(1)

@@ -248,7 +248,7 @@ type tlsPipe struct {
 	outHi      int
 	sendEnd    int    // the send in flight covers out[outLo:sendEnd]
 	plain      []byte // one record's plaintext, gathered from replies
-	stage      []byte // received plaintext, parsed as conn.win
+	stage      []byte // received plaintext, parsed as the rx cursor's window
 	plainN     int
 }
 
@@ -378,7 +378,7 @@ func (s *shard) armRecvTLS(ci int32) {
 		return
 	}
 	if t.more {
-		if c.rhi-c.rlo < len(c.win) {
+		if !s.rx.stageFull(ci) {
 			c.waiting = true
 			s.waiting = append(s.waiting, ci)
 		}
@@ -404,15 +404,12 @@ func (s *shard) armRecvTLS(ci int32) {
 func (s *shard) tlsPump(ci int32) bool {
 	c := &s.conns[ci]
 	t := c.tls
-	rbuf := c.win
-	if c.rlo > 0 {
-		c.rhi = copy(rbuf, rbuf[c.rlo:c.rhi])
-		c.rlo = 0
-	}
+	room := s.rx.stage(ci)
 	t.more = false
-	for !t.eof && c.rhi < len(rbuf) {
-		n, err := t.tc.Read(rbuf[c.rhi:])
-		c.rhi += n
+	for !t.eof && len(room) > 0 {
+		n, err := t.tc.Read(room)
+		s.rx.staged(ci, n)
+		room = room[n:]
 		if err == nil {
 			continue
 		}
@@ -428,7 +425,7 @@ func (s *shard) tlsPump(ci int32) bool {
 		s.beginClose(ci, closeTLSErr)
 		return false
 	}
-	t.more = c.rhi == len(rbuf) && !t.eof
+	t.more = len(room) == 0 && !t.eof
 	if t.pipe.outHi > t.pipe.outLo && !c.sending {
 		s.submitSendTLS(ci) // what crypto/tls wrote on its own (a KeyUpdate answer)
 	}
