@@ -73,6 +73,13 @@ func (c *conn) reset(h handoff, blockMax uint32) {
 		BlockMax: blockMax, Strict: h.neg.BlockSizeAsked, Structured: h.neg.Structured,
 		Extended: h.neg.Extended, BaseAllocation: h.neg.BaseAllocation,
 	}
+	if h.exp.isDevice {
+		// A block device zeroes whole sectors only; an unaligned range is a
+		// read-modify-write (startZeroRMW) in one span buffer of at most
+		// blockMax, and only its unmapping zeroes fast (zeroPlanFast).
+		c.sess.Zero = wire.ZeroCaps{Align: h.exp.align, RMWMax: blockMax,
+			FastNeedsHole: true}
+	}
 	c.style, c.reqSize = h.neg.Style(), wire.RequestSize
 	if h.neg.Extended {
 		c.reqSize = wire.ExtRequestSize

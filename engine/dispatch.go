@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"fmt"
 
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
@@ -13,7 +12,7 @@ import (
 func (s *shard) dispatch(ci int32) bool {
 	c := &s.conns[ci]
 	r := &c.req
-	errno := c.sess.Validate(r)
+	errno, why := c.sess.Check(r)
 	if errno == wire.EOK && r.Type == wire.CmdDisc {
 		c.disc = true
 		s.maybeFinish(ci)
@@ -38,8 +37,11 @@ func (s *shard) dispatch(ci int32) bool {
 	if errno != wire.EOK {
 		c.drain = c.payloadLen // rejected: its payload is discarded
 		msg := "request rejected"
-		if errno == wire.ESHUTDOWN {
+		switch {
+		case errno == wire.ESHUTDOWN:
 			msg = "server is shutting down"
+		case why != "":
+			msg = why
 		}
 		s.replyErr(si, errno, msg)
 		return true
@@ -251,19 +253,12 @@ func (s *shard) startZero(si int32) bool {
 	sl := &s.slots.rows[si]
 	r := &sl.req
 	fast, noHole := r.Flags&wire.CmdFlagFastZero != 0, r.Flags&wire.CmdFlagNoHole != 0
-	if sl.exp.isDevice {
-		if !isAligned(r.Offset|r.Length, uint64(sl.exp.align)) {
-			if fast {
-				s.replyErr(si, wire.ENOTSUP, "unaligned zeroing of a device is not fast")
-				return true
-			}
-			return s.startZeroRMW(si)
-		}
-		if fast && noHole {
-			s.replyErr(si, wire.ENOTSUP, "zeroing a device without unmapping is not fast")
-			return true
-		}
+	if sl.exp.isDevice && !isAligned(r.Offset|r.Length, uint64(sl.exp.align)) {
+		assert(!fast, "an unaligned FAST_ZERO on a device passed validation")
+		return s.startZeroRMW(si)
 	}
+	assert(!sl.exp.isDevice || !fast || !noHole,
+		"a FAST_ZERO with NO_HOLE on a device passed validation")
 	sl.phase, sl.step = phZero, 0
 	s.startLocked(si)
 	return true
@@ -271,14 +266,11 @@ func (s *shard) startZero(si int32) bool {
 
 // startZeroRMW zeroes an unaligned range by reading its span, clearing the
 // range and writing the span back, holding the span alone (rangeLocks).
+// The validator refused what it cannot do (wire.ZeroCaps, conn.reset).
 func (s *shard) startZeroRMW(si int32) bool {
 	sl := &s.slots.rows[si]
-	if sl.req.Length > uint64(s.srv.sz.blockMax) {
-		s.replyErr(si, wire.EINVAL, fmt.Sprintf("unaligned zeroing over %d MiB where "+
-			"the export cannot zero by itself; align the request to the block size",
-			s.srv.sz.blockMax>>20))
-		return true
-	}
+	assert(sl.req.Length <= uint64(s.srv.sz.blockMax),
+		"an unaligned zeroing over blockMax on a device passed validation")
 	s.setSpan(sl, sl.req.Offset, sl.req.Length)
 	if !s.allocData(si, int(sl.spanLen)) {
 		return false
