@@ -18,7 +18,6 @@ type conn struct {
 	exp  *Export
 	sess wire.Session
 	peer string    // the client's address, for logs
-	mem  *connMem  // send vector (shard metadata memory)
 	tls  *tlsState // nil: plaintext
 
 	// Received bytes not yet parsed are in the shard's rx (rx.go).
@@ -42,16 +41,9 @@ type conn struct {
 	progSeen   uint32
 	stuckSince time.Time
 
-	qHead, qTail int32 // replies ready to send, linked through slot.next
-	sendHead     int32 // first slot of the sendmsg in flight
-	sending      bool
-	zc           bool // zero-copy sends allowed: a TCP socket, a kernel that has them
-	sendZC       bool // the send in flight is zero-copy
-	zcCopiedRun  int  // consecutive zero-copy notifications that said "copied"
-	iovAt, iovN  int  // the in-flight vector is mem.iov[iovAt:iovN]
+	// Replies queued and in flight are in the shard's sender (sender.go).
 
 	waiting  bool // on the shard's waiting list
-	dirty    bool // on the shard's dirty list
 	disc     bool // NBD_CMD_DISC received: read no more
 	draining bool // server stopping: new requests get ESHUTDOWN
 	closing  bool // hard close under way: waiting for ops to drain
@@ -65,8 +57,7 @@ type conn struct {
 // reset readies the connection for h; blockMax is the largest request
 // its shard serves.
 func (c *conn) reset(h handoff, blockMax uint32) {
-	*c = conn{fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
-		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1,
+	*c = conn{fd: h.fd, exp: h.exp, peer: h.peer, tls: h.tls, recvSlot: -1, pslot: -1,
 		started: time.Now()}
 	c.sess = wire.Session{
 		Size: h.exp.size, Flags: h.neg.Flags, BlockMin: h.exp.align,
@@ -303,7 +294,7 @@ func (s *shard) cutConn(ci int32) {
 			len(s.payload(c.pslot)))
 	case c.drain > 0:
 		why = fmt.Sprintf("%d bytes of a rejected request's payload still to come", c.drain)
-	case c.sending:
+	case s.tx.busy(ci):
 		why = "not reading its replies"
 	}
 	slog.Warn(fmt.Sprintf("shutdown: cutting connection from %s (export %q): %d requests "+
@@ -317,7 +308,7 @@ func (s *shard) cutConn(ci int32) {
 func (s *shard) maybeFinish(ci int32) {
 	c := &s.conns[ci]
 	// A TLS connection's replies leave their slots before they are sent.
-	if (c.disc || c.draining) && c.inflight == 0 && !c.sending && !c.closing {
+	if (c.disc || c.draining) && c.inflight == 0 && !s.tx.busy(ci) && !c.closing {
 		if c.tls != nil && s.tlsBye(ci) {
 			return // close_notify first; its send's completion comes back here
 		}
@@ -358,7 +349,8 @@ func (s *shard) maybeRelease(ci int32) {
 			s.releaseSlot(int32(i))
 		}
 	}
-	c.pslot, c.qHead, c.qTail, c.sendHead = -1, -1, -1, -1
+	c.pslot = -1
+	s.tx.drop(ci)
 	s.rx.release(ci) // a TLS connection holds no pool buffer
 	assert(c.inflight == 0, "connection released with slots still owned")
 	// Slots a device operation still holds are freed by the ledger; their

@@ -206,7 +206,7 @@ func (s *shard) onIO(si int32, res int32) {
 			s.deviceError(si, res, "fdatasync")
 			return
 		}
-		s.replyOK(si)
+		s.tx.replyOK(si)
 	case phTrim:
 		s.onTrim(si, res)
 	case phZero:
@@ -215,7 +215,7 @@ func (s *shard) onIO(si int32, res int32) {
 		s.onZeroWrite(si, res)
 	case phCache:
 		// CACHE is advice: a refusal changes nothing the client can see.
-		s.replyOK(si)
+		s.tx.replyOK(si)
 	}
 }
 
@@ -262,7 +262,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 	switch sl.phase {
 	case phRead:
 		s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
-		s.replyRead(si)
+		s.tx.replyRead(si)
 	case phRMWRead:
 		part := sl.data[sl.skip : uint64(sl.skip)+sl.req.Length]
 		if sl.req.Type == wire.CmdWriteZeroes {
@@ -278,7 +278,7 @@ func (s *shard) onReadWrite(si int32, res int32) {
 		if sl.req.Type == wire.CmdWrite {
 			s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
 		}
-		s.replyOK(si)
+		s.tx.replyOK(si)
 	}
 }
 
@@ -359,12 +359,12 @@ func (s *shard) zeroByWriting(si int32) {
 	sl := &s.slots.rows[si]
 	if sl.req.Flags&wire.CmdFlagFastZero != 0 {
 		s.unlockSpan(sl) // refused: nothing more changes its blocks
-		s.replyErr(si, wire.ENOTSUP, "fast zeroing is not supported by this export")
+		s.tx.replyErr(si, wire.ENOTSUP, "fast zeroing is not supported by this export")
 		return
 	}
 	if !isAligned(sl.req.Offset|sl.req.Length, uint64(sl.exp.align)) {
 		s.unlockSpan(sl)
-		s.replyErr(si, wire.ENOTSUP, "the export's filesystem cannot zero ranges and this "+
+		s.tx.replyErr(si, wire.ENOTSUP, "the export's filesystem cannot zero ranges and this "+
 			"one is not aligned to the block size for writing zeros; write zeros instead")
 		return
 	}
@@ -400,7 +400,7 @@ func (s *shard) afterFallocate(si int32) {
 		s.startSync(si, phSync)
 		return
 	}
-	s.replyOK(si)
+	s.tx.replyOK(si)
 }
 
 // deviceError logs the real errno, then replies with the protocol's code.
@@ -420,5 +420,5 @@ func (s *shard) deviceError(si int32, res int32, what string) {
 	} else {
 		s.errLogQuiet++
 	}
-	s.replyErr(si, wire.ErrnoFromSys(errno), "device error: "+errno.Error())
+	s.tx.replyErr(si, wire.ErrnoFromSys(errno), "device error: "+errno.Error())
 }

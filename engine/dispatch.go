@@ -1,7 +1,6 @@
 package engine
 
 import (
-
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
 	"golang.org/x/sys/unix"
@@ -43,7 +42,7 @@ func (s *shard) dispatch(ci int32) bool {
 		case why != "":
 			msg = why
 		}
-		s.replyErr(si, errno, msg)
+		s.tx.replyErr(si, errno, msg)
 		return true
 	}
 	if r.Type == wire.CmdRead || r.Type == wire.CmdWrite {
@@ -99,7 +98,7 @@ func (s *shard) startRead(si int32) bool {
 	s.planRead(sl, s.conns[sl.conn].style)
 	if sl.nsegs == 1 && sl.segs[0].hole {
 		s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
-		s.replyRead(si) // all hole: nothing to read
+		s.tx.replyRead(si) // all hole: nothing to read
 		return true
 	}
 	if !s.allocData(si, int(sl.spanLen)) {
@@ -191,7 +190,7 @@ func (s *shard) unlockSpan(sl *slot) {
 func (s *shard) startSync(si int32, phase uint8) {
 	sl := &s.slots.rows[si]
 	if sl.exp.syncFailed.Load() {
-		s.replyErr(si, wire.EIO, "an earlier fdatasync failed: acknowledged data may be "+
+		s.tx.replyErr(si, wire.EIO, "an earlier fdatasync failed: acknowledged data may be "+
 			"lost; restart the server after checking the device")
 		return
 	}

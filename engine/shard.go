@@ -26,6 +26,7 @@ type shard struct {
 
 	slots    slotTable // requests, their buffers and budgets (slot.go)
 	rx       rx        // receive pool, read cursors, starved receives (rx.go)
+	tx       sender    // reply queues, send batches, zero-copy (sender.go)
 	conns    []conn
 	connFree []int32
 
@@ -35,7 +36,6 @@ type shard struct {
 	// retry that waits again appends to a list nobody is iterating.
 	waitingSpare []int32
 	rmwSpare     []int32
-	dirty        []int32 // connections with replies queued but not yet sent
 	timerOn      bool
 	tickOn       bool // the -io-timeout tick is armed (stall.go)
 	// fixedBufs: the arena is registered as fixed buffer 0.
@@ -121,10 +121,11 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	}
 	s.slots.init(&srv.sz, s.arena, &s.stats, s.mem.hdrs)
 	s.rx.init(sz.conns, &s.stats)
+	s.tx.init(sz.conns, s.slots.rows, s.mem.conns, &s.m, &s.stats)
 	s.conns = make([]conn, sz.conns)
 	s.connFree = make([]int32, 0, sz.conns)
 	for i := sz.conns - 1; i >= 0; i-- {
-		s.conns[i].mem, s.conns[i].fd = &s.mem.conns[i], -1
+		s.conns[i].fd = -1
 		s.connFree = append(s.connFree, int32(i))
 	}
 	s.mem.words.timeout = unix.NsecToTimespec(rangeLockRetry.Nanoseconds())
@@ -133,7 +134,6 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	s.waitingSpare = make([]int32, 0, sz.conns)
 	s.rmwWait = make([]int32, 0, sz.slots)
 	s.rmwSpare = make([]int32, 0, sz.slots)
-	s.dirty = make([]int32, 0, sz.conns)
 	return s, nil
 }
 
@@ -299,7 +299,7 @@ func (s *shard) attach(h handoff) {
 	}
 	s.rx.reset(ci, stage)
 	s.led.renewConn(ci)
-	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
+	s.tx.reset(ci, s.conns[ci].style, s.ring.SendZC && !s.srv.noZC)
 	s.live++
 	s.m.connAttached(ci, h.exp.reg.idx)
 	s.logConnect(ci)

@@ -142,7 +142,7 @@ func (s *shard) blockStatus(si int32) bool {
 		count++
 		pos += n
 	}
-	s.replyBlockStatus(si, count, at)
+	s.tx.replyBlockStatus(si, count, at)
 	return true
 }
 

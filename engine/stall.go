@@ -54,7 +54,7 @@ func (s *shard) onTick() {
 func (s *shard) stalledOn(ci int32) string {
 	c := &s.conns[ci]
 	switch {
-	case c.sending || c.qHead >= 0:
+	case s.tx.pending(ci):
 		return "replies"
 	case c.pslot >= 0, c.drain > 0:
 		return "payload"
@@ -72,7 +72,7 @@ func (s *shard) cutStalled(ci int32) {
 	switch s.stalledOn(ci) {
 	case "replies":
 		what = fmt.Sprintf("%d bytes of replies unsent (it does not read them)",
-			s.unsentBytes(c))
+			s.tx.unsent(ci, c.tls == nil))
 	case "payload":
 		missing := c.drain
 		if c.pslot >= 0 {
@@ -88,19 +88,4 @@ func (s *shard) cutStalled(ci int32) {
 		"for %v with %s; -io-timeout sets the limit", c.peer, c.exp.Name, s.srv.ioTimeout,
 		what), "client", c.peer, "export", c.exp.Name, "shard", s.id)
 	s.beginClose(ci, closeTimeout)
-}
-
-// unsentBytes is what a connection's queued replies and the unsent rest of
-// its send in flight add up to (a TLS connection's: its queued replies).
-func (s *shard) unsentBytes(c *conn) uint64 {
-	var n uint64
-	for si := c.qHead; si >= 0; si = s.slots.rows[si].next {
-		n += s.slots.rows[si].outLen
-	}
-	if c.sending && c.tls == nil {
-		for _, v := range c.mem.iov[c.iovAt:c.iovN] {
-			n += v.Len
-		}
-	}
-	return n
 }
