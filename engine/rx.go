@@ -45,6 +45,9 @@ func (r *rx) init(conns int, stats *ShardStats) {
 	r.stats = stats
 	r.starved = make([]int32, 0, conns)
 	r.spare = make([]int32, 0, conns)
+	for ci := range int32(conns) {
+		r.reset(ci, nil)
+	}
 }
 
 // reset readies connection ci's cursor for a new connection; stage is a

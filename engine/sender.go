@@ -67,6 +67,9 @@ func (t *sender) init(conns int, rows []slot, mem []connMem, m *shardMetrics,
 	t.rows, t.mem, t.m, t.stats = rows, mem, m, stats
 	t.dirty = make([]int32, 0, conns)
 	t.spare = make([]int32, 0, conns)
+	for ci := range int32(conns) {
+		t.reset(ci, 0, false)
+	}
 }
 
 // reset readies connection ci's queue for a new connection.
@@ -236,7 +239,7 @@ func (t *sender) submit(ci int32) (head int32, msg *unix.Msghdr, zc bool) {
 func (t *sender) submitBytes(ci int32, b []byte) *unix.Msghdr {
 	q, m := &t.q[ci], &t.mem[ci]
 	assert(!q.sending, "a send issued while another is in flight")
-	m.iov[0] = unix.Iovec{Base: &b[0], Len: uint64(len(b))}
+	m.iov[0] = unix.Iovec{Base: unsafe.SliceData(b), Len: uint64(len(b))}
 	m.msg.Iov, m.msg.Iovlen = &m.iov[0], 1
 	q.sending = true
 	return &m.msg
