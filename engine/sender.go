@@ -27,7 +27,8 @@ import (
 //   - a batch holds at most iovecsPerSendMax iovecs, and a reply is never
 //     split between batches;
 //   - a connection is on dirty once (its dirty flag);
-//   - queue tail is -1 exactly when the queue is empty.
+//   - a queue's tail is its last reply, -1 exactly when it is empty
+//     (check, on every batch).
 type sender struct {
 	q     []txQueue
 	rows  []slot    // the slot table's rows (slot.go): their out vectors and links
@@ -162,8 +163,24 @@ func (t *sender) enqueue(si int32) {
 	q.tail = si
 	if !q.dirty {
 		q.dirty = true
+		assert(len(t.dirty) < cap(t.dirty), "sender: a connection on the dirty list twice")
 		t.dirty = append(t.dirty, ci)
 	}
+}
+
+// check asserts connection ci's queue invariants (a walk of the queue:
+// only with -tags invariants).
+func (t *sender) check(ci int32) {
+	if !invariantsOn {
+		return
+	}
+	q := &t.q[ci]
+	last := int32(-1)
+	for si := q.head; si >= 0; si = t.rows[si].next {
+		assert(t.rows[si].conn == ci, "sender: another connection's reply on the queue")
+		last = si
+	}
+	assert(last == q.tail, "sender: the queue's tail is not its last reply")
 }
 
 // takeDirty returns the connections with replies queued since the last
@@ -197,6 +214,7 @@ func (t *sender) batch(ci int32) bool {
 	if q.sending || q.head < 0 {
 		return false
 	}
+	t.check(ci)
 	iov := t.mem[ci].iov[:]
 	n, last, replies := 0, int32(-1), 0
 	var bytes uint64
