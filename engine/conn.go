@@ -328,13 +328,7 @@ func (s *shard) maybeRelease(ci int32) {
 	if !c.closing || s.led.connHeld(ci) {
 		return
 	}
-	keep := s.rmwWait[:0]
-	for _, si := range s.rmwWait {
-		if s.slots.rows[si].conn != ci {
-			keep = append(keep, si)
-		}
-	}
-	s.rmwWait = keep
+	s.dev.forget(ci)
 	if c.waiting {
 		keepC := s.waiting[:0]
 		for _, w := range s.waiting {

@@ -305,7 +305,12 @@ func (s *shard) complete(cqe *ring.CQE) {
 		if last {
 			s.led.unholdSlot(idx)
 		}
-		s.onIO(idx, res)
+		sl := &s.slots.rows[idx]
+		closing := sl.state == slotLive && s.conns[sl.conn].closing
+		if !s.dev.onIO(idx, res, closing) {
+			s.releaseSlot(idx) // its connection is closing: the request ends
+			s.maybeRelease(sl.conn)
+		}
 		if s.slots.rows[idx].state == slotReleased && !s.led.slotHeld(idx) {
 			s.freeSlot(idx) // its connection went while the kernel held it
 		}

@@ -75,7 +75,7 @@ func TestReleaseWaitsForKernel(t *testing.T) {
 	si := s.allocSlot(ci)
 	sl := &s.slots.rows[si]
 	sl.req = wire.Request{Type: wire.CmdRead, Length: 4096}
-	if !s.allocData(si, 4096) {
+	if !s.dev.allocData(si, 4096) {
 		t.Fatal("no buffer")
 	}
 	sl.phase = phRead

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"runtime"
 	"sync/atomic"
-	"time"
 
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
@@ -22,34 +21,26 @@ type shard struct {
 	ring  *ring.Ring
 	arena *arena
 	mem   *shardMem
-	zeros []byte // read-only zeros, the source of writes of zeros
 
 	slots    slotTable // requests, their buffers and budgets (slot.go)
 	rx       rx        // receive pool, read cursors, starved receives (rx.go)
 	tx       sender    // reply queues, send batches, zero-copy (sender.go)
+	dev      deviceIO  // device phases, range-lock waiters (devio.go)
 	conns    []conn
 	connFree []int32
 
 	waiting []int32 // connections waiting for a slot or a buffer
-	rmwWait []int32 // slots waiting for a range lock
-	// spares swap with waiting and rmwWait while those are retried, so a
-	// retry that waits again appends to a list nobody is iterating.
+	// waitingSpare swaps with waiting while it is retried, so a retry that
+	// waits again appends to a list nobody is iterating.
 	waitingSpare []int32
-	rmwSpare     []int32
 	timerOn      bool
 	tickOn       bool // the -io-timeout tick is armed (stall.go)
-	// fixedBufs: the arena is registered as fixed buffer 0.
-	fixedBufs bool
-	efd       int
-	inbox     chan handoff
-	assigned  atomic.Int64 // connections handed to this shard and not yet released
-	stopping  bool         // draining: new requests get ESHUTDOWN, idle connections close
-	cutting   bool         // the grace is over: every connection is closed now
-	live      int          // connections attached
-	// Device errors are logged at most once per deviceErrorLogEvery, with
-	// a count of those left out since the last line.
-	errLogNext  time.Time
-	errLogQuiet int
+	efd          int
+	inbox        chan handoff
+	assigned     atomic.Int64 // connections handed to this shard and not yet released
+	stopping     bool         // draining: new requests get ESHUTDOWN, idle connections close
+	cutting      bool         // the grace is over: every connection is closed now
+	live         int          // connections attached
 
 	stats  ShardStats
 	m      shardMetrics // per-request counters and timing (metrics.go)
@@ -108,7 +99,7 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 		s.close()
 		return nil, err
 	}
-	s.zeros, err = unix.Mmap(-1, 0, zeroWriteMax, unix.PROT_READ,
+	s.dev.zeros, err = unix.Mmap(-1, 0, zeroWriteMax, unix.PROT_READ,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		s.close()
@@ -122,6 +113,7 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	s.slots.init(&srv.sz, s.arena, &s.stats, s.mem.hdrs)
 	s.rx.init(sz.conns, &s.stats)
 	s.tx.init(sz.conns, s.slots.rows, s.mem.conns, &s.m, &s.stats)
+	s.dev.init(id, sz.conns, sz.slots, sz.blockMax, &s.led, &s.slots, &s.tx, &s.m, &s.stats)
 	s.conns = make([]conn, sz.conns)
 	s.connFree = make([]int32, 0, sz.conns)
 	for i := sz.conns - 1; i >= 0; i-- {
@@ -132,8 +124,6 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	s.mem.words.tick = unix.NsecToTimespec(srv.ioTick.Nanoseconds())
 	s.waiting = make([]int32, 0, sz.conns)
 	s.waitingSpare = make([]int32, 0, sz.conns)
-	s.rmwWait = make([]int32, 0, sz.slots)
-	s.rmwSpare = make([]int32, 0, sz.slots)
 	return s, nil
 }
 
@@ -141,8 +131,8 @@ func (s *shard) close() {
 	if s.efd > 0 {
 		unix.Close(s.efd)
 	}
-	if s.zeros != nil {
-		unix.Munmap(s.zeros)
+	if s.dev.zeros != nil {
+		unix.Munmap(s.dev.zeros)
 	}
 	s.mem.close()
 	s.arena.close()
@@ -169,7 +159,7 @@ func (s *shard) run(ready chan<- error) {
 		ready <- fmt.Errorf("shard %d: %w", s.id, err)
 		return
 	}
-	s.ring = r
+	s.ring, s.dev.ring = r, r
 	if s.rx.pool, err = newRecvPool(r, s.srv.sz.recvBufs, s.srv.bundles); err != nil {
 		r.Close()
 		ready <- fmt.Errorf("shard %d: %w", s.id, err)
@@ -183,7 +173,7 @@ func (s *shard) run(ready chan<- error) {
 			"to %d MiB or more for faster I/O)", s.id, err, len(s.arena.mem)>>20),
 			"shard", s.id)
 	} else {
-		s.fixedBufs = true
+		s.dev.fixedBufs = true
 	}
 	s.armWake()
 	ready <- nil
@@ -202,7 +192,7 @@ func (s *shard) loop() error {
 		s.retryWaiting()
 		s.retryStarved()
 		s.flushDirty()
-		if (len(s.rmwWait) > 0 || s.qos.waiting > 0) && !s.timerOn {
+		if (s.dev.lockWaiting() || s.qos.waiting > 0) && !s.timerOn {
 			ring.PrepTimeout(s.issue(opTimer, 0), &s.mem.words.timeout)
 			s.timerOn = true
 		}
@@ -300,6 +290,7 @@ func (s *shard) attach(h handoff) {
 	s.rx.reset(ci, stage)
 	s.led.renewConn(ci)
 	s.tx.reset(ci, s.conns[ci].style, s.ring.SendZC && !s.srv.noZC)
+	s.dev.attach(ci, s.conns[ci].style, h.peer)
 	s.live++
 	s.m.connAttached(ci, h.exp.reg.idx)
 	s.logConnect(ci)
@@ -309,13 +300,7 @@ func (s *shard) attach(h handoff) {
 // retryWaiting gives connections that ran out of slots or buffers another
 // go, and requests waiting for a range lock another try.
 func (s *shard) retryWaiting() {
-	if len(s.rmwWait) > 0 {
-		w := s.rmwWait
-		s.rmwWait, s.rmwSpare = s.rmwSpare[:0], w
-		for _, si := range w {
-			s.startLocked(si)
-		}
-	}
+	s.dev.retryLocked()
 	if len(s.waiting) == 0 {
 		return
 	}
