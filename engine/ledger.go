@@ -207,9 +207,10 @@ func (l *ledger) dropStale(op uint8, gen, idx uint32) {
 }
 
 // issue returns a zeroed SQE for operation op of owner idx (a connection
-// for opRecv and opSendTLS, a batch's first slot for opSend, a slot for
-// opIO, nothing for the shard's own), stamped by the ledger, with the
-// holds the operation takes; the caller fills in the rest.
+// for opRecv and opSendTLS, a batch's first slot for opSend, nothing for
+// the shard's own), stamped by the ledger, with the holds the operation
+// takes; the caller fills in the rest. A device operation (opIO, on its
+// slot) is issued by deviceIO.issue.
 func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 	switch op {
 	case opSendTLS:
@@ -225,19 +226,12 @@ func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 			s.led.holdSlot(si)
 		}
 	case opIO:
-		s.led.holdSlot(idx)
+		assert(false, "a device operation issued by the shard (deviceIO.issue does it)")
 	}
 	ud := s.led.stamp(op, idx)
 	sqe := s.ring.SQE()
 	sqe.UserData = ud
 	return sqe
-}
-
-// issueInline is issue for a device operation the shard has just done
-// itself (ledger.inline): the slot is held until its completion.
-func (s *shard) issueInline(si int32, res int32) {
-	s.led.holdSlot(si)
-	s.led.inline(si, res)
 }
 
 // completeLocal hands the inline operations' completions to complete; those
