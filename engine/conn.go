@@ -18,30 +18,19 @@ type conn struct {
 	exp  *Export
 	sess wire.Session
 	peer string    // the client's address, for logs
-	mem  *connMem  // send vector (shard metadata memory)
 	tls  *tlsState // nil: plaintext
 
-	// Received bytes not yet parsed: win[rlo:rhi], then the pool buffers
-	// queued from rxHead to rxTail (queued bytes in all). win is a pool
-	// buffer (winBid), the carry (a header split across buffers, or left
-	// incomplete), or a TLS connection's plaintext staging buffer.
-	win            []byte
-	rlo, rhi       int
-	winBid         int32 // the pool buffer win is, or -1
-	rxHead, rxTail int32 // pool buffers queued, or -1
-	queued         int
-	carry          [carryMax]byte
-	starved        bool  // its receive found the pool empty (shard.starved)
-	recvOn         bool  // a recv is in flight
-	recvSlot       int32 // the slot that recv receives a payload into, or -1
-	pslot          int32 // slot whose WRITE payload is arriving, or -1
-	pgot           uint32
-	drain          uint64 // bytes of a rejected request's payload still to discard
-	req            wire.Request
-	reqHeld        bool   // req is decoded and waits for a slot or buffer
-	payloadLen     uint64 // payload bytes following req's header
-	style          wire.ReplyStyle
-	reqSize        int // request header size: compact or extended
+	// Received bytes not yet parsed are in the shard's rx (rx.go).
+	recvOn     bool  // a recv is in flight
+	recvSlot   int32 // the slot that recv receives a payload into, or -1
+	pslot      int32 // slot whose WRITE payload is arriving, or -1
+	pgot       uint32
+	drain      uint64 // bytes of a rejected request's payload still to discard
+	req        wire.Request
+	reqHeld    bool   // req is decoded and waits for a slot or buffer
+	payloadLen uint64 // payload bytes following req's header
+	style      wire.ReplyStyle
+	reqSize    int // request header size: compact or extended
 
 	inflight int // live slots (from decode until the reply is sent)
 
@@ -52,16 +41,9 @@ type conn struct {
 	progSeen   uint32
 	stuckSince time.Time
 
-	qHead, qTail int32 // replies ready to send, linked through slot.next
-	sendHead     int32 // first slot of the sendmsg in flight
-	sending      bool
-	zc           bool // zero-copy sends allowed: a TCP socket, a kernel that has them
-	sendZC       bool // the send in flight is zero-copy
-	zcCopiedRun  int  // consecutive zero-copy notifications that said "copied"
-	iovAt, iovN  int  // the in-flight vector is mem.iov[iovAt:iovN]
+	// Replies queued and in flight are in the shard's sender (sender.go).
 
 	waiting  bool // on the shard's waiting list
-	dirty    bool // on the shard's dirty list
 	disc     bool // NBD_CMD_DISC received: read no more
 	draining bool // server stopping: new requests get ESHUTDOWN
 	closing  bool // hard close under way: waiting for ops to drain
@@ -75,17 +57,19 @@ type conn struct {
 // reset readies the connection for h; blockMax is the largest request
 // its shard serves.
 func (c *conn) reset(h handoff, blockMax uint32) {
-	*c = conn{fd: h.fd, exp: h.exp, peer: h.peer, mem: c.mem, tls: h.tls,
-		recvSlot: -1, pslot: -1, qHead: -1, qTail: -1, sendHead: -1, winBid: -1,
-		rxHead: -1, rxTail: -1,
+	*c = conn{fd: h.fd, exp: h.exp, peer: h.peer, tls: h.tls, recvSlot: -1, pslot: -1,
 		started: time.Now()}
-	if h.tls != nil {
-		c.win = h.tls.pipe.stage
-	}
 	c.sess = wire.Session{
 		Size: h.exp.size, Flags: h.neg.Flags, BlockMin: h.exp.align,
 		BlockMax: blockMax, Strict: h.neg.BlockSizeAsked, Structured: h.neg.Structured,
 		Extended: h.neg.Extended, BaseAllocation: h.neg.BaseAllocation,
+	}
+	if h.exp.isDevice {
+		// A block device zeroes whole sectors only; an unaligned range is a
+		// read-modify-write (startZeroRMW) in one span buffer of at most
+		// blockMax, and only its unmapping zeroes fast (zeroPlanFast).
+		c.sess.Zero = wire.ZeroCaps{Align: h.exp.align, RMWMax: blockMax,
+			FastNeedsHole: true}
 	}
 	c.style, c.reqSize = h.neg.Style(), wire.RequestSize
 	if h.neg.Extended {
@@ -104,7 +88,7 @@ func (s *shard) armRecv(ci int32) {
 		s.armRecvTLS(ci)
 		return
 	}
-	if c.pslot >= 0 && c.avail() == 0 {
+	if c.pslot >= 0 && s.rx.avail(ci) == 0 {
 		pl := s.payload(c.pslot)
 		if rest := len(pl) - int(c.pgot); rest >= recvDirectMin {
 			c.recvSlot, c.recvOn = c.pslot, true
@@ -112,9 +96,10 @@ func (s *shard) armRecv(ci int32) {
 			return
 		}
 	}
-	assert(c.rxHead < 0, "receive armed with pool buffers still queued")
+	assert(!s.rx.pooled(ci), "receive armed with pool buffers still queued")
 	c.recvOn = true
-	ring.PrepRecvSelect(s.issue(opRecv, ci), c.fd, recvBufSize, recvPoolGroup, s.pool.bundles)
+	ring.PrepRecvSelect(s.issue(opRecv, ci), c.fd, recvBufSize, recvPoolGroup,
+		s.rx.pool.bundles)
 }
 
 // payload is where a WRITE's data is received.
@@ -135,15 +120,13 @@ func (s *shard) onRecv(ci int32, res int32, direct bool, flags uint32) {
 	pooled := flags&ring.CQEBuffer != 0
 	if c.closing {
 		if pooled {
-			s.dropRecvBuffers(ring.CQEBufferID(flags), int(res))
+			s.rx.dropBuffers(ring.CQEBufferID(flags), int(res))
 		}
 		s.maybeRelease(ci)
 		return
 	}
 	if res == -int32(unix.ENOBUFS) && !direct && c.tls == nil {
-		s.stats.RecvNoBufs.Add(1)
-		c.starved = true
-		s.starved = append(s.starved, ci)
+		s.rx.starve(ci)
 		return
 	}
 	if res > 0 {
@@ -174,7 +157,7 @@ func (s *shard) onRecv(ci int32, res int32, direct bool, flags uint32) {
 		}
 	default:
 		assert(pooled, "a plaintext receive completed without pool buffers")
-		s.onRecvPooled(c, ring.CQEBufferID(flags), int(res))
+		s.rx.received(ci, ring.CQEBufferID(flags), int(res))
 	}
 	s.parse(ci)
 }
@@ -185,7 +168,7 @@ func (s *shard) parse(ci int32) {
 	c := &s.conns[ci]
 	for !c.disc && !c.closing {
 		if c.drain > 0 {
-			c.drain -= uint64(s.consume(c, nil, int(min(c.drain, uint64(c.avail())))))
+			c.drain -= uint64(s.rx.consume(ci, nil, int(min(c.drain, uint64(s.rx.avail(ci))))))
 			if c.drain > 0 {
 				break
 			}
@@ -193,7 +176,7 @@ func (s *shard) parse(ci int32) {
 		}
 		if c.pslot >= 0 {
 			pl := s.payload(c.pslot)
-			c.pgot += uint32(s.consume(c, pl[c.pgot:], len(pl)-int(c.pgot)))
+			c.pgot += uint32(s.rx.consume(ci, pl[c.pgot:], len(pl)-int(c.pgot)))
 			if int(c.pgot) < len(pl) {
 				break
 			}
@@ -201,7 +184,7 @@ func (s *shard) parse(ci int32) {
 			continue
 		}
 		if !c.reqHeld {
-			if c.avail() < c.reqSize {
+			if s.rx.avail(ci) < c.reqSize {
 				break
 			}
 			if !s.decode(ci) {
@@ -217,7 +200,7 @@ func (s *shard) parse(ci int32) {
 		c.reqHeld = false
 	}
 	if !c.closing && !c.disc {
-		s.settleRecv(c) // after DISC what is left is never parsed; release drops it
+		s.rx.settle(ci) // after DISC what is left is never parsed; release drops it
 	}
 	s.armRecv(ci)
 }
@@ -228,7 +211,7 @@ func (s *shard) parse(ci int32) {
 // connection; false then.
 func (s *shard) decode(ci int32) bool {
 	c := &s.conns[ci]
-	hdr := s.peek(c, c.reqSize)
+	hdr := s.rx.peek(ci, c.reqSize)
 	var err error
 	if c.style == wire.StyleExtended {
 		err = wire.DecodeExtendedRequest(hdr, &c.req)
@@ -240,7 +223,7 @@ func (s *shard) decode(ci int32) bool {
 		s.beginClose(ci, closeProtocol)
 		return false
 	}
-	s.consume(c, nil, c.reqSize)
+	s.rx.consume(ci, nil, c.reqSize)
 	c.served++
 	s.m.countRequest(ci, s.conns[ci].req.Type)
 	var ok bool
@@ -311,7 +294,7 @@ func (s *shard) cutConn(ci int32) {
 			len(s.payload(c.pslot)))
 	case c.drain > 0:
 		why = fmt.Sprintf("%d bytes of a rejected request's payload still to come", c.drain)
-	case c.sending:
+	case s.tx.busy(ci):
 		why = "not reading its replies"
 	}
 	slog.Warn(fmt.Sprintf("shutdown: cutting connection from %s (export %q): %d requests "+
@@ -325,7 +308,7 @@ func (s *shard) cutConn(ci int32) {
 func (s *shard) maybeFinish(ci int32) {
 	c := &s.conns[ci]
 	// A TLS connection's replies leave their slots before they are sent.
-	if (c.disc || c.draining) && c.inflight == 0 && !c.sending && !c.closing {
+	if (c.disc || c.draining) && c.inflight == 0 && !s.tx.busy(ci) && !c.closing {
 		if c.tls != nil && s.tlsBye(ci) {
 			return // close_notify first; its send's completion comes back here
 		}
@@ -345,13 +328,7 @@ func (s *shard) maybeRelease(ci int32) {
 	if !c.closing || s.led.connHeld(ci) {
 		return
 	}
-	keep := s.rmwWait[:0]
-	for _, si := range s.rmwWait {
-		if s.slots.rows[si].conn != ci {
-			keep = append(keep, si)
-		}
-	}
-	s.rmwWait = keep
+	s.dev.forget(ci)
 	if c.waiting {
 		keepC := s.waiting[:0]
 		for _, w := range s.waiting {
@@ -366,10 +343,9 @@ func (s *shard) maybeRelease(ci int32) {
 			s.releaseSlot(int32(i))
 		}
 	}
-	c.pslot, c.qHead, c.qTail, c.sendHead = -1, -1, -1, -1
-	if c.tls == nil {
-		s.releaseRecv(c)
-	}
+	c.pslot = -1
+	s.tx.drop(ci)
+	s.rx.release(ci) // a TLS connection holds no pool buffer
 	assert(c.inflight == 0, "connection released with slots still owned")
 	// Slots a device operation still holds are freed by the ledger; their
 	// buffers no longer count against this connection (slot.cgen).

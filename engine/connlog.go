@@ -65,11 +65,3 @@ func (s *shard) logClose(ci int32) {
 		"duration", time.Since(c.started).Round(time.Millisecond).String(),
 		"reason", c.closeWhy.String())
 }
-
-// slotClient names the client whose request sl is, for device error lines.
-func (s *shard) slotClient(sl *slot) string {
-	if sl.conn < 0 || int(sl.conn) >= len(s.conns) {
-		return "" // no owner: not a request's slot
-	}
-	return s.conns[sl.conn].peer
-}

@@ -52,34 +52,34 @@ var puntLabel = [puntReasons]string{"eagain", "no_nowait", "always"}
 // shard itself: on an inline export, while the shard has few requests in
 // flight. At depth, the ring's io-wq threads run the I/O in parallel on
 // other CPUs, which beats one shard doing it in turn.
-func (s *shard) inline(sl *slot) bool {
-	return sl.exp.inline && s.stats.Inflight.Load() <= inlineSlotsMax
+func (d *deviceIO) inline(sl *slot) bool {
+	return sl.exp.inline && d.stats.Inflight.Load() <= inlineSlotsMax
 }
 
 // rwFlags returns the RWF_* flags for a ring read or write of slot sl
 // (rwf: RWF_DSYNC or 0) and counts a punt the ring will make.
-func (s *shard) rwFlags(sl *slot, rwf uint32) uint32 {
+func (d *deviceIO) rwFlags(sl *slot, rwf uint32) uint32 {
 	switch {
 	case !sl.exp.nowait:
-		s.stats.Punts[puntNoNowait].Add(1)
+		d.stats.Punts[puntNoNowait].Add(1)
 	case !sl.blocking:
 		rwf |= rwfNoWait
 	}
 	return rwf
 }
 
-// retryBlocking issues slot si's read or write again without RWF_NOWAIT
-// after res, if res is the EAGAIN that flag asked for (or EOPNOTSUPP: a
-// filesystem that takes it for reads but not writes); false otherwise.
-func (s *shard) retryBlocking(si int32, res int32, again func(int32)) bool {
-	sl := &s.slots.rows[si]
+// retryBlocking says whether to issue slot si's read or write again
+// without RWF_NOWAIT after res: res is the EAGAIN that flag asked for (or
+// EOPNOTSUPP: a filesystem that takes it for reads but not writes). The
+// caller issues it again (no callback: see COMPOSITION.md's pitfalls).
+func (d *deviceIO) retryBlocking(si int32, res int32) bool {
+	sl := &d.slots.rows[si]
 	if res != -int32(unix.EAGAIN) && res != -int32(unix.EOPNOTSUPP) || !sl.exp.nowait ||
 		sl.blocking {
 		return false
 	}
 	sl.blocking = true
-	s.stats.Punts[puntEAGAIN].Add(1)
-	again(si)
+	d.stats.Punts[puntEAGAIN].Add(1)
 	return true
 }
 
@@ -104,18 +104,18 @@ const (
 	zeroStepAllocate = 0xff
 )
 
-func (s *shard) submitRead(si int32) {
-	sl := &s.slots.rows[si]
+func (d *deviceIO) submitRead(si int32) {
+	sl := &d.slots.rows[si]
 	p, n := bytesAt(sl.data[sl.done:]), sl.spanLen-uint32(sl.done)
 	off := sl.spanOff + sl.done
-	if s.inline(sl) {
-		s.issueInline(si, sysResult(unix.Pread(sl.exp.fd, sl.data[sl.done:sl.spanLen],
+	if d.inline(sl) {
+		d.issueInline(si, sysResult(unix.Pread(sl.exp.fd, sl.data[sl.done:sl.spanLen],
 			int64(off))))
 		return
 	}
-	rwf := s.rwFlags(sl, 0)
-	e := s.issue(opIO, si)
-	if s.fixedBufs {
+	rwf := d.rwFlags(sl, 0)
+	e := d.issue(si)
+	if d.fixedBufs {
 		ring.PrepReadFixed(e, sl.exp.fd, p, n, off, 0)
 	} else {
 		ring.PrepRead(e, sl.exp.fd, p, n, off)
@@ -123,39 +123,39 @@ func (s *shard) submitRead(si int32) {
 	e.OpcodeFlags = rwf
 }
 
-func (s *shard) submitWrite(si int32) {
-	sl := &s.slots.rows[si]
+func (d *deviceIO) submitWrite(si int32) {
+	sl := &d.slots.rows[si]
 	var rwf uint32
 	if sl.req.Flags&wire.CmdFlagFUA != 0 {
 		rwf = rwfDSync
 	}
 	p, n := bytesAt(sl.data[sl.done:]), sl.spanLen-uint32(sl.done)
 	off := sl.spanOff + sl.done
-	if s.inline(sl) {
-		s.issueInline(si, sysResult(pwritev2(sl.exp.fd, sl.data[sl.done:sl.spanLen],
+	if d.inline(sl) {
+		d.issueInline(si, sysResult(pwritev2(sl.exp.fd, sl.data[sl.done:sl.spanLen],
 			int64(off), int(rwf))))
 		return
 	}
-	rwf = s.rwFlags(sl, rwf)
-	if s.fixedBufs {
-		ring.PrepWriteFixed(s.issue(opIO, si), sl.exp.fd, p, n, off, rwf, 0)
+	rwf = d.rwFlags(sl, rwf)
+	if d.fixedBufs {
+		ring.PrepWriteFixed(d.issue(si), sl.exp.fd, p, n, off, rwf, 0)
 		return
 	}
-	ring.PrepWrite(s.issue(opIO, si), sl.exp.fd, p, n, off, rwf)
+	ring.PrepWrite(d.issue(si), sl.exp.fd, p, n, off, rwf)
 }
 
-func (s *shard) submitFallocate(si int32, mode uint32, off, n uint64) {
-	s.stats.Punts[puntAlways].Add(1)
-	ring.PrepFallocate(s.issue(opIO, si), s.slots.rows[si].exp.fd, mode, off, n)
+func (d *deviceIO) submitFallocate(si int32, mode uint32, off, n uint64) {
+	d.stats.Punts[puntAlways].Add(1)
+	ring.PrepFallocate(d.issue(si), d.slots.rows[si].exp.fd, mode, off, n)
 }
 
 // submitZeroWrite writes the next piece of zeros from the shard's zero
 // buffer (read-only to the kernel: it is the source of the write).
-func (s *shard) submitZeroWrite(si int32) {
-	sl := &s.slots.rows[si]
-	n := min(sl.req.Length-sl.done, uint64(len(s.zeros)))
-	ring.PrepWrite(s.issue(opIO, si), sl.exp.fd, bytesAt(s.zeros), uint32(n),
-		sl.req.Offset+sl.done, s.rwFlags(sl, 0))
+func (d *deviceIO) submitZeroWrite(si int32) {
+	sl := &d.slots.rows[si]
+	n := min(sl.req.Length-sl.done, uint64(len(d.zeros)))
+	ring.PrepWrite(d.issue(si), sl.exp.fd, bytesAt(d.zeros), uint32(n),
+		sl.req.Offset+sl.done, d.rwFlags(sl, 0))
 }
 
 // sysResult turns a system call's outcome into a CQE result: bytes done,
@@ -184,59 +184,64 @@ func pwritev2(fd int, b []byte, off int64, flags int) (int, error) {
 
 // onIO completes a slot's device operation and moves it to its next phase.
 // A slot whose connection has gone (released) is freed by the ledger; its
-// result still counts where it is about durability.
-func (s *shard) onIO(si int32, res int32) {
-	sl := &s.slots.rows[si]
+// result still counts where it is about durability. closing: the slot's
+// connection is closing; onIO then returns false and the shard ends the
+// request.
+func (d *deviceIO) onIO(si int32, res int32, closing bool) bool {
+	sl := &d.slots.rows[si]
 	if (sl.phase == phFlush || sl.phase == phSync) && res < 0 {
-		s.syncFailed(sl, res)
+		d.syncFailed(sl, res)
 	}
 	if sl.state != slotLive {
-		return
+		return true
 	}
-	if s.conns[sl.conn].closing {
-		s.releaseSlot(si)
-		s.maybeRelease(sl.conn)
-		return
+	if closing {
+		return false
 	}
 	switch sl.phase {
 	case phRead, phRMWRead, phWrite:
-		s.onReadWrite(si, res)
+		d.onReadWrite(si, res)
 	case phFlush, phSync:
 		if res < 0 {
-			s.deviceError(si, res, "fdatasync")
-			return
+			d.deviceError(si, res, "fdatasync")
+			return true
 		}
-		s.replyOK(si)
+		d.tx.replyOK(si)
 	case phTrim:
-		s.onTrim(si, res)
+		d.onTrim(si, res)
 	case phZero:
-		s.onZero(si, res)
+		d.onZero(si, res)
 	case phZeroWrite:
-		s.onZeroWrite(si, res)
+		d.onZeroWrite(si, res)
 	case phCache:
 		// CACHE is advice: a refusal changes nothing the client can see.
-		s.replyOK(si)
+		d.tx.replyOK(si)
 	}
+	return true
 }
 
 // syncFailed poisons the export's FLUSH: after a failed fdatasync the
 // kernel may have dropped the dirty data it could not write, so writes
 // already acknowledged may be gone, and a later fdatasync that succeeds
 // proves nothing about them (the lesson of fsyncgate).
-func (s *shard) syncFailed(sl *slot, res int32) {
+func (d *deviceIO) syncFailed(sl *slot, res int32) {
 	if sl.exp.syncFailed.Swap(true) {
 		return
 	}
 	slog.Error(fmt.Sprintf("export %q: fdatasync failed: %v; acknowledged writes may be "+
 		"lost, so every later FLUSH fails with EIO until the server is restarted",
-		sl.exp.Name, unix.Errno(-res)), "client", s.slotClient(sl),
-		"export", sl.exp.Name, "shard", s.id)
+		sl.exp.Name, unix.Errno(-res)), "client", d.peer(sl),
+		"export", sl.exp.Name, "shard", d.id)
 }
 
-func (s *shard) onReadWrite(si int32, res int32) {
-	sl := &s.slots.rows[si]
-	if sl.phase == phWrite && s.retryBlocking(si, res, s.submitWrite) ||
-		sl.phase != phWrite && s.retryBlocking(si, res, s.submitRead) {
+func (d *deviceIO) onReadWrite(si int32, res int32) {
+	sl := &d.slots.rows[si]
+	if d.retryBlocking(si, res) {
+		if sl.phase == phWrite {
+			d.submitWrite(si)
+		} else {
+			d.submitRead(si)
+		}
 		return
 	}
 	if res <= 0 {
@@ -245,59 +250,59 @@ func (s *shard) onReadWrite(si int32, res int32) {
 		}
 		if sl.phase == phWrite && sl.req.Flags&wire.CmdFlagFUA != 0 && res == -int32(unix.EIO) {
 			// RWF_DSYNC's sync part may have failed on other writes' data too.
-			s.syncFailed(sl, res)
+			d.syncFailed(sl, res)
 		}
-		s.deviceError(si, res, phaseName[sl.phase])
+		d.deviceError(si, res, phaseName[sl.phase])
 		return
 	}
 	sl.done += uint64(res)
 	if sl.done < uint64(sl.spanLen) {
 		if sl.phase == phWrite {
-			s.submitWrite(si)
+			d.submitWrite(si)
 		} else {
-			s.submitRead(si)
+			d.submitRead(si)
 		}
 		return
 	}
 	switch sl.phase {
 	case phRead:
-		s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
-		s.replyRead(si)
+		d.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
+		d.tx.replyRead(si)
 	case phRMWRead:
 		part := sl.data[sl.skip : uint64(sl.skip)+sl.req.Length]
 		if sl.req.Type == wire.CmdWriteZeroes {
 			clear(part)
 		} else {
 			copy(part, sl.payload)
-			s.slots.freePayload(si)
+			d.slots.freePayload(si)
 		}
 		sl.phase, sl.done = phWrite, 0
-		s.submitWrite(si)
+		d.submitWrite(si)
 	case phWrite:
-		s.unlockSpan(sl)
+		d.unlockSpan(sl)
 		if sl.req.Type == wire.CmdWrite {
-			s.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
+			d.m.countBytes(sl.conn, sl.req.Type, sl.req.Length)
 		}
-		s.replyOK(si)
+		d.tx.replyOK(si)
 	}
 }
 
 // onTrim: a device that refused the discard command gets PUNCH_HOLE; a
 // refusal of that is no error, TRIM being advice.
-func (s *shard) onTrim(si int32, res int32) {
-	sl := &s.slots.rows[si]
+func (d *deviceIO) onTrim(si int32, res int32) {
+	sl := &d.slots.rows[si]
 	unsupported := res == -int32(unix.EOPNOTSUPP) || res == -int32(unix.EINVAL)
 	if sl.exp.isDevice && sl.step == 0 && unsupported {
 		sl.step = 1
-		off, end := s.trimRange(sl)
-		s.submitFallocate(si, fallocPunchHole|fallocKeepSize, off, end-off)
+		off, end := d.trimRange(sl)
+		d.submitFallocate(si, fallocPunchHole|fallocKeepSize, off, end-off)
 		return
 	}
 	if res < 0 && res != -int32(unix.EOPNOTSUPP) {
-		s.deviceError(si, res, "trim")
+		d.deviceError(si, res, "trim")
 		return
 	}
-	s.afterFallocate(si)
+	d.afterFallocate(si)
 }
 
 func zeroPlan(sl *slot) int {
@@ -310,8 +315,8 @@ func zeroPlan(sl *slot) int {
 	return zeroPlanHole
 }
 
-func (s *shard) submitZeroStep(si int32) {
-	sl := &s.slots.rows[si]
+func (d *deviceIO) submitZeroStep(si int32) {
+	sl := &d.slots.rows[si]
 	mode := uint32(fallocKeepSize) // zeroStepAllocate: allocate what was punched
 	if sl.step != zeroStepAllocate {
 		mode = zeroSteps[zeroPlan(sl)][sl.step]
@@ -319,11 +324,11 @@ func (s *shard) submitZeroStep(si int32) {
 	if mode&fallocPunchHole != 0 {
 		sl.exp.sparse.Store(true)
 	}
-	s.submitFallocate(si, mode, sl.req.Offset, sl.req.Length)
+	d.submitFallocate(si, mode, sl.req.Offset, sl.req.Length)
 }
 
-func (s *shard) onZero(si int32, res int32) {
-	sl := &s.slots.rows[si]
+func (d *deviceIO) onZero(si int32, res int32) {
+	sl := &d.slots.rows[si]
 	plan := zeroPlan(sl)
 	steps := zeroSteps[plan]
 	refused := res == -int32(unix.EOPNOTSUPP)
@@ -332,93 +337,94 @@ func (s *shard) onZero(si int32, res int32) {
 		// The range is zero (a hole) already; a filesystem that cannot
 		// allocate it leaves it a hole, which NO_HOLE only asks to avoid.
 		if res < 0 && !refused {
-			s.deviceError(si, res, "allocate")
+			d.deviceError(si, res, "allocate")
 			return
 		}
 	case refused && int(sl.step)+1 < len(steps):
 		sl.step++
-		s.submitZeroStep(si)
+		d.submitZeroStep(si)
 		return
 	case refused:
-		s.zeroByWriting(si)
+		d.zeroByWriting(si)
 		return
 	case res < 0:
-		s.deviceError(si, res, "zero")
+		d.deviceError(si, res, "zero")
 		return
 	case plan == zeroPlanNoHole && steps[sl.step]&fallocPunchHole != 0:
 		sl.step = zeroStepAllocate // punched: now allocate, so the zeros are not a hole
-		s.submitZeroStep(si)
+		d.submitZeroStep(si)
 		return
 	}
-	s.afterFallocate(si)
+	d.afterFallocate(si)
 }
 
 // zeroByWriting zeroes where the export has no fallocate that zeroes: by
 // writing zeros, which is not fast, and needs whole blocks (O_DIRECT).
-func (s *shard) zeroByWriting(si int32) {
-	sl := &s.slots.rows[si]
+func (d *deviceIO) zeroByWriting(si int32) {
+	sl := &d.slots.rows[si]
 	if sl.req.Flags&wire.CmdFlagFastZero != 0 {
-		s.unlockSpan(sl) // refused: nothing more changes its blocks
-		s.replyErr(si, wire.ENOTSUP, "fast zeroing is not supported by this export")
+		d.unlockSpan(sl) // refused: nothing more changes its blocks
+		d.tx.replyErr(si, wire.ENOTSUP, "fast zeroing is not supported by this export")
 		return
 	}
 	if !isAligned(sl.req.Offset|sl.req.Length, uint64(sl.exp.align)) {
-		s.unlockSpan(sl)
-		s.replyErr(si, wire.ENOTSUP, "the export's filesystem cannot zero ranges and this "+
+		d.unlockSpan(sl)
+		d.tx.replyErr(si, wire.ENOTSUP, "the export's filesystem cannot zero ranges and this "+
 			"one is not aligned to the block size for writing zeros; write zeros instead")
 		return
 	}
 	sl.phase, sl.done = phZeroWrite, 0
-	s.submitZeroWrite(si)
+	d.submitZeroWrite(si)
 }
 
-func (s *shard) onZeroWrite(si int32, res int32) {
-	sl := &s.slots.rows[si]
-	if s.retryBlocking(si, res, s.submitZeroWrite) {
+func (d *deviceIO) onZeroWrite(si int32, res int32) {
+	sl := &d.slots.rows[si]
+	if d.retryBlocking(si, res) {
+		d.submitZeroWrite(si)
 		return
 	}
 	if res <= 0 {
 		if res == 0 {
 			res = -int32(unix.EIO)
 		}
-		s.deviceError(si, res, phaseName[sl.phase])
+		d.deviceError(si, res, phaseName[sl.phase])
 		return
 	}
 	sl.done += uint64(res)
 	if sl.done < sl.req.Length {
-		s.submitZeroWrite(si)
+		d.submitZeroWrite(si)
 		return
 	}
-	s.afterFallocate(si)
+	d.afterFallocate(si)
 }
 
 // afterFallocate finishes TRIM and WRITE_ZEROES, syncing first for FUA;
 // the blocks are changed, so their range lock goes before the sync.
-func (s *shard) afterFallocate(si int32) {
-	s.unlockSpan(&s.slots.rows[si])
-	if s.slots.rows[si].req.Flags&wire.CmdFlagFUA != 0 {
-		s.startSync(si, phSync)
+func (d *deviceIO) afterFallocate(si int32) {
+	d.unlockSpan(&d.slots.rows[si])
+	if d.slots.rows[si].req.Flags&wire.CmdFlagFUA != 0 {
+		d.startSync(si, phSync)
 		return
 	}
-	s.replyOK(si)
+	d.tx.replyOK(si)
 }
 
 // deviceError logs the real errno, then replies with the protocol's code.
-func (s *shard) deviceError(si int32, res int32, what string) {
-	sl := &s.slots.rows[si]
-	s.unlockSpan(sl)
+func (d *deviceIO) deviceError(si int32, res int32, what string) {
+	sl := &d.slots.rows[si]
+	d.unlockSpan(sl)
 	errno := unix.Errno(-res)
-	if now := time.Now(); now.After(s.errLogNext) {
+	if now := time.Now(); now.After(d.errLogNext) {
 		more := ""
-		if s.errLogQuiet > 0 {
-			more = fmt.Sprintf(" (and %d more device errors not logged)", s.errLogQuiet)
+		if d.errLogQuiet > 0 {
+			more = fmt.Sprintf(" (and %d more device errors not logged)", d.errLogQuiet)
 		}
 		slog.Error(fmt.Sprintf("%s %s at %d+%d: %v%s", sl.exp.Path, what, sl.req.Offset,
-			sl.req.Length, errno, more), "client", s.slotClient(sl),
-			"export", sl.exp.Name, "shard", s.id)
-		s.errLogNext, s.errLogQuiet = now.Add(deviceErrorLogEvery), 0
+			sl.req.Length, errno, more), "client", d.peer(sl),
+			"export", sl.exp.Name, "shard", d.id)
+		d.errLogNext, d.errLogQuiet = now.Add(deviceErrorLogEvery), 0
 	} else {
-		s.errLogQuiet++
+		d.errLogQuiet++
 	}
-	s.replyErr(si, wire.ErrnoFromSys(errno), "device error: "+errno.Error())
+	d.tx.replyErr(si, wire.ErrnoFromSys(errno), "device error: "+errno.Error())
 }

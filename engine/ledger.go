@@ -207,9 +207,10 @@ func (l *ledger) dropStale(op uint8, gen, idx uint32) {
 }
 
 // issue returns a zeroed SQE for operation op of owner idx (a connection
-// for opRecv and opSendTLS, a batch's first slot for opSend, a slot for
-// opIO, nothing for the shard's own), stamped by the ledger, with the
-// holds the operation takes; the caller fills in the rest.
+// for opRecv and opSendTLS, a batch's first slot for opSend, nothing for
+// the shard's own), stamped by the ledger, with the holds the operation
+// takes; the caller fills in the rest. A device operation (opIO, on its
+// slot) is issued by deviceIO.issue.
 func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 	switch op {
 	case opSendTLS:
@@ -225,21 +226,12 @@ func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 			s.led.holdSlot(si)
 		}
 	case opIO:
-		s.led.holdSlot(idx)
-		s.m.deviceIssued(idx)
+		assert(false, "a device operation issued by the shard (deviceIO.issue does it)")
 	}
 	ud := s.led.stamp(op, idx)
 	sqe := s.ring.SQE()
 	sqe.UserData = ud
 	return sqe
-}
-
-// issueInline is issue for a device operation the shard has just done
-// itself (ledger.inline): the slot is held until its completion.
-func (s *shard) issueInline(si int32, res int32) {
-	s.led.holdSlot(si)
-	s.m.inlineDone(si)
-	s.led.inline(si, res)
 }
 
 // completeLocal hands the inline operations' completions to complete; those
@@ -258,7 +250,7 @@ func (s *shard) complete(cqe *ring.CQE) {
 	op, idx, res, last, ok := s.led.complete(cqe)
 	if !ok {
 		if op == opRecv && cqe.Flags&ring.CQEBuffer != 0 {
-			s.dropRecvBuffers(ring.CQEBufferID(cqe.Flags), int(res))
+			s.rx.dropBuffers(ring.CQEBufferID(cqe.Flags), int(res))
 		}
 		return
 	}
@@ -307,7 +299,12 @@ func (s *shard) complete(cqe *ring.CQE) {
 		if last {
 			s.led.unholdSlot(idx)
 		}
-		s.onIO(idx, res)
+		sl := &s.slots.rows[idx]
+		closing := sl.state == slotLive && s.conns[sl.conn].closing
+		if !s.dev.onIO(idx, res, closing) {
+			s.releaseSlot(idx) // its connection is closing: the request ends
+			s.maybeRelease(sl.conn)
+		}
 		if s.slots.rows[idx].state == slotReleased && !s.led.slotHeld(idx) {
 			s.freeSlot(idx) // its connection went while the kernel held it
 		}

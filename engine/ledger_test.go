@@ -26,6 +26,8 @@ func ledgerShard(t *testing.T) (*shard, int32) {
 	ci := s.connFree[len(s.connFree)-1]
 	s.connFree = s.connFree[:len(s.connFree)-1]
 	s.conns[ci].reset(handoff{fd: -1, exp: exp, peer: "test"}, wire.PayloadMax)
+	s.rx.reset(ci, nil)
+	s.tx.reset(ci, s.conns[ci].style, false)
 	return s, ci
 }
 
@@ -54,14 +56,14 @@ func TestStaleCompletionDropped(t *testing.T) {
 		t.Fatalf("stale completion settled the new request: ops %d, shard ops %d, state %d",
 			s.led.slotOps[si], s.led.ioOps, sl.state)
 	}
-	if s.conns[ci].qHead >= 0 || sl.exp.syncFailed.Load() {
+	if s.tx.q[ci].head >= 0 || sl.exp.syncFailed.Load() {
 		t.Fatal("stale completion was applied: a reply was queued or FLUSH poisoned")
 	}
 	// The real completion still finds its request.
 	s.complete(&ring.CQE{UserData: ring.UserData(opIO, s.led.slotGen[si], uint32(si))})
-	if s.conns[ci].qHead != si || s.led.slotOps[si] != 0 {
+	if s.tx.q[ci].head != si || s.led.slotOps[si] != 0 {
 		t.Fatalf("current completion not applied: queue head %d, ops %d",
-			s.conns[ci].qHead, s.led.slotOps[si])
+			s.tx.q[ci].head, s.led.slotOps[si])
 	}
 }
 
@@ -73,7 +75,7 @@ func TestReleaseWaitsForKernel(t *testing.T) {
 	si := s.allocSlot(ci)
 	sl := &s.slots.rows[si]
 	sl.req = wire.Request{Type: wire.CmdRead, Length: 4096}
-	if !s.allocData(si, 4096) {
+	if !s.dev.allocData(si, 4096) {
 		t.Fatal("no buffer")
 	}
 	sl.phase = phRead
@@ -95,7 +97,7 @@ func TestReleaseWaitsForKernel(t *testing.T) {
 		t.Fatalf("not freed on its completion: state %d, arena in use %d", sl.state,
 			s.slots.ar.inUse)
 	}
-	if s.stats.Stale.Load() != 0 || s.conns[ci].qHead >= 0 {
+	if s.stats.Stale.Load() != 0 || s.tx.q[ci].head >= 0 {
 		t.Fatal("completion of a released request was applied")
 	}
 }

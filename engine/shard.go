@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"runtime"
 	"sync/atomic"
-	"time"
 
 	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
@@ -22,38 +21,26 @@ type shard struct {
 	ring  *ring.Ring
 	arena *arena
 	mem   *shardMem
-	pool  *recvPool // receive buffers (made with the ring, in run)
-	zeros []byte    // read-only zeros, the source of writes of zeros
 
 	slots    slotTable // requests, their buffers and budgets (slot.go)
+	rx       rx        // receive pool, read cursors, starved receives (rx.go)
+	tx       sender    // reply queues, send batches, zero-copy (sender.go)
+	dev      deviceIO  // device phases, range-lock waiters (devio.go)
 	conns    []conn
 	connFree []int32
 
 	waiting []int32 // connections waiting for a slot or a buffer
-	rmwWait []int32 // slots waiting for a range lock
-	// spares swap with waiting and rmwWait while those are retried, so a
-	// retry that waits again appends to a list nobody is iterating.
+	// waitingSpare swaps with waiting while it is retried, so a retry that
+	// waits again appends to a list nobody is iterating.
 	waitingSpare []int32
-	rmwSpare     []int32
-	dirty        []int32 // connections with replies queued but not yet sent
-	// starved: connections whose receive found the pool empty, armed again
-	// once buffers are back (retryStarved); starvedSpare swaps with it.
-	starved      []int32
-	starvedSpare []int32
 	timerOn      bool
 	tickOn       bool // the -io-timeout tick is armed (stall.go)
-	// fixedBufs: the arena is registered as fixed buffer 0.
-	fixedBufs bool
-	efd       int
-	inbox     chan handoff
-	assigned  atomic.Int64 // connections handed to this shard and not yet released
-	stopping  bool         // draining: new requests get ESHUTDOWN, idle connections close
-	cutting   bool         // the grace is over: every connection is closed now
-	live      int          // connections attached
-	// Device errors are logged at most once per deviceErrorLogEvery, with
-	// a count of those left out since the last line.
-	errLogNext  time.Time
-	errLogQuiet int
+	efd          int
+	inbox        chan handoff
+	assigned     atomic.Int64 // connections handed to this shard and not yet released
+	stopping     bool         // draining: new requests get ESHUTDOWN, idle connections close
+	cutting      bool         // the grace is over: every connection is closed now
+	live         int          // connections attached
 
 	stats  ShardStats
 	m      shardMetrics // per-request counters and timing (metrics.go)
@@ -113,7 +100,7 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 		s.close()
 		return nil, err
 	}
-	s.zeros, err = unix.Mmap(-1, 0, zeroWriteMax, unix.PROT_READ,
+	s.dev.zeros, err = unix.Mmap(-1, 0, zeroWriteMax, unix.PROT_READ,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		s.close()
@@ -125,21 +112,19 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	s.slots.init(&srv.sz, s.arena, &s.stats, s.mem.hdrs)
+	s.rx.init(sz.conns, &s.stats)
+	s.tx.init(sz.conns, s.slots.rows, s.mem.conns, &s.m, &s.stats)
+	s.dev.init(id, sz.conns, sz.slots, sz.blockMax, &s.led, &s.slots, &s.tx, &s.m, &s.stats)
 	s.conns = make([]conn, sz.conns)
 	s.connFree = make([]int32, 0, sz.conns)
 	for i := sz.conns - 1; i >= 0; i-- {
-		s.conns[i].mem, s.conns[i].fd = &s.mem.conns[i], -1
+		s.conns[i].fd = -1
 		s.connFree = append(s.connFree, int32(i))
 	}
 	s.mem.words.timeout = unix.NsecToTimespec(rangeLockRetry.Nanoseconds())
 	s.mem.words.tick = unix.NsecToTimespec(srv.ioTick.Nanoseconds())
 	s.waiting = make([]int32, 0, sz.conns)
 	s.waitingSpare = make([]int32, 0, sz.conns)
-	s.rmwWait = make([]int32, 0, sz.slots)
-	s.rmwSpare = make([]int32, 0, sz.slots)
-	s.dirty = make([]int32, 0, sz.conns)
-	s.starved = make([]int32, 0, sz.conns)
-	s.starvedSpare = make([]int32, 0, sz.conns)
 	return s, nil
 }
 
@@ -147,8 +132,8 @@ func (s *shard) close() {
 	if s.efd > 0 {
 		unix.Close(s.efd)
 	}
-	if s.zeros != nil {
-		unix.Munmap(s.zeros)
+	if s.dev.zeros != nil {
+		unix.Munmap(s.dev.zeros)
 	}
 	s.mem.close()
 	s.arena.close()
@@ -175,9 +160,9 @@ func (s *shard) run(ready chan<- error) {
 		ready <- fmt.Errorf("shard %d: %w", s.id, err)
 		return
 	}
-	s.ring = r
+	s.ring, s.dev.ring = r, r
 	r.SetSpin(s.srv.poll)
-	if s.pool, err = newRecvPool(r, s.srv.sz.recvBufs, s.srv.bundles); err != nil {
+	if s.rx.pool, err = newRecvPool(r, s.srv.sz.recvBufs, s.srv.bundles); err != nil {
 		r.Close()
 		ready <- fmt.Errorf("shard %d: %w", s.id, err)
 		return
@@ -190,13 +175,13 @@ func (s *shard) run(ready chan<- error) {
 			"to %d MiB or more for faster I/O)", s.id, err, len(s.arena.mem)>>20),
 			"shard", s.id)
 	} else {
-		s.fixedBufs = true
+		s.dev.fixedBufs = true
 	}
 	s.armWake()
 	ready <- nil
 	err = s.loop()
 	s.ring.Close()
-	s.pool.close()
+	s.rx.pool.close()
 	s.close()
 	s.srv.shardDone(s, err)
 }
@@ -209,7 +194,7 @@ func (s *shard) loop() error {
 		s.retryWaiting()
 		s.retryStarved()
 		s.flushDirty()
-		if (len(s.rmwWait) > 0 || s.qos.waiting > 0) && !s.timerOn {
+		if (s.dev.lockWaiting() || s.qos.waiting > 0) && !s.timerOn {
 			ring.PrepTimeout(s.issue(opTimer, 0), &s.mem.words.timeout)
 			s.timerOn = true
 		}
@@ -218,8 +203,7 @@ func (s *shard) loop() error {
 		if len(s.led.local) > 0 {
 			wait = 0 // inline completions are waiting already
 		}
-		s.pool.publish()
-		s.stats.RecvBufsFree.Store(int64(s.pool.free))
+		s.rx.publish()
 		if err := s.submitAndWait(wait); err != nil {
 			return err
 		}
@@ -302,8 +286,14 @@ func (s *shard) attach(h handoff) {
 	ci := s.connFree[len(s.connFree)-1]
 	s.connFree = s.connFree[:len(s.connFree)-1]
 	s.conns[ci].reset(h, s.srv.sz.blockMax)
+	var stage []byte
+	if h.tls != nil {
+		stage = h.tls.pipe.stage
+	}
+	s.rx.reset(ci, stage)
 	s.led.renewConn(ci)
-	s.conns[ci].zc = s.ring.SendZC && !s.srv.noZC
+	s.tx.reset(ci, s.conns[ci].style, s.ring.SendZC && !s.srv.noZC)
+	s.dev.attach(ci, s.conns[ci].style, h.peer)
 	s.live++
 	s.m.connAttached(ci, h.exp.reg.idx)
 	s.logConnect(ci)
@@ -313,13 +303,7 @@ func (s *shard) attach(h handoff) {
 // retryWaiting gives connections that ran out of slots or buffers another
 // go, and requests waiting for a range lock another try.
 func (s *shard) retryWaiting() {
-	if len(s.rmwWait) > 0 {
-		w := s.rmwWait
-		s.rmwWait, s.rmwSpare = s.rmwSpare[:0], w
-		for _, si := range w {
-			s.startLocked(si)
-		}
-	}
+	s.dev.retryLocked()
 	if len(s.waiting) == 0 {
 		return
 	}
@@ -332,6 +316,16 @@ func (s *shard) retryWaiting() {
 		// holds (tlsState.more): decrypt it first.
 		if c.fd >= 0 && !c.closing && (c.tls == nil || s.tlsPump(ci)) {
 			s.parse(ci)
+		}
+	}
+}
+
+// retryStarved arms again the receives that found the pool empty, once
+// buffers are back.
+func (s *shard) retryStarved() {
+	for _, ci := range s.rx.takeStarved() {
+		if c := &s.conns[ci]; c.fd >= 0 && !c.closing {
+			s.armRecv(ci)
 		}
 	}
 }

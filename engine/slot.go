@@ -282,7 +282,7 @@ func (s *shard) releaseSlot(si int32) {
 // buffers and range lock, in the ledger's next generation.
 func (s *shard) freeSlot(si int32) {
 	assert(!s.led.slotHeld(si), "freed a slot the kernel holds")
-	s.unlockSpan(&s.slots.rows[si])
+	s.dev.unlockSpan(&s.slots.rows[si])
 	s.led.renewSlot(si)
 	s.slots.put(si)
 }

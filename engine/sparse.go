@@ -57,7 +57,7 @@ func nextExtent(fd int, pos, end uint64) (n uint64, hole bool, ok bool) {
 // as such on structured connections to file exports that may be sparse;
 // with DF the reply must be one chunk, so a range that is not entirely a
 // hole is sent as data.
-func (s *shard) planRead(sl *slot, style wire.ReplyStyle) {
+func (d *deviceIO) planRead(sl *slot, style wire.ReplyStyle) {
 	off, end := sl.req.Offset, sl.req.Offset+sl.req.Length
 	sl.nsegs = 1
 	sl.segs[0] = segment{off: off, len: uint32(sl.req.Length)}
@@ -106,16 +106,16 @@ func checkSegments(sl *slot) {
 // HOLE|ZERO, everything else (and all of a block device) data. The reply
 // covers at most blockStatusExtentsMax extents (one with REQ_ONE) of the
 // requested range; the client asks again for the rest.
-func (s *shard) blockStatus(si int32) bool {
-	sl := &s.slots.rows[si]
-	c := &s.conns[sl.conn]
+func (d *deviceIO) blockStatus(si int32) bool {
+	sl := &d.slots.rows[si]
+	c := &d.conns[sl.conn] // its style, and its address for a log
 	exp := sl.exp
 	max := blockStatusExtentsMax
 	if sl.req.Flags&wire.CmdFlagReqOne != 0 {
 		max = 1
 	}
 	esz := wire.ExtentSize(c.style)
-	if !s.allocData(si, max*esz) {
+	if !d.allocData(si, max*esz) {
 		return false
 	}
 	off, end := sl.req.Offset, sl.req.Offset+sl.req.Length
@@ -126,7 +126,7 @@ func (s *shard) blockStatus(si int32) bool {
 			var ok bool
 			if n, hole, ok = nextExtent(exp.fd, pos, end); !ok {
 				slog.Warn(fmt.Sprintf("%s: lseek at %d failed; reporting data",
-					exp.Path, pos), "client", c.peer, "export", exp.Name, "shard", s.id)
+					exp.Path, pos), "client", c.peer, "export", exp.Name, "shard", d.id)
 				n, hole = end-pos, false
 			}
 		}
@@ -142,7 +142,7 @@ func (s *shard) blockStatus(si int32) bool {
 		count++
 		pos += n
 	}
-	s.replyBlockStatus(si, count, at)
+	d.tx.replyBlockStatus(si, count, at)
 	return true
 }
 

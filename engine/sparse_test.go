@@ -75,8 +75,8 @@ func TestPlanReadPunchedBetweenSeeks(t *testing.T) {
 			e.sparse.Store(true)
 			sl := &slot{exp: e, req: wire.Request{Type: wire.CmdRead, Offset: c.off,
 				Length: c.len}}
-			var s shard
-			s.planRead(sl, wire.StyleStructured)
+			var d deviceIO // planning needs nothing of it but the slot
+			d.planRead(sl, wire.StyleStructured)
 			pos := c.off
 			for i, seg := range sl.segs[:sl.nsegs] {
 				t.Logf("chunk %d: %d+%d hole %v", i, seg.off, seg.len, seg.hole)

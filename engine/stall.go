@@ -38,7 +38,7 @@ func (s *shard) onTick() {
 		if c.fd < 0 || c.closing {
 			continue
 		}
-		if s.stalledOn(c) == "" || c.prog != c.progSeen || c.stuckSince.IsZero() {
+		if s.stalledOn(int32(i)) == "" || c.prog != c.progSeen || c.stuckSince.IsZero() {
 			c.progSeen, c.stuckSince = c.prog, now
 			continue
 		}
@@ -51,13 +51,14 @@ func (s *shard) onTick() {
 // stalledOn says what the server waits on the client for, or "" when it
 // waits for nothing the client owes (idle, or its requests are with the
 // device or waiting for memory).
-func (s *shard) stalledOn(c *conn) string {
+func (s *shard) stalledOn(ci int32) string {
+	c := &s.conns[ci]
 	switch {
-	case c.sending || c.qHead >= 0:
+	case s.tx.pending(ci):
 		return "replies"
 	case c.pslot >= 0, c.drain > 0:
 		return "payload"
-	case !c.waiting && !c.reqHeld && c.avail() > 0:
+	case !c.waiting && !c.reqHeld && s.rx.avail(ci) > 0:
 		return "header"
 	}
 	return ""
@@ -68,10 +69,10 @@ func (s *shard) stalledOn(c *conn) string {
 func (s *shard) cutStalled(ci int32) {
 	c := &s.conns[ci]
 	var what string
-	switch s.stalledOn(c) {
+	switch s.stalledOn(ci) {
 	case "replies":
 		what = fmt.Sprintf("%d bytes of replies unsent (it does not read them)",
-			s.unsentBytes(c))
+			s.tx.unsent(ci, c.tls == nil))
 	case "payload":
 		missing := c.drain
 		if c.pslot >= 0 {
@@ -79,7 +80,7 @@ func (s *shard) cutStalled(ci int32) {
 		}
 		what = fmt.Sprintf("%d bytes of a WRITE payload missing", missing)
 	default:
-		what = fmt.Sprintf("%d of %d bytes of a request header received", c.avail(),
+		what = fmt.Sprintf("%d of %d bytes of a request header received", s.rx.avail(ci),
 			c.reqSize)
 	}
 	s.stats.IOTimeouts.Add(1)
@@ -87,19 +88,4 @@ func (s *shard) cutStalled(ci int32) {
 		"for %v with %s; -io-timeout sets the limit", c.peer, c.exp.Name, s.srv.ioTimeout,
 		what), "client", c.peer, "export", c.exp.Name, "shard", s.id)
 	s.beginClose(ci, closeTimeout)
-}
-
-// unsentBytes is what a connection's queued replies and the unsent rest of
-// its send in flight add up to (a TLS connection's: its queued replies).
-func (s *shard) unsentBytes(c *conn) uint64 {
-	var n uint64
-	for si := c.qHead; si >= 0; si = s.slots.rows[si].next {
-		n += s.slots.rows[si].outLen
-	}
-	if c.sending && c.tls == nil {
-		for _, v := range c.mem.iov[c.iovAt:c.iovN] {
-			n += v.Len
-		}
-	}
-	return n
 }

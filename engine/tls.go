@@ -248,7 +248,7 @@ type tlsPipe struct {
 	outHi      int
 	sendEnd    int    // the send in flight covers out[outLo:sendEnd]
 	plain      []byte // one record's plaintext, gathered from replies
-	stage      []byte // received plaintext, parsed as conn.win
+	stage      []byte // received plaintext, parsed as the rx cursor's window
 	plainN     int
 }
 
@@ -378,7 +378,7 @@ func (s *shard) armRecvTLS(ci int32) {
 		return
 	}
 	if t.more {
-		if c.rhi-c.rlo < len(c.win) {
+		if !s.rx.stageFull(ci) {
 			c.waiting = true
 			s.waiting = append(s.waiting, ci)
 		}
@@ -404,15 +404,12 @@ func (s *shard) armRecvTLS(ci int32) {
 func (s *shard) tlsPump(ci int32) bool {
 	c := &s.conns[ci]
 	t := c.tls
-	rbuf := c.win
-	if c.rlo > 0 {
-		c.rhi = copy(rbuf, rbuf[c.rlo:c.rhi])
-		c.rlo = 0
-	}
+	room := s.rx.stage(ci)
 	t.more = false
-	for !t.eof && c.rhi < len(rbuf) {
-		n, err := t.tc.Read(rbuf[c.rhi:])
-		c.rhi += n
+	for !t.eof && len(room) > 0 {
+		n, err := t.tc.Read(room)
+		s.rx.staged(ci, n)
+		room = room[n:]
 		if err == nil {
 			continue
 		}
@@ -428,8 +425,8 @@ func (s *shard) tlsPump(ci int32) bool {
 		s.beginClose(ci, closeTLSErr)
 		return false
 	}
-	t.more = c.rhi == len(rbuf) && !t.eof
-	if t.pipe.outHi > t.pipe.outLo && !c.sending {
+	t.more = len(room) == 0 && !t.eof
+	if t.pipe.outHi > t.pipe.outLo && !s.tx.busy(ci) {
 		s.submitSendTLS(ci) // what crypto/tls wrote on its own (a KeyUpdate answer)
 	}
 	return true
@@ -442,8 +439,8 @@ func (s *shard) sendQueuedTLS(ci int32) {
 	c := &s.conns[ci]
 	t := c.tls
 	p := t.pipe
-	for c.qHead >= 0 && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
-		si := c.qHead
+	for s.tx.front(ci) >= 0 && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
+		si := s.tx.front(ci)
 		sl := &s.slots.rows[si]
 		for t.iov < sl.nout && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
 			v := &sl.out[t.iov]
@@ -461,10 +458,7 @@ func (s *shard) sendQueuedTLS(ci int32) {
 		if t.iov < sl.nout {
 			break // the buffer is full; go on after the send
 		}
-		c.qHead = sl.next
-		if c.qHead < 0 {
-			c.qTail = -1
-		}
+		s.tx.pop(ci)
 		t.iov, t.off = 0, 0
 		s.releaseSlot(si) // every byte is in a record or in p.plain
 	}
@@ -493,14 +487,10 @@ func (s *shard) tlsWrite(ci int32) bool {
 
 func (s *shard) submitSendTLS(ci int32) {
 	c := &s.conns[ci]
-	assert(!c.sending, "TLS send issued while another is in flight")
 	p := c.tls.pipe
-	m := c.mem
-	m.iov[0] = unix.Iovec{Base: &p.out[p.outLo], Len: uint64(p.outHi - p.outLo)}
-	m.msg.Iov, m.msg.Iovlen = &m.iov[0], 1
+	msg := s.tx.submitBytes(ci, p.out[p.outLo:p.outHi])
 	p.sendEnd = p.outHi
-	c.sending = true
-	ring.PrepSendmsg(s.issue(opSendTLS, ci), c.fd, &m.msg)
+	ring.PrepSendmsg(s.issue(opSendTLS, ci), c.fd, msg)
 }
 
 // tlsBye writes and sends close_notify before a graceful close (after
@@ -525,7 +515,7 @@ func (s *shard) tlsBye(ci int32) bool {
 // encrypts the next replies.
 func (s *shard) onSendTLS(ci int32, res int32) {
 	c := &s.conns[ci]
-	c.sending = false
+	s.tx.sentBytes(ci)
 	if c.closing || res < 0 {
 		why := s.sendCloseWhy(c, res)
 		if c.closing {

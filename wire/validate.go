@@ -19,7 +19,35 @@ type Session struct {
 	// BaseAllocation: the base:allocation context was selected for this
 	// export, so NBD_CMD_BLOCK_STATUS may be used.
 	BaseAllocation bool
+	// Zero is what the export can zero (the zero value: any range, fast
+	// when the flag was advertised).
+	Zero ZeroCaps
 }
+
+// ZeroCaps is what an export can do for NBD_CMD_WRITE_ZEROES, known when
+// it is opened, so the validator refuses what it cannot do before any
+// device work starts. (What only trying can tell, a filesystem refusing
+// to zero ranges, the server finds out and answers itself.)
+type ZeroCaps struct {
+	// Align: the export zeroes whole blocks of Align bytes only (a block
+	// device); 0: any range. An unaligned range is then zeroed by reading
+	// and writing its blocks, which is not fast (FAST_ZERO: ENOTSUP) and is
+	// done only up to RMWMax bytes (EINVAL above).
+	Align  uint32
+	RMWMax uint32
+	// FastNeedsHole: fast zeroing only by unmapping, so FAST_ZERO with
+	// NO_HOLE is ENOTSUP.
+	FastNeedsHole bool
+}
+
+// Refusal texts for the client (an ERROR chunk's message), beside the
+// errno Check returns.
+const (
+	whyZeroUnalignedFast = "unaligned zeroing of a device is not fast"
+	whyZeroNoHoleFast    = "zeroing a device without unmapping is not fast"
+	whyZeroRMWMax        = "unaligned zeroing larger than the export can zero by " +
+		"itself; align the request to the block size"
+)
 
 func (s *Session) blockMax() uint64 {
 	if s.BlockMax == 0 {
@@ -64,13 +92,20 @@ func PayloadLen(r *Request, extended bool) (n uint64, ok bool) {
 	return n, n <= PayloadMax
 }
 
-// Validate is the one place that checks a request against the protocol
-// and the session. It returns EOK for a request to serve, or the error to
-// reply with; the connection stays usable, and any payload (PayloadLen)
-// must still be drained.
+// Validate is Check without the reason.
 func (s *Session) Validate(r *Request) Errno {
+	e, _ := s.Check(r)
+	return e
+}
+
+// Check is the one place that checks a request against the protocol
+// and the session. It returns EOK for a request to serve, or the error to
+// reply with and, where the errno alone does not say it, why (for the
+// client, a constant: nothing is allocated); the connection stays usable,
+// and any payload (PayloadLen) must still be drained.
+func (s *Session) Check(r *Request) (Errno, string) {
 	if r.Type >= CmdCount || !cmdServed[r.Type] {
-		return EINVAL
+		return EINVAL, ""
 	}
 	if r.Type == CmdDisc {
 		// proto.md, NBD_CMD_DISC: "There is no reply to an NBD_CMD_DISC",
@@ -80,52 +115,73 @@ func (s *Session) Validate(r *Request) Errno {
 		// still disconnects: an error reply would be a reply the client
 		// does not read, and "a client MUST NOT send anything to the server
 		// after sending an NBD_CMD_DISC", so the connection would hang open.
-		return EOK
+		return EOK, ""
 	}
 	flags := r.Flags
 	if s.Extended {
 		// A payload is what WRITE carries and nothing else takes one.
 		hasPayload := flags&CmdFlagPayloadLen != 0
 		if hasPayload != (r.Type == CmdWrite) {
-			return EINVAL
+			return EINVAL, ""
 		}
 		flags &^= CmdFlagPayloadLen
 	}
 	if flags&^cmdFlagsAllowed[r.Type] != 0 || !s.flagsAdvertised(flags) {
-		return EINVAL
+		return EINVAL, ""
 	}
 	switch r.Type {
 	case CmdFlush:
-		return EOK
+		return EOK, ""
 	case CmdWrite, CmdTrim, CmdWriteZeroes:
 		if s.Flags&TxReadOnly != 0 {
-			return EPERM
+			return EPERM, ""
 		}
 	case CmdBlockStatus:
 		if !s.BaseAllocation {
-			return EINVAL // no metadata context negotiated
+			return EINVAL, "" // no metadata context negotiated
 		}
 	}
 	if r.Length == 0 {
 		// proto.md leaves zero-length requests unspecified; refusing them
 		// is the answer no client can misread.
-		return EINVAL
+		return EINVAL, ""
 	}
 	if (r.Type == CmdRead || r.Type == CmdWrite) && r.Length > s.blockMax() {
-		return EINVAL
+		return EINVAL, ""
 	}
 	if r.Offset > s.Size || r.Length > s.Size-r.Offset {
 		if r.Type == CmdWrite || r.Type == CmdWriteZeroes {
-			return ENOSPC
+			return ENOSPC, ""
 		}
-		return EINVAL
+		return EINVAL, ""
 	}
 	// Block status answers any range; everything else must be aligned
 	// when the client promised so.
 	if s.Strict && r.Type != CmdBlockStatus && !s.Aligned(r.Offset, r.Length) {
-		return EINVAL
+		return EINVAL, ""
 	}
-	return EOK
+	if r.Type == CmdWriteZeroes && s.Zero.Align != 0 {
+		return s.Zero.check(r)
+	}
+	return EOK, ""
+}
+
+// check refuses the zeroing the export cannot do (Align != 0).
+func (z *ZeroCaps) check(r *Request) (Errno, string) {
+	fast := r.Flags&CmdFlagFastZero != 0
+	if (r.Offset|r.Length)&(uint64(z.Align)-1) != 0 {
+		switch {
+		case fast:
+			return ENOTSUP, whyZeroUnalignedFast
+		case r.Length > uint64(z.RMWMax):
+			return EINVAL, whyZeroRMWMax
+		}
+		return EOK, ""
+	}
+	if fast && r.Flags&CmdFlagNoHole != 0 && z.FastNeedsHole {
+		return ENOTSUP, whyZeroNoHoleFast
+	}
+	return EOK, ""
 }
 
 // Aligned reports whether offset and length are multiples of BlockMin.

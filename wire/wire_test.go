@@ -143,6 +143,8 @@ func TestValidateTable(t *testing.T) {
 	noCtx.BaseAllocation = false
 	simple := base
 	simple.Structured = false
+	dev := loose // a block device of 4 KiB sectors, read-modify-write up to 8 KiB
+	dev.Zero = ZeroCaps{Align: 4096, RMWMax: 8192, FastNeedsHole: true}
 	for _, c := range []struct {
 		name string
 		s    Session
@@ -184,6 +186,22 @@ func TestValidateTable(t *testing.T) {
 		{"ext 64-bit zero", Session{Size: 8 << 30, BlockMin: 512, Extended: true, Structured: true},
 			Request{Type: CmdWriteZeroes, Length: 5 << 30}, EOK},
 		{"fast zero", base, Request{Type: CmdWriteZeroes, Flags: CmdFlagFastZero, Length: 512}, EOK},
+		{"device: unaligned fast zero", dev, Request{Type: CmdWriteZeroes,
+			Flags: CmdFlagFastZero, Offset: 512, Length: 512}, ENOTSUP},
+		{"device: unaligned zero", dev, Request{Type: CmdWriteZeroes, Offset: 512,
+			Length: 8192}, EOK},
+		{"device: unaligned zero over RMWMax", dev, Request{Type: CmdWriteZeroes,
+			Offset: 512, Length: 8192 + 512}, EINVAL},
+		{"device: aligned zero over RMWMax", dev, Request{Type: CmdWriteZeroes,
+			Length: 16384}, EOK},
+		{"device: fast NO_HOLE zero", dev, Request{Type: CmdWriteZeroes,
+			Flags: CmdFlagFastZero | CmdFlagNoHole, Length: 4096}, ENOTSUP},
+		{"device: fast zero", dev, Request{Type: CmdWriteZeroes, Flags: CmdFlagFastZero,
+			Length: 4096}, EOK},
+		{"device: NO_HOLE zero", dev, Request{Type: CmdWriteZeroes, Flags: CmdFlagNoHole,
+			Length: 4096}, EOK},
+		{"file: unaligned fast NO_HOLE zero", loose, Request{Type: CmdWriteZeroes,
+			Flags: CmdFlagFastZero | CmdFlagNoHole, Offset: 1, Length: 512}, EOK},
 	} {
 		if got := c.s.Validate(&c.r); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
