@@ -78,12 +78,12 @@ func TestConnTableWaiting(t *testing.T) {
 	if tab.rows[a].waiting || tab.rows[c].waiting {
 		t.Fatal("taken connections still flagged waiting")
 	}
-	tab.park(a) // waits again during its retry
+	tab.park(c) // waits again during its retry
 	if len(w) != 2 || w[0] != a || w[1] != c {
 		t.Fatalf("parking during a retry changed the list being retried: %v", w)
 	}
-	if w2 := tab.takeWaiting(); len(w2) != 1 || w2[0] != a {
-		t.Fatalf("next retry %v, want [%d]", w2, a)
+	if w2 := tab.takeWaiting(); len(w2) != 1 || w2[0] != c {
+		t.Fatalf("next retry %v, want [%d]", w2, c)
 	}
 	if w3 := tab.takeWaiting(); len(w3) != 0 {
 		t.Fatalf("a retried connection came back: %v", w3)
