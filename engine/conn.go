@@ -80,7 +80,7 @@ func (c *conn) reset(h handoff, blockMax uint32) {
 // armRecv starts the connection's next receive, unless one is in flight or
 // the connection is waiting, done reading, or closing.
 func (s *shard) armRecv(ci int32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	if c.recvOn || c.waiting || c.disc || c.closing {
 		return
 	}
@@ -89,7 +89,7 @@ func (s *shard) armRecv(ci int32) {
 		return
 	}
 	if c.pslot >= 0 && s.rx.avail(ci) == 0 {
-		pl := s.payload(c.pslot)
+		pl := s.slots.payload(c.pslot)
 		if rest := len(pl) - int(c.pgot); rest >= recvDirectMin {
 			c.recvSlot, c.recvOn = c.pslot, true
 			ring.PrepRecv(s.issue(opRecv, ci), c.fd, bytesAt(pl[c.pgot:]), uint32(rest))
@@ -102,20 +102,11 @@ func (s *shard) armRecv(ci int32) {
 		s.rx.pool.bundles)
 }
 
-// payload is where a WRITE's data is received.
-func (s *shard) payload(si int32) []byte {
-	sl := &s.slots.rows[si]
-	if sl.pbuf >= 0 {
-		return sl.payload
-	}
-	return sl.data[:sl.req.Length]
-}
-
 // onRecv: the ledger has already dropped the recv's hold on its payload
 // slot (recvSlot), so direct tells where the bytes went; flags are the
 // CQE's (which pool buffers it filled).
 func (s *shard) onRecv(ci int32, res int32, direct bool, flags uint32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	c.recvOn = false
 	pooled := flags&ring.CQEBuffer != 0
 	if c.closing {
@@ -152,7 +143,7 @@ func (s *shard) onRecv(ci int32, res int32, direct bool, flags uint32) {
 		}
 	case direct:
 		c.pgot += uint32(res)
-		if int(c.pgot) == len(s.payload(c.pslot)) {
+		if int(c.pgot) == len(s.slots.payload(c.pslot)) {
 			s.payloadDone(ci)
 		}
 	default:
@@ -165,7 +156,7 @@ func (s *shard) onRecv(ci int32, res int32, direct bool, flags uint32) {
 // parse consumes staged bytes: drains rejected payloads, fills a WRITE's
 // payload, decodes and dispatches requests; then re-arms the receive.
 func (s *shard) parse(ci int32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	for !c.disc && !c.closing {
 		if c.drain > 0 {
 			c.drain -= uint64(s.rx.consume(ci, nil, int(min(c.drain, uint64(s.rx.avail(ci))))))
@@ -175,7 +166,7 @@ func (s *shard) parse(ci int32) {
 			continue
 		}
 		if c.pslot >= 0 {
-			pl := s.payload(c.pslot)
+			pl := s.slots.payload(c.pslot)
 			c.pgot += uint32(s.rx.consume(ci, pl[c.pgot:], len(pl)-int(c.pgot)))
 			if int(c.pgot) < len(pl) {
 				break
@@ -192,9 +183,8 @@ func (s *shard) parse(ci int32) {
 			}
 		}
 		if !s.dispatch(ci) {
-			c.waiting = true
 			s.m.countWait(ci)
-			s.waiting = append(s.waiting, ci)
+			s.conns.park(ci)
 			return
 		}
 		c.reqHeld = false
@@ -210,7 +200,7 @@ func (s *shard) parse(ci int32) {
 // decoded again). A header the protocol cannot resync from closes the
 // connection; false then.
 func (s *shard) decode(ci int32) bool {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	hdr := s.rx.peek(ci, c.reqSize)
 	var err error
 	if c.style == wire.StyleExtended {
@@ -225,7 +215,7 @@ func (s *shard) decode(ci int32) bool {
 	}
 	s.rx.consume(ci, nil, c.reqSize)
 	c.served++
-	s.m.countRequest(ci, s.conns[ci].req.Type)
+	s.m.countRequest(ci, s.conns.rows[ci].req.Type)
 	var ok bool
 	if c.payloadLen, ok = wire.PayloadLen(&c.req, c.sess.Extended); !ok {
 		slog.Warn(fmt.Sprintf("%v payload of %d bytes exceeds %d; disconnecting it",
@@ -241,7 +231,7 @@ func (s *shard) decode(ci int32) bool {
 // once the kernel has finished every operation that holds it. why is
 // what its close line will say.
 func (s *shard) beginClose(ci int32, why closeReason) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	if c.closing {
 		return
 	}
@@ -264,80 +254,44 @@ func (s *shard) beginClose(ci int32, why closeReason) {
 	s.maybeRelease(ci)
 }
 
-// drainConn starts a graceful close for the server's shutdown: requests
-// in flight finish and their replies go out, requests that arrive
-// meanwhile get ESHUTDOWN (proto.md), then the connection closes.
-//
-// A connection halfway through a WRITE payload (or through a rejected
-// request's payload) is cut at once: that write was never acknowledged,
-// and waiting on a client that stopped sending would hold the shutdown
-// for the whole grace.
-func (s *shard) drainConn(ci int32) {
-	c := &s.conns[ci]
-	c.draining = true
-	if c.pslot >= 0 || c.drain > 0 {
-		s.cutConn(ci)
-		return
-	}
-	s.maybeFinish(ci)
-}
-
 // cutConn closes a connection at shutdown that cannot finish: halfway
-// through a payload, or still open when the grace ran out; and says who
-// it was and what it was waiting for.
+// through a payload (connTable.drain), or still open when the grace ran
+// out; the table says who it was and what it was waiting for.
 func (s *shard) cutConn(ci int32) {
-	c := &s.conns[ci]
-	why := "replies still to send"
-	switch {
-	case c.pslot >= 0:
-		why = fmt.Sprintf("stalled %d bytes into a %d-byte WRITE payload", c.pgot,
-			len(s.payload(c.pslot)))
-	case c.drain > 0:
-		why = fmt.Sprintf("%d bytes of a rejected request's payload still to come", c.drain)
-	case s.tx.busy(ci):
-		why = "not reading its replies"
+	c := &s.conns.rows[ci]
+	plen := 0
+	if c.pslot >= 0 {
+		plen = len(s.slots.payload(c.pslot))
 	}
-	slog.Warn(fmt.Sprintf("shutdown: cutting connection from %s (export %q): %d requests "+
-		"unanswered, %s", c.peer, c.exp.Name, c.inflight, why), "client", c.peer,
-		"export", c.exp.Name, "shard", s.id)
+	s.conns.logCut(ci, plen, s.tx.busy(ci))
 	s.beginClose(ci, closeCut)
 }
 
-// maybeFinish closes a connection that is done: after NBD_CMD_DISC or
-// during shutdown, once every request has been answered.
+// maybeFinish closes a connection that is done (connTable.finishing):
+// after NBD_CMD_DISC or during shutdown, once every request has been
+// answered.
 func (s *shard) maybeFinish(ci int32) {
-	c := &s.conns[ci]
 	// A TLS connection's replies leave their slots before they are sent.
-	if (c.disc || c.draining) && c.inflight == 0 && !s.tx.busy(ci) && !c.closing {
-		if c.tls != nil && s.tlsBye(ci) {
-			return // close_notify first; its send's completion comes back here
-		}
-		why := closeShutdown
-		if c.disc {
-			why = closeDisc
-		}
-		s.beginClose(ci, why)
+	why, ok := s.conns.finishing(ci, s.tx.busy(ci))
+	if !ok {
+		return
 	}
+	if t := s.conns.rows[ci].tls; t != nil && t.closeNotify() {
+		s.submitSendTLS(ci) // close_notify first; its completion comes back here
+		return
+	}
+	s.beginClose(ci, why)
 }
 
 // maybeRelease frees a closing connection once no kernel operation holds
 // it. Its requests end with it; a slot the kernel still holds (a device
 // operation in flight) is freed by the ledger when that completes.
 func (s *shard) maybeRelease(ci int32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	if !c.closing || s.led.connHeld(ci) {
 		return
 	}
 	s.dev.forget(ci)
-	if c.waiting {
-		keepC := s.waiting[:0]
-		for _, w := range s.waiting {
-			if w != ci {
-				keepC = append(keepC, w)
-			}
-		}
-		s.waiting = keepC
-	}
 	for i := range s.slots.rows {
 		if sl := &s.slots.rows[i]; sl.state == slotLive && sl.conn == ci {
 			s.releaseSlot(int32(i))
@@ -349,7 +303,7 @@ func (s *shard) maybeRelease(ci int32) {
 	assert(c.inflight == 0, "connection released with slots still owned")
 	// Slots a device operation still holds are freed by the ledger; their
 	// buffers no longer count against this connection (slot.cgen).
-	s.logClose(ci)
+	s.conns.logClose(ci)
 	if c.fd >= 0 {
 		unix.Close(c.fd)
 	}
@@ -357,12 +311,11 @@ func (s *shard) maybeRelease(ci int32) {
 		c.tls.pipe.release() // no operation holds its buffers (the ledger holds none)
 		c.tls = nil
 	}
-	c.fd, c.closing = -1, false // released: a second call finds nothing to do
+	c.exp.reg.leave()
+	s.qos.forget(ci)
+	s.conns.release(ci) // fd -1, off the waiting list, back on the free list
 	s.led.renewConn(ci)
 	s.slots.connGone(ci)
-	s.live--
 	s.assigned.Add(-1)
 	s.m.connReleased(ci)
-	s.connGone(ci)
-	s.connFree = append(s.connFree, ci)
 }

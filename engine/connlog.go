@@ -51,16 +51,16 @@ func (r closeReason) String() string {
 
 // logConnect is a connection's first line: who, which export, which shard.
 // Once per connection, never per request.
-func (s *shard) logConnect(ci int32) {
-	c := &s.conns[ci]
-	slog.Info("connection", "client", c.peer, "export", c.exp.Name, "shard", s.id,
+func (t *connTable) logConnect(ci int32) {
+	c := &t.rows[ci]
+	slog.Info("connection", "client", c.peer, "export", c.exp.Name, "shard", t.shard,
 		"tls", c.tls != nil)
 }
 
 // logClose is a connection's last line: what it did and why it ended.
-func (s *shard) logClose(ci int32) {
-	c := &s.conns[ci]
-	slog.Info("connection closed", "client", c.peer, "export", c.exp.Name, "shard", s.id,
+func (t *connTable) logClose(ci int32) {
+	c := &t.rows[ci]
+	slog.Info("connection closed", "client", c.peer, "export", c.exp.Name, "shard", t.shard,
 		"tls", c.tls != nil, "requests", c.served,
 		"duration", time.Since(c.started).Round(time.Millisecond).String(),
 		"reason", c.closeWhy.String())

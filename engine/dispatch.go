@@ -9,7 +9,7 @@ import (
 // dispatch starts the held request; false means it must wait for a slot
 // or a buffer (nothing was consumed, and it is dispatched again later).
 func (s *shard) dispatch(ci int32) bool {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	r := &c.req
 	errno, why := c.sess.Check(r)
 	if errno == wire.EOK && r.Type == wire.CmdDisc {
@@ -113,7 +113,7 @@ func (d *deviceIO) startRead(si int32) bool {
 
 func (s *shard) startWrite(si int32) bool {
 	sl := &s.slots.rows[si]
-	c := &s.conns[sl.conn]
+	c := &s.conns.rows[sl.conn]
 	aligned := sl.skip == 0 && uint64(sl.spanLen) == sl.req.Length
 	if !s.dev.allocData(si, int(sl.spanLen)) {
 		s.releaseSlot(si)
@@ -133,7 +133,7 @@ func (s *shard) startWrite(si int32) bool {
 
 // payloadDone: a WRITE's payload is all here; the device writes it.
 func (s *shard) payloadDone(ci int32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	si := c.pslot
 	c.pslot = -1
 	s.m.payloadIn(si)

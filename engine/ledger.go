@@ -217,7 +217,7 @@ func (s *shard) issue(op uint8, idx int32) *ring.SQE {
 		s.led.holdConn(idx)
 	case opRecv:
 		s.led.holdConn(idx)
-		if rs := s.conns[idx].recvSlot; rs >= 0 {
+		if rs := s.conns.rows[idx].recvSlot; rs >= 0 {
 			s.led.holdSlot(rs)
 		}
 	case opSend:
@@ -262,7 +262,7 @@ func (s *shard) complete(cqe *ring.CQE) {
 	case opTick:
 		s.onTick()
 	case opRecv:
-		c := &s.conns[idx]
+		c := &s.conns.rows[idx]
 		direct := c.recvSlot >= 0
 		if last {
 			s.led.unholdConn(idx)
@@ -292,7 +292,7 @@ func (s *shard) complete(cqe *ring.CQE) {
 			s.led.unholdConn(idx)
 		}
 		if res > 0 {
-			s.conns[idx].prog++ // -io-timeout: the client reads its replies
+			s.conns.rows[idx].prog++ // -io-timeout: the client reads its replies
 		}
 		s.onSendTLS(idx, res)
 	case opIO:
@@ -300,7 +300,7 @@ func (s *shard) complete(cqe *ring.CQE) {
 			s.led.unholdSlot(idx)
 		}
 		sl := &s.slots.rows[idx]
-		closing := sl.state == slotLive && s.conns[sl.conn].closing
+		closing := sl.state == slotLive && s.conns.rows[sl.conn].closing
 		if !s.dev.onIO(idx, res, closing) {
 			s.releaseSlot(idx) // its connection is closing: the request ends
 			s.maybeRelease(sl.conn)

@@ -23,11 +23,20 @@ func ledgerShard(t *testing.T) (*shard, int32) {
 	}
 	t.Cleanup(s.close)
 	exp := &Export{Name: "t", fd: -1, size: 1 << 20, align: 512}
-	ci := s.connFree[len(s.connFree)-1]
-	s.connFree = s.connFree[:len(s.connFree)-1]
-	s.conns[ci].reset(handoff{fd: -1, exp: exp, peer: "test"}, wire.PayloadMax)
+	// An attached row has a descriptor (connTable's invariant); nothing
+	// here reads or writes it.
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci := s.conns.open(handoff{fd: fd, exp: exp, peer: "test"}, wire.PayloadMax)
+	t.Cleanup(func() {
+		if s.conns.rows[ci].fd == fd { // a close closes it itself
+			unix.Close(fd)
+		}
+	})
 	s.rx.reset(ci, nil)
-	s.tx.reset(ci, s.conns[ci].style, false)
+	s.tx.reset(ci, s.conns.rows[ci].style, false)
 	return s, ci
 }
 

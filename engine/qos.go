@@ -139,7 +139,7 @@ func (q *qosShard) init(conns int) { q.conn = make([]qosConn, conns) }
 // connection and the shard's timer brings it back). Throttled time is
 // counted on the export once the request is let through.
 func (s *shard) admitQoS(ci int32) bool {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	q := c.exp.reg.qos
 	if q == nil {
 		return true
@@ -169,11 +169,10 @@ func (s *shard) admitQoS(ci int32) bool {
 	return false
 }
 
-// qosForget drops connection ci's wait, if it was waiting, when it
-// closes.
-func (s *shard) qosForget(ci int32) {
-	if st := &s.qos.conn[ci]; st.since != 0 {
+// forget drops connection ci's wait, if it was waiting, when it closes.
+func (q *qosShard) forget(ci int32) {
+	if st := &q.conn[ci]; st.since != 0 {
 		st.since = 0
-		s.qos.waiting--
+		q.waiting--
 	}
 }

@@ -438,8 +438,8 @@ func (s *shard) checkRetired() {
 		return
 	}
 	s.regGen = gen
-	for i := range s.conns {
-		c := &s.conns[i]
+	for i := range s.conns.rows {
+		c := &s.conns.rows[i]
 		if c.fd < 0 || c.closing || !c.exp.reg.removed.Load() {
 			continue
 		}
@@ -456,10 +456,4 @@ func (s *shard) checkRetired() {
 			}
 		}
 	}
-}
-
-// connGone is the registry's and QoS's part of releasing connection ci.
-func (s *shard) connGone(ci int32) {
-	s.conns[ci].exp.reg.leave()
-	s.qosForget(ci)
 }

@@ -1,10 +1,7 @@
 package engine
 
 import (
-	"log/slog"
-
 	"github.com/nbdring/nbdring/ring"
-	"golang.org/x/sys/unix"
 )
 
 // The shard's side of sending: it asks the sender (sender.go) for batches,
@@ -20,7 +17,7 @@ func (s *shard) flushDirty() {
 // sendQueued sends connection ci's queued replies, unless a send is in
 // flight or the connection is closing.
 func (s *shard) sendQueued(ci int32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	if s.tx.busy(ci) || s.tx.front(ci) < 0 || c.closing || c.fd < 0 {
 		return
 	}
@@ -40,10 +37,10 @@ func (s *shard) submitSend(ci int32) {
 	head, msg, zc := s.tx.submit(ci)
 	s.sendIssued(ci)
 	if zc {
-		ring.PrepSendmsgZC(s.issue(opSend, head), s.conns[ci].fd, msg)
+		ring.PrepSendmsgZC(s.issue(opSend, head), s.conns.rows[ci].fd, msg)
 		return
 	}
-	ring.PrepSendmsg(s.issue(opSend, head), s.conns[ci].fd, msg)
+	ring.PrepSendmsg(s.issue(opSend, head), s.conns.rows[ci].fd, msg)
 }
 
 // onSendNotif: a zero-copy send's buffers are free again (the ledger has
@@ -55,7 +52,7 @@ func (s *shard) onSendNotif(ci int32, res int32) {
 
 // onSend: the ledger has already dropped the send's holds on its batch.
 func (s *shard) onSend(ci int32, res int32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	if res > 0 {
 		c.prog++
 	}
@@ -63,7 +60,7 @@ func (s *shard) onSend(ci int32, res int32) {
 	case sendResubmit:
 		s.submitSend(ci)
 	case sendFailed:
-		why := s.sendCloseWhy(c, res)
+		why := s.conns.sendCloseWhy(ci, res)
 		s.freeSlots(s.tx.takeBatch(ci))
 		if c.closing {
 			s.maybeRelease(ci)
@@ -88,15 +85,4 @@ func (s *shard) freeSlots(head int32) {
 		s.releaseSlot(si)
 		si = next
 	}
-}
-
-// sendCloseWhy says why a send that failed (or completed on a closing
-// connection) ends its connection, and logs an error the client did not
-// cause by hanging up.
-func (s *shard) sendCloseWhy(c *conn, res int32) closeReason {
-	if res < 0 && !c.closing && res != -int32(unix.EPIPE) && res != -int32(unix.ECONNRESET) {
-		slog.Warn("send: "+unix.Errno(-res).Error(), "client", c.peer, "shard", s.id)
-		return closeSendErr
-	}
-	return closeClient
 }

@@ -22,25 +22,19 @@ type shard struct {
 	arena *arena
 	mem   *shardMem
 
-	slots    slotTable // requests, their buffers and budgets (slot.go)
-	rx       rx        // receive pool, read cursors, starved receives (rx.go)
-	tx       sender    // reply queues, send batches, zero-copy (sender.go)
-	dev      deviceIO  // device phases, range-lock waiters (devio.go)
-	conns    []conn
-	connFree []int32
+	slots slotTable // requests, their buffers and budgets (slot.go)
+	rx    rx        // receive pool, read cursors, starved receives (rx.go)
+	tx    sender    // reply queues, send batches, zero-copy (sender.go)
+	dev   deviceIO  // device phases, range-lock waiters (devio.go)
+	conns connTable // connections, free and waiting lists (conntable.go)
 
-	waiting []int32 // connections waiting for a slot or a buffer
-	// waitingSpare swaps with waiting while it is retried, so a retry that
-	// waits again appends to a list nobody is iterating.
-	waitingSpare []int32
-	timerOn      bool
-	tickOn       bool // the -io-timeout tick is armed (stall.go)
-	efd          int
-	inbox        chan handoff
-	assigned     atomic.Int64 // connections handed to this shard and not yet released
-	stopping     bool         // draining: new requests get ESHUTDOWN, idle connections close
-	cutting      bool         // the grace is over: every connection is closed now
-	live         int          // connections attached
+	timerOn  bool
+	tickOn   bool // the -io-timeout tick is armed (stall.go)
+	efd      int
+	inbox    chan handoff
+	assigned atomic.Int64 // connections handed to this shard and not yet released
+	stopping bool         // draining: new requests get ESHUTDOWN, idle connections close
+	cutting  bool         // the grace is over: every connection is closed now
 
 	stats  ShardStats
 	m      shardMetrics // per-request counters and timing (metrics.go)
@@ -115,16 +109,9 @@ func newShard(srv *Server, id, cpu int) (*shard, error) {
 	s.rx.init(sz.conns, &s.stats)
 	s.tx.init(sz.conns, s.slots.rows, s.mem.conns, &s.m, &s.stats)
 	s.dev.init(id, sz.conns, sz.slots, sz.blockMax, &s.led, &s.slots, &s.tx, &s.m, &s.stats)
-	s.conns = make([]conn, sz.conns)
-	s.connFree = make([]int32, 0, sz.conns)
-	for i := sz.conns - 1; i >= 0; i-- {
-		s.conns[i].fd = -1
-		s.connFree = append(s.connFree, int32(i))
-	}
+	s.conns.init(sz.conns, id)
 	s.mem.words.timeout = unix.NsecToTimespec(rangeLockRetry.Nanoseconds())
 	s.mem.words.tick = unix.NsecToTimespec(srv.ioTick.Nanoseconds())
-	s.waiting = make([]int32, 0, sz.conns)
-	s.waitingSpare = make([]int32, 0, sz.conns)
 	return s, nil
 }
 
@@ -190,7 +177,7 @@ func (s *shard) run(ready chan<- error) {
 // ends once the server stops and no connection or device operation is
 // left (the wake-up read is cancelled with the ring).
 func (s *shard) loop() error {
-	for !s.stopping || s.live > 0 || s.led.ioOps > 0 {
+	for !s.stopping || s.conns.live > 0 || s.led.ioOps > 0 {
 		s.retryWaiting()
 		s.retryStarved()
 		s.flushDirty()
@@ -245,16 +232,24 @@ func (s *shard) onWake() {
 	}
 	if s.srv.stopping.Load() && !s.stopping {
 		s.stopping = true
-		for i := range s.conns {
-			if s.conns[i].fd >= 0 && !s.conns[i].closing {
-				s.drainConn(int32(i))
+		for i := range s.conns.rows {
+			// In flight requests finish and their replies go out, new
+			// ones get ESHUTDOWN (proto.md), then it closes.
+			ci := int32(i)
+			if !s.conns.active(ci) {
+				continue
+			}
+			if s.conns.drain(ci) {
+				s.cutConn(ci) // halfway through a payload: connTable.drain
+			} else {
+				s.maybeFinish(ci)
 			}
 		}
 	}
 	if s.srv.cutting.Load() && !s.cutting {
 		s.cutting = true
-		for i := range s.conns {
-			if s.conns[i].fd >= 0 && !s.conns[i].closing {
+		for i := range s.conns.rows {
+			if s.conns.active(int32(i)) {
 				s.cutConn(int32(i))
 			}
 		}
@@ -265,7 +260,7 @@ func (s *shard) onWake() {
 
 // attach makes a handed-off connection this shard's and starts receiving.
 func (s *shard) attach(h handoff) {
-	if s.stopping || len(s.connFree) == 0 {
+	if s.stopping || s.conns.full() {
 		if s.stopping {
 			slog.Info("closing connection: the server is shutting down",
 				"client", h.peer, "shard", s.id)
@@ -283,20 +278,17 @@ func (s *shard) attach(h handoff) {
 		h.exp.reg.leave()
 		return
 	}
-	ci := s.connFree[len(s.connFree)-1]
-	s.connFree = s.connFree[:len(s.connFree)-1]
-	s.conns[ci].reset(h, s.srv.sz.blockMax)
+	ci := s.conns.open(h, s.srv.sz.blockMax)
 	var stage []byte
 	if h.tls != nil {
 		stage = h.tls.pipe.stage
 	}
 	s.rx.reset(ci, stage)
 	s.led.renewConn(ci)
-	s.tx.reset(ci, s.conns[ci].style, s.ring.SendZC && !s.srv.noZC)
-	s.dev.attach(ci, s.conns[ci].style, h.peer)
-	s.live++
+	s.tx.reset(ci, s.conns.rows[ci].style, s.ring.SendZC && !s.srv.noZC)
+	s.dev.attach(ci, s.conns.rows[ci].style, h.peer)
 	s.m.connAttached(ci, h.exp.reg.idx)
-	s.logConnect(ci)
+	s.conns.logConnect(ci)
 	s.armRecv(ci)
 }
 
@@ -304,14 +296,8 @@ func (s *shard) attach(h handoff) {
 // go, and requests waiting for a range lock another try.
 func (s *shard) retryWaiting() {
 	s.dev.retryLocked()
-	if len(s.waiting) == 0 {
-		return
-	}
-	w := s.waiting
-	s.waiting, s.waitingSpare = s.waitingSpare[:0], w
-	for _, ci := range w {
-		c := &s.conns[ci]
-		c.waiting = false
+	for _, ci := range s.conns.takeWaiting() {
+		c := &s.conns.rows[ci]
 		// A TLS connection may be here for plaintext crypto/tls still
 		// holds (tlsState.more): decrypt it first.
 		if c.fd >= 0 && !c.closing && (c.tls == nil || s.tlsPump(ci)) {
@@ -324,7 +310,7 @@ func (s *shard) retryWaiting() {
 // buffers are back.
 func (s *shard) retryStarved() {
 	for _, ci := range s.rx.takeStarved() {
-		if c := &s.conns[ci]; c.fd >= 0 && !c.closing {
+		if c := &s.conns.rows[ci]; c.fd >= 0 && !c.closing {
 			s.armRecv(ci)
 		}
 	}

@@ -254,10 +254,19 @@ func (t *slotTable) freePayload(si int32) {
 	t.unbudget(sl, n)
 }
 
+// payload is where slot si's WRITE data is received.
+func (t *slotTable) payload(si int32) []byte {
+	sl := &t.rows[si]
+	if sl.pbuf >= 0 {
+		return sl.payload
+	}
+	return sl.data[:sl.req.Length]
+}
+
 // allocSlot takes a slot for connection ci (slotTable.alloc), in the
 // ledger's next generation.
 func (s *shard) allocSlot(ci int32) int32 {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	si := s.slots.alloc(ci, c.exp)
 	if si >= 0 {
 		s.led.renewSlot(si)
@@ -271,7 +280,7 @@ func (s *shard) allocSlot(ci int32) int32 {
 // ledger's last completion (unhold); they count against the connection's
 // budget until then.
 func (s *shard) releaseSlot(si int32) {
-	s.conns[s.slots.rows[si].conn].inflight--
+	s.conns.rows[s.slots.rows[si].conn].inflight--
 	s.slots.release(si)
 	if !s.led.slotHeld(si) {
 		s.freeSlot(si)

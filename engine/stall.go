@@ -21,7 +21,7 @@ import (
 // armTick arms the shard's tick while it has connections and -io-timeout
 // is on; the loop calls it every turn.
 func (s *shard) armTick() {
-	if s.tickOn || s.srv.ioTimeout <= 0 || s.live == 0 {
+	if s.tickOn || s.srv.ioTimeout <= 0 || s.conns.live == 0 {
 		return
 	}
 	ring.PrepTimeout(s.issue(opTick, 0), &s.mem.words.tick)
@@ -33,50 +33,31 @@ func (s *shard) armTick() {
 func (s *shard) onTick() {
 	s.tickOn = false
 	now := time.Now()
-	for i := range s.conns {
-		c := &s.conns[i]
-		if c.fd < 0 || c.closing {
+	for i := range s.conns.rows {
+		ci := int32(i)
+		if !s.conns.active(ci) {
 			continue
 		}
-		if s.stalledOn(int32(i)) == "" || c.prog != c.progSeen || c.stuckSince.IsZero() {
-			c.progSeen, c.stuckSince = c.prog, now
-			continue
-		}
-		if now.Sub(c.stuckSince) >= s.srv.ioTimeout {
-			s.cutStalled(int32(i))
+		k := s.conns.stalledOn(ci, s.tx.pending(ci), s.rx.avail(ci))
+		if s.conns.stalled(ci, k != stallNone, now, s.srv.ioTimeout) {
+			s.cutStalled(ci, k)
 		}
 	}
 }
 
-// stalledOn says what the server waits on the client for, or "" when it
-// waits for nothing the client owes (idle, or its requests are with the
-// device or waiting for memory).
-func (s *shard) stalledOn(ci int32) string {
-	c := &s.conns[ci]
-	switch {
-	case s.tx.pending(ci):
-		return "replies"
-	case c.pslot >= 0, c.drain > 0:
-		return "payload"
-	case !c.waiting && !c.reqHeld && s.rx.avail(ci) > 0:
-		return "header"
-	}
-	return ""
-}
-
-// cutStalled closes a connection -io-timeout found stalled, logging once
-// who it was and what was stuck.
-func (s *shard) cutStalled(ci int32) {
-	c := &s.conns[ci]
+// cutStalled closes a connection -io-timeout found stalled on k, logging
+// once who it was and what was stuck.
+func (s *shard) cutStalled(ci int32, k stallKind) {
+	c := &s.conns.rows[ci]
 	var what string
-	switch s.stalledOn(ci) {
-	case "replies":
+	switch k {
+	case stallReplies:
 		what = fmt.Sprintf("%d bytes of replies unsent (it does not read them)",
 			s.tx.unsent(ci, c.tls == nil))
-	case "payload":
+	case stallPayload:
 		missing := c.drain
 		if c.pslot >= 0 {
-			missing = uint64(len(s.payload(c.pslot))) - uint64(c.pgot)
+			missing = uint64(len(s.slots.payload(c.pslot))) - uint64(c.pgot)
 		}
 		what = fmt.Sprintf("%d bytes of a WRITE payload missing", missing)
 	default:

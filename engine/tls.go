@@ -369,7 +369,7 @@ func (p *tlsPipe) release() {
 // plaintext: then the connection's parse is queued (follow-up work is
 // queued, not recursed into) and pumps it first.
 func (s *shard) armRecvTLS(ci int32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	t := c.tls
 	p := t.pipe
 	if t.eof {
@@ -379,8 +379,7 @@ func (s *shard) armRecvTLS(ci int32) {
 	}
 	if t.more {
 		if !s.rx.stageFull(ci) {
-			c.waiting = true
-			s.waiting = append(s.waiting, ci)
+			s.conns.park(ci)
 		}
 		return
 	}
@@ -402,7 +401,7 @@ func (s *shard) armRecvTLS(ci int32) {
 // crypto/tls would block or the buffer is full; false: the connection is
 // closing (a TLS alert, a bad record).
 func (s *shard) tlsPump(ci int32) bool {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	t := c.tls
 	room := s.rx.stage(ci)
 	t.more = false
@@ -436,7 +435,7 @@ func (s *shard) tlsPump(ci int32) bool {
 // a time, and sends it. A reply whose bytes are all copied is released at
 // once; one too large for the buffer is continued after the send.
 func (s *shard) sendQueuedTLS(ci int32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	t := c.tls
 	p := t.pipe
 	for s.tx.front(ci) >= 0 && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
@@ -472,7 +471,7 @@ func (s *shard) sendQueuedTLS(ci int32) {
 
 // tlsWrite seals the gathered plaintext into the send buffer.
 func (s *shard) tlsWrite(ci int32) bool {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	p := c.tls.pipe
 	_, err := c.tls.tc.Write(p.plain[:p.plainN])
 	p.plainN = 0
@@ -486,38 +485,33 @@ func (s *shard) tlsWrite(ci int32) bool {
 }
 
 func (s *shard) submitSendTLS(ci int32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	p := c.tls.pipe
 	msg := s.tx.submitBytes(ci, p.out[p.outLo:p.outHi])
 	p.sendEnd = p.outHi
 	ring.PrepSendmsg(s.issue(opSendTLS, ci), c.fd, msg)
 }
 
-// tlsBye writes and sends close_notify before a graceful close (after
+// closeNotify writes close_notify before a graceful close (after
 // NBD_CMD_DISC, the client's close_notify, or the server's shutdown), so
-// the client can tell the end of the stream from a cut; false: nothing
-// to send, close now.
-func (s *shard) tlsBye(ci int32) bool {
-	c := &s.conns[ci]
-	t := c.tls
+// the client can tell the end of the stream from a cut; true: the caller
+// sends it (submitSendTLS), false: nothing to send, close now.
+func (t *tlsState) closeNotify() bool {
 	if t.bye {
 		return false
 	}
 	t.bye = true
-	if err := t.tc.CloseWrite(); err != nil || t.pipe.outHi == t.pipe.outLo {
-		return false
-	}
-	s.submitSendTLS(ci)
-	return true
+	err := t.tc.CloseWrite()
+	return err == nil && t.pipe.outHi > t.pipe.outLo
 }
 
 // onSendTLS resumes a partial send, sends what was appended meanwhile, or
 // encrypts the next replies.
 func (s *shard) onSendTLS(ci int32, res int32) {
-	c := &s.conns[ci]
+	c := &s.conns.rows[ci]
 	s.tx.sentBytes(ci)
 	if c.closing || res < 0 {
-		why := s.sendCloseWhy(c, res)
+		why := s.conns.sendCloseWhy(ci, res)
 		if c.closing {
 			s.maybeRelease(ci)
 		} else {
