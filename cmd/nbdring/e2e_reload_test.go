@@ -199,7 +199,11 @@ func TestE2EReloadRemoveInFlight(t *testing.T) {
 	if err := os.WriteFile(py, []byte(e2eRemovePy), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	const writes = 100
+	// Few enough that every request fits in the socket's buffers before the
+	// reload: libnbd fails all it has in flight with ENOTCONN, replies
+	// already received included, if a send of its own meets the close
+	// (EPIPE), and a client still sending when the server closes is racing.
+	const writes = 30
 	out := e2eRun(t, e2ePython, py, s.sock, fmt.Sprint(s.cmd.Process.Pid), fmt.Sprint(writes))
 	var r struct {
 		OK     []int          `json:"ok"`
