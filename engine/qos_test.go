@@ -134,6 +134,17 @@ func TestQoSAdmitNoAlloc(t *testing.T) {
 	if n != 0 {
 		t.Errorf("admit allocates %v times per request", n)
 	}
+	var qs qosShard
+	qs.init(1)
+	var throttled atomic.Uint64
+	served := uint64(0)
+	n = testing.AllocsPerRun(1000, func() {
+		served++
+		qs.admit(0, 1, served, q, 4096, int64(time.Second), &throttled)
+	})
+	if n != 0 {
+		t.Errorf("qosShard.admit allocates %v times per request", n)
+	}
 }
 
 // TestQoSShardAdmit: a refused request is counted as waiting once however
