@@ -20,8 +20,19 @@ func (s *shard) dispatch(ci int32) bool {
 	if c.inflight >= inflightPerConnMax {
 		return false
 	}
-	if errno == wire.EOK && !c.draining && !s.admitQoS(ci) {
-		return false // throttled (qos.go): the loop's timer brings it back
+	if q := c.exp.reg.qos; q != nil && errno == wire.EOK && !c.draining {
+		var data uint64
+		if r.Type == wire.CmdRead || r.Type == wire.CmdWrite {
+			data = r.Length
+		}
+		ok, parked := s.qos.admit(ci, s.led.connGen[ci], c.served, q, data, q.now(),
+			c.exp.reg.throttledNs)
+		if parked {
+			s.m.connWaited[ci] = true // a throttled wait is not backpressure
+		}
+		if !ok {
+			return false // throttled (qos.go): the loop's timer brings it back
+		}
 	}
 	si := s.allocSlot(ci)
 	if si < 0 {

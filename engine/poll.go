@@ -29,17 +29,21 @@ func pollFor(us uint32) (time.Duration, error) {
 	return time.Duration(us) * time.Microsecond, nil
 }
 
-// waitNr is how many completions this turn's wait asks for: one, plus
-// one for each send submitted since the last wait.
-func (s *shard) waitNr() uint32 {
-	n := 1 + s.sends
-	s.sends = 0
-	return n
+// turn is the loop's state of one turn between waits: the sends it
+// submitted, which the next wait also waits for.
+type turn struct {
+	sends uint32 // sends submitted since the last wait
 }
 
-// sendIssued: connection ci submits a send; the next wait expects its
-// completion, and the counters mark it (stages.go).
-func (s *shard) sendIssued(ci int32) {
-	s.sends++
-	s.m.sendIssued(ci)
+// sendIssued: the turn submitted a send; the next wait expects its
+// completion.
+func (t *turn) sendIssued() { t.sends++ }
+
+// waitNr is how many completions this turn's wait asks for: one, plus
+// one for each send submitted since the last wait; it starts the next
+// turn.
+func (t *turn) waitNr() uint32 {
+	n := 1 + t.sends
+	t.sends = 0
+	return n
 }

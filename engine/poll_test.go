@@ -40,3 +40,21 @@ func TestPollBound(t *testing.T) {
 		t.Fatalf("-poll-us %d accepted", pollUsMax+1)
 	}
 }
+
+// TestTurnWaitNr: a turn's wait asks for one completion plus one per send
+// it submitted, and the next turn starts from none.
+func TestTurnWaitNr(t *testing.T) {
+	var tn turn
+	if n := tn.waitNr(); n != 1 {
+		t.Fatalf("a turn without sends waits for %d; want 1", n)
+	}
+	for range 3 {
+		tn.sendIssued()
+	}
+	if n := tn.waitNr(); n != 4 {
+		t.Fatalf("a turn with 3 sends waits for %d; want 4", n)
+	}
+	if n := tn.waitNr(); n != 1 {
+		t.Fatalf("the next turn waits for %d; want 1 (the sends were counted once)", n)
+	}
+}

@@ -3,8 +3,6 @@ package engine
 import (
 	"sync/atomic"
 	"time"
-
-	"github.com/nbdring/nbdring/wire"
 )
 
 // Per-export QoS: max-iops and max-bandwidth, for the export across all
@@ -23,7 +21,7 @@ import (
 //
 // A request that finds no token is not failed: its connection waits on
 // its shard's waiting list, and the shard's timer (rangeLockRetry) brings
-// it back to try again (shard.admitQoS).
+// it back to try again (qosShard.admit).
 
 // bucket is one token bucket (see above). The zero bucket has no limit.
 type bucket struct {
@@ -134,39 +132,35 @@ type qosShard struct {
 
 func (q *qosShard) init(conns int) { q.conn = make([]qosConn, conns) }
 
-// admitQoS decides whether connection ci's held request may start now
-// under its export's limits; false: it waits (the caller parks the
-// connection and the shard's timer brings it back). Throttled time is
-// counted on the export once the request is let through.
-func (s *shard) admitQoS(ci int32) bool {
-	c := &s.conns.rows[ci]
-	q := c.exp.reg.qos
-	if q == nil {
-		return true
+// now is the time on q's buckets' clock, in ns.
+func (q *qosLimits) now() int64 { return int64(time.Since(q.epoch)) }
+
+// admit decides whether connection ci's held request (its generation
+// gen, request number served, dataBytes of data) may start at now under
+// limits lim; false: it waits (the caller parks the connection and the
+// shard's timer brings it back). Time spent waiting is added to
+// throttled once the request is let through. parked: the request began
+// waiting just now.
+func (q *qosShard) admit(ci int32, gen uint32, served uint64, lim *qosLimits,
+	dataBytes uint64, now int64, throttled *atomic.Uint64) (ok, parked bool) {
+	st := &q.conn[ci]
+	if st.gen != gen || st.served != served {
+		*st = qosConn{gen: gen, served: served}
 	}
-	st := &s.qos.conn[ci]
-	if gen := s.led.connGen[ci]; st.gen != gen || st.served != c.served {
-		*st = qosConn{gen: gen, served: c.served}
-	}
-	var data uint64
-	if r := &c.req; r.Type == wire.CmdRead || r.Type == wire.CmdWrite {
-		data = r.Length
-	}
-	now := int64(time.Since(q.epoch))
-	if q.admit(now, data, &st.got) {
+	if lim.admit(now, dataBytes, &st.got) {
 		if st.since != 0 {
-			c.exp.reg.throttledNs.Add(uint64(now - st.since))
+			throttled.Add(uint64(now - st.since))
 			st.since = 0
-			s.qos.waiting--
+			q.waiting--
 		}
-		return true
+		return true, false
 	}
-	if st.since == 0 {
-		st.since = max(now, 1)
-		s.qos.waiting++
-		s.m.connWaited[ci] = true // a throttled wait is not backpressure
+	if st.since != 0 {
+		return false, false
 	}
-	return false
+	st.since = max(now, 1)
+	q.waiting++
+	return false, true
 }
 
 // forget drops connection ci's wait, if it was waiting, when it closes.

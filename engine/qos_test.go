@@ -2,6 +2,7 @@ package engine
 
 import (
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -132,5 +133,62 @@ func TestQoSAdmitNoAlloc(t *testing.T) {
 	})
 	if n != 0 {
 		t.Errorf("admit allocates %v times per request", n)
+	}
+	var qs qosShard
+	qs.init(1)
+	var throttled atomic.Uint64
+	served := uint64(0)
+	n = testing.AllocsPerRun(1000, func() {
+		served++
+		qs.admit(0, 1, served, q, 4096, int64(time.Second), &throttled)
+	})
+	if n != 0 {
+		t.Errorf("qosShard.admit allocates %v times per request", n)
+	}
+}
+
+// TestQoSShardAdmit: a refused request is counted as waiting once however
+// often it is retried, its wait is added to the export's throttled time
+// when it is let through, and a new request (or connection) starts with
+// no stages taken.
+func TestQoSShardAdmit(t *testing.T) {
+	lim := newQoS(10, 0) // 100 ms per request, burst 100 ms
+	var q qosShard
+	q.init(2)
+	var throttled atomic.Uint64
+	now := int64(time.Second)
+	if ok, parked := q.admit(1, 7, 1, lim, 0, now, &throttled); !ok || parked {
+		t.Fatalf("idle bucket: ok %v parked %v; want admitted", ok, parked)
+	}
+	ok, parked := q.admit(1, 7, 3, lim, 0, now, &throttled)
+	if ok || !parked || q.waiting != 1 {
+		t.Fatalf("second request: ok %v parked %v waiting %d; want refused, parked, 1",
+			ok, parked, q.waiting)
+	}
+	if ok, parked := q.admit(1, 7, 3, lim, 0, now+1, &throttled); ok || parked ||
+		q.waiting != 1 {
+		t.Fatalf("retry: ok %v parked %v waiting %d; want refused, not parked again, 1",
+			ok, parked, q.waiting)
+	}
+	later := now + int64(200*time.Millisecond)
+	if ok, _ := q.admit(1, 7, 3, lim, 0, later, &throttled); !ok {
+		t.Fatal("retry refused once the bucket refilled")
+	}
+	if q.waiting != 0 || throttled.Load() != uint64(later-now) {
+		t.Errorf("after admission: waiting %d throttled %d; want 0, %d", q.waiting,
+			throttled.Load(), later-now)
+	}
+	// A request refused, then its connection closed: a new connection in
+	// the same row (a new generation) starts afresh, not waiting.
+	q.admit(1, 7, 4, lim, 0, later, &throttled)
+	q.forget(1)
+	if q.waiting != 0 || q.conn[1].since != 0 {
+		t.Fatalf("forget left it waiting: %d, %+v", q.waiting, q.conn[1])
+	}
+	q.conn[1].got = qosGotIOPS // as if the old request had its token
+	ok, parked = q.admit(1, 8, 1, lim, 0, later, &throttled)
+	if st := q.conn[1]; ok || !parked || st.gen != 8 || st.served != 1 || st.got != 0 {
+		t.Errorf("new generation: ok %v parked %v %+v; want refused (it takes its own "+
+			"token in the debt), parked, gen 8, request 1, no stages", ok, parked, st)
 	}
 }

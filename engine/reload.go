@@ -428,28 +428,59 @@ func (g *registry) exportsNow() []*Export {
 	return out
 }
 
+// changed: the registry was reloaded since generation *seen, which is
+// brought up to date.
+func (g *registry) changed(seen *uint64) bool {
+	gen := g.gen.Load()
+	if gen == *seen {
+		return false
+	}
+	*seen = gen
+	return true
+}
+
+// retireStep is what a shard does, after a reload, with a connection of
+// an export.
+type retireStep uint8
+
+const (
+	retireKeep  retireStep = iota // served still, or draining already
+	retireDrain                   // removed: finish what is in flight, then close
+	retireCut                     // removed and its grace is over: close now
+)
+
+// retireStep decides it for a connection of r that is draining, or not.
+func (r *exportReg) retireStep(draining bool) retireStep {
+	switch {
+	case !r.removed.Load():
+		return retireKeep
+	case r.cut.Load():
+		return retireCut
+	case draining:
+		return retireKeep
+	}
+	return retireDrain
+}
+
 // checkRetired is the shard's look at its connections after a reload:
 // those of a removed export drain (in-flight requests finish, new ones get
 // ESHUTDOWN, then they close), and are cut once the export's grace is
 // over.
 func (s *shard) checkRetired() {
-	gen := s.srv.reg.gen.Load()
-	if gen == s.regGen {
+	if !s.srv.reg.changed(&s.regGen) {
 		return
 	}
-	s.regGen = gen
 	for i := range s.conns.rows {
 		c := &s.conns.rows[i]
-		if c.fd < 0 || c.closing || !c.exp.reg.removed.Load() {
+		if c.fd < 0 || c.closing {
 			continue
 		}
-		if c.exp.reg.cut.Load() {
+		switch c.exp.reg.retireStep(c.draining) {
+		case retireCut:
 			slog.Warn(fmt.Sprintf("export %q removed: cutting connection, %d requests "+
 				"unanswered", c.exp.Name, c.inflight), "client", c.peer, "shard", s.id)
 			s.beginClose(int32(i), closeCut)
-			continue
-		}
-		if !c.draining {
+		case retireDrain:
 			c.draining = true
 			if !c.waiting { // a held request is answered (ESHUTDOWN) first
 				s.maybeFinish(int32(i))

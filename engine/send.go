@@ -35,7 +35,8 @@ func (s *shard) sendQueued(ci int32) {
 // notification), else copied into the socket.
 func (s *shard) submitSend(ci int32) {
 	head, msg, zc := s.tx.submit(ci)
-	s.sendIssued(ci)
+	s.turn.sendIssued()
+	s.m.sendIssued(ci) // the counters mark it (stages.go)
 	if zc {
 		ring.PrepSendmsgZC(s.issue(opSend, head), s.conns.rows[ci].fd, msg)
 		return

@@ -41,7 +41,7 @@ type shard struct {
 	led    ledger       // kernel operations: generations, holds (ledger.go)
 	qos    qosShard     // per-export limits: connections waiting for tokens (qos.go)
 	regGen uint64       // the registry generation checkRetired last saw (reload.go)
-	sends  uint32       // sends submitted since the last wait (poll.go)
+	turn   turn         // sends submitted since the last wait (poll.go)
 }
 
 // ShardStats are one shard's counters (per request ones: shardMetrics),
@@ -186,7 +186,7 @@ func (s *shard) loop() error {
 			s.timerOn = true
 		}
 		s.armTick()
-		wait := s.waitNr()
+		wait := s.turn.waitNr()
 		if len(s.led.local) > 0 {
 			wait = 0 // inline completions are waiting already
 		}

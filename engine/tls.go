@@ -437,51 +437,70 @@ func (s *shard) tlsPump(ci int32) bool {
 func (s *shard) sendQueuedTLS(ci int32) {
 	c := &s.conns.rows[ci]
 	t := c.tls
-	p := t.pipe
-	for s.tx.front(ci) >= 0 && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
-		si := s.tx.front(ci)
-		sl := &s.slots.rows[si]
-		for t.iov < sl.nout && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
-			v := &sl.out[t.iov]
-			b := unsafe.Slice(v.Base, v.Len)[t.off:]
-			n := copy(p.plain[p.plainN:], b)
-			p.plainN += n
-			t.off += n
-			if t.off == int(v.Len) {
-				t.iov, t.off = t.iov+1, 0
-			}
-			if p.plainN == len(p.plain) && !s.tlsWrite(ci) {
-				return
-			}
-		}
-		if t.iov < sl.nout {
-			break // the buffer is full; go on after the send
+	var err error
+	for si := s.tx.front(ci); si >= 0; si = s.tx.front(ci) {
+		var done bool
+		if done, err = t.seal(&s.slots.rows[si]); !done {
+			break // the buffer is full (go on after the send), or an error
 		}
 		s.tx.pop(ci)
-		t.iov, t.off = 0, 0
-		s.releaseSlot(si) // every byte is in a record or in p.plain
+		s.releaseSlot(si) // every byte is in a record or in the plaintext buffer
 	}
-	if p.plainN > 0 && !s.tlsWrite(ci) {
-		return
+	if err == nil {
+		err = t.write()
 	}
-	if p.outHi > p.outLo {
-		s.submitSendTLS(ci)
-	}
-}
-
-// tlsWrite seals the gathered plaintext into the send buffer.
-func (s *shard) tlsWrite(ci int32) bool {
-	c := &s.conns.rows[ci]
-	p := c.tls.pipe
-	_, err := c.tls.tc.Write(p.plain[:p.plainN])
-	p.plainN = 0
 	if err != nil {
 		slog.Warn(fmt.Sprintf("TLS: %v; disconnecting it", err), "client", c.peer,
 			"shard", s.id)
 		s.beginClose(ci, closeTLSErr)
-		return false
+		return
 	}
-	return true
+	if t.pipe.outHi > t.pipe.outLo {
+		s.submitSendTLS(ci)
+	}
+}
+
+// seal copies reply sl, from the encryption cursor on, into the
+// plaintext buffer, sealing a record into the send buffer each time that
+// fills, while the send buffer has room for another record. done: every
+// byte of sl is in a record or in the plaintext buffer (the cursor is
+// reset for the next reply); false: the send buffer is full, or err.
+func (t *tlsState) seal(sl *slot) (done bool, err error) {
+	p := t.pipe
+	if p.outHi > tlsOutBufSize-tlsRecordCipherMax {
+		return false, nil
+	}
+	for t.iov < sl.nout && p.outHi <= tlsOutBufSize-tlsRecordCipherMax {
+		v := &sl.out[t.iov]
+		b := unsafe.Slice(v.Base, v.Len)[t.off:]
+		n := copy(p.plain[p.plainN:], b)
+		p.plainN += n
+		t.off += n
+		if t.off == int(v.Len) {
+			t.iov, t.off = t.iov+1, 0
+		}
+		if p.plainN == len(p.plain) {
+			if err := t.write(); err != nil {
+				return false, err
+			}
+		}
+	}
+	if t.iov < sl.nout {
+		return false, nil
+	}
+	t.iov, t.off = 0, 0
+	return true, nil
+}
+
+// write seals the gathered plaintext, if any, into the send buffer.
+func (t *tlsState) write() error {
+	p := t.pipe
+	if p.plainN == 0 {
+		return nil
+	}
+	_, err := t.tc.Write(p.plain[:p.plainN])
+	p.plainN = 0
+	return err
 }
 
 func (s *shard) submitSendTLS(ci int32) {

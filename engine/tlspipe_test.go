@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/binary"
+	"io"
 	"net"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // captureConn is a client's net.Conn whose writes, once capture is set,
@@ -26,8 +29,10 @@ func (c *captureConn) Write(b []byte) (int, error) {
 
 // handedOffTLS runs a TLS handshake over a socket pair, the server over a
 // tlsPipe, then hands the pipe off as a shard does; the client's later
-// writes are captured.
-func handedOffTLS(t *testing.T) (*tls.Conn, *tlsPipe, *tls.Conn, *captureConn) {
+// writes are captured. sock is the server's socket: what the server
+// seals into the pipe reaches the client written there.
+func handedOffTLS(t *testing.T) (srv *tls.Conn, pipe *tlsPipe, client *tls.Conn,
+	cc *captureConn, sock net.Conn) {
 	t.Helper()
 	dir, clientCfg := testPKI(t)
 	srvCfg, err := LoadTLS(dir, true)
@@ -40,10 +45,10 @@ func handedOffTLS(t *testing.T) (*tls.Conn, *tlsPipe, *tls.Conn, *captureConn) {
 		t.Cleanup(func() { c.Close() })
 		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	}
-	pipe := newTLSPipe(a)
-	srv := tls.Server(pipe, srvCfg)
-	cc := &captureConn{Conn: b}
-	client := tls.Client(cc, clientCfg)
+	pipe = newTLSPipe(a)
+	srv = tls.Server(pipe, srvCfg)
+	cc = &captureConn{Conn: b}
+	client = tls.Client(cc, clientCfg)
 	done := make(chan error, 1)
 	go func() { done <- client.Handshake() }()
 	if err := srv.Handshake(); err != nil {
@@ -57,7 +62,7 @@ func handedOffTLS(t *testing.T) (*tls.Conn, *tlsPipe, *tls.Conn, *captureConn) {
 	}
 	t.Cleanup(pipe.release)
 	cc.capture = true
-	return srv, pipe, client, cc
+	return srv, pipe, client, cc, a
 }
 
 // feed appends ciphertext to the pipe's receive buffer, as onRecv does.
@@ -80,7 +85,7 @@ func (p *tlsPipe) feed(t *testing.T, b []byte) {
 // later Read). It also pins that one record of tlsRecordPlainMax plaintext seals into at most
 // tlsRecordCipherMax bytes, the room sendQueuedTLS leaves per record.
 func TestCryptoTLSWouldBlock(t *testing.T) {
-	srv, pipe, client, cc := handedOffTLS(t)
+	srv, pipe, client, cc, _ := handedOffTLS(t)
 	msg := bytes.Repeat([]byte("nbdring "), 512) // 4 KiB: one record
 	if _, err := client.Write(msg); err != nil {
 		t.Fatal(err)
@@ -123,5 +128,61 @@ func TestCryptoTLSWouldBlock(t *testing.T) {
 	if sealed := pipe.outHi; sealed > tlsRecordCipherMax {
 		t.Fatalf("a %d-byte record sealed into %d bytes; tlsRecordCipherMax is %d",
 			len(plain), sealed, tlsRecordCipherMax)
+	}
+}
+
+// TestTLSSeal: tlsState.seal copies a reply's iovecs into records, a
+// record each time the plaintext buffer fills, keeps the tail for the
+// next reply, stops while the send buffer has no room for a record (the
+// cursor kept, to go on after the send), and the client reads back the
+// reply's bytes in order.
+func TestTLSSeal(t *testing.T) {
+	srv, pipe, client, _, sock := handedOffTLS(t)
+	ts := &tlsState{tc: srv, pipe: pipe}
+	head := bytes.Repeat([]byte("H"), 16)
+	data := make([]byte, 3*tlsRecordPlainMax+100)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	var sl slot
+	sl.out[0] = unix.Iovec{Base: &head[0]}
+	sl.out[0].SetLen(len(head))
+	sl.out[1] = unix.Iovec{Base: &data[0]}
+	sl.out[1].SetLen(len(data))
+	sl.nout = 2
+	done, err := ts.seal(&sl)
+	if err != nil || !done {
+		t.Fatalf("seal = %v, %v; want done", done, err)
+	}
+	if want := (len(head) + len(data)) % tlsRecordPlainMax; pipe.plainN != want ||
+		ts.iov != 0 || ts.off != 0 {
+		t.Fatalf("after seal: %d bytes of plaintext kept (want %d), cursor %d/%d (want 0/0)",
+			pipe.plainN, want, ts.iov, ts.off)
+	}
+	if err := ts.write(); err != nil || pipe.plainN != 0 {
+		t.Fatalf("write = %v, %d bytes of plaintext left", err, pipe.plainN)
+	}
+	if _, err := sock.Write(pipe.out[pipe.outLo:pipe.outHi]); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(head)+len(data))
+	if _, err := io.ReadFull(client, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, append(head, data...)) {
+		t.Fatal("the client read other bytes than the reply's")
+	}
+
+	// A send buffer without room for a record: nothing is copied.
+	pipe.outLo, pipe.outHi = 0, tlsOutBufSize-tlsRecordCipherMax+1
+	if done, err := ts.seal(&sl); done || err != nil || pipe.plainN != 0 || ts.iov != 0 {
+		t.Fatalf("full buffer: seal = %v, %v, copied %d bytes", done, err, pipe.plainN)
+	}
+	// Room for one record: the reply stops after it, the cursor kept.
+	pipe.outHi = tlsOutBufSize - tlsRecordCipherMax
+	if done, err := ts.seal(&sl); done || err != nil || ts.iov != 1 ||
+		ts.off != tlsRecordPlainMax-len(head) {
+		t.Fatalf("room for one record: seal = %v, %v, cursor %d/%d; want not done, 1/%d",
+			done, err, ts.iov, ts.off, tlsRecordPlainMax-len(head))
 	}
 }
