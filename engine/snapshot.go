@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"github.com/nbdring/nbdring/ring"
 	"io"
 	"os"
 	"strings"
@@ -97,7 +98,7 @@ func (s *Server) Snapshot() *Snapshot {
 		sn.Handshakes[i] = s.hsCount[i].Load()
 	}
 	for _, sh := range s.shards {
-		sn.Shards = append(sn.Shards, sh.snapshotOf(idx))
+		sn.Shards = append(sn.Shards, sh.m.snapshotOf(&sh.stats, sh.ring, sh.id, sh.cpu, idx))
 	}
 	sn.IOWorkers = ioWorkers()
 	return sn
@@ -120,20 +121,13 @@ func ioWorkers() int {
 	return n
 }
 
-// snapshot reads the shard's counters, for the exports open now.
-func (sh *shard) snapshot() ShardSnapshot {
-	var idx []int
-	for _, e := range sh.srv.reg.exportsNow() {
-		idx = append(idx, e.reg.idx)
-	}
-	return sh.snapshotOf(idx)
-}
-
-// snapshotOf reads the shard's counters; idx: the counter indices of
-// Snapshot.Exports, in order.
-func (sh *shard) snapshotOf(idx []int) ShardSnapshot {
-	st, m := &sh.stats, &sh.m
-	ss := ShardSnapshot{ID: sh.id, CPU: sh.cpu,
+// snapshotOf reads a shard's counters (its ShardStats st, and ring r's
+// when the shard runs); idx: the counter indices of Snapshot.Exports, in
+// order. The counters component reads them for the control plane; nothing
+// here runs on the shard.
+func (m *shardMetrics) snapshotOf(st *ShardStats, r *ring.Ring, id, cpu int,
+	idx []int) ShardSnapshot {
+	ss := ShardSnapshot{ID: id, CPU: cpu,
 		Inflight: st.Inflight.Load(), ArenaBytes: st.ArenaBytes.Load(),
 		OpsInflight: st.OpsInflight.Load(), Stale: st.Stale.Load(),
 		SendsZC: st.SendsZC.Load(), ZCCopied: st.ZCCopied.Load(),
@@ -147,7 +141,7 @@ func (sh *shard) snapshotOf(idx []int) ShardSnapshot {
 	for i := range ss.Punts {
 		ss.Punts[i] = st.Punts[i].Load()
 	}
-	if r := sh.ring; r != nil {
+	if r != nil {
 		ss.RingEnters, ss.RingSubmissions = r.Stats.Enters.Load(), r.Stats.Submitted.Load()
 		ss.RingCompletions = r.Stats.Completions.Load()
 		ss.RingHoldTimeouts = r.Stats.HoldTimeouts.Load()
