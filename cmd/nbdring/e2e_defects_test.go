@@ -70,6 +70,24 @@ func TestE2EListenKeepsRegularFile(t *testing.T) {
 // cleanup stops it unless the test has (s.stopped).
 func e2eStartTCP(t *testing.T, args ...string) (*e2eServer, string) {
 	t.Helper()
+	// A port the kernel just handed out and took back may be taken again by
+	// another test's outgoing connection before nbdring binds it: a server
+	// that could not bind is started again on another port.
+	for attempt := 1; ; attempt++ {
+		s, addr, ok := e2eStartTCPOnce(t, attempt < e2eBindTries, args...)
+		if ok {
+			return s, addr
+		}
+	}
+}
+
+// e2eBindTries bounds e2eStartTCP's starts on a port taken meanwhile.
+const e2eBindTries = 5
+
+// e2eStartTCPOnce starts nbdring on a free port; ok is false only when it
+// could not bind that port and retry allows another try.
+func e2eStartTCPOnce(t *testing.T, retry bool, args ...string) (*e2eServer, string, bool) {
+	t.Helper()
 	bin := e2eBin(t)
 	probe, err := plainTCPListen("127.0.0.1:0")
 	if err != nil {
@@ -87,6 +105,29 @@ func e2eStartTCP(t *testing.T, args ...string) (*e2eServer, string) {
 		s.err = s.cmd.Wait()
 		close(s.done)
 	}()
+	deadline := time.Now().Add(e2eStartTimeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-s.done:
+			if retry && strings.Contains(s.stderr.String(), "address already in use") {
+				t.Logf("port %s taken before nbdring bound it; starting it again", addr)
+				return nil, "", false
+			}
+			t.Fatalf("nbdring exited before accepting connections: %v\n%s", s.err, s.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.cmd.Process.Kill()
+			<-s.done
+			t.Fatalf("nbdring not accepting on %s after %v: %v", addr, e2eStartTimeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	t.Cleanup(func() {
 		if s.stopped {
 			select {
@@ -101,23 +142,7 @@ func e2eStartTCP(t *testing.T, args ...string) (*e2eServer, string) {
 			t.Logf("nbdring %s output:\n%s", strings.Join(s.cmd.Args[1:], " "), s.stderr)
 		}
 	})
-	deadline := time.Now().Add(e2eStartTimeout)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return s, addr
-		}
-		select {
-		case <-s.done:
-			t.Fatalf("nbdring exited before accepting connections: %v", s.err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nbdring not accepting on %s after %v: %v", addr, e2eStartTimeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return s, addr, true
 }
 
 // e2eDialNBD connects and negotiates simple replies with block sizes.
