@@ -60,9 +60,7 @@ func TestCountersLatency(t *testing.T) {
 // TestCountersReleaseTwice: releasing a connection's count twice would
 // let the gauge go negative; the invariants build refuses it.
 func TestCountersReleaseTwice(t *testing.T) {
-	if !invariantsOn {
-		t.Skip("needs -tags invariants")
-	}
+	needInvariants(t)
 	var m shardMetrics
 	m.init(1)
 	m.connAttached(0, 0)

@@ -87,23 +87,12 @@ func TestLedgerInlineQueue(t *testing.T) {
 // TestLedgerHoldInvariants: a hold dropped twice, or a generation moved
 // on under a hold, is refused by the invariants build.
 func TestLedgerHoldInvariants(t *testing.T) {
-	if !invariantsOn {
-		t.Skip("needs -tags invariants")
-	}
-	refused := func(what string, f func()) {
-		t.Helper()
-		defer func() {
-			if recover() == nil {
-				t.Errorf("%s was not refused", what)
-			}
-		}()
-		f()
-	}
+	needInvariants(t)
 	l, _ := newTestLedger()
 	l.holdSlot(0)
-	refused("a slot recycled under a hold", func() { l.renewSlot(0) })
+	refused(t, "a slot recycled under a hold", func() { l.renewSlot(0) })
 	l.unholdSlot(0)
-	refused("a slot hold dropped twice", func() { l.unholdSlot(0) })
+	refused(t, "a slot hold dropped twice", func() { l.unholdSlot(0) })
 	l.holdConn(1)
-	refused("a connection recycled under a hold", func() { l.renewConn(1) })
+	refused(t, "a connection recycled under a hold", func() { l.renewConn(1) })
 }

@@ -151,25 +151,14 @@ func TestSenderReplyAllocations(t *testing.T) {
 // TestSenderInvariants: a queue whose tail is not its last reply, or that
 // holds another connection's reply, is refused by the invariants build.
 func TestSenderInvariants(t *testing.T) {
-	if !invariantsOn {
-		t.Skip("needs -tags invariants")
-	}
-	refused := func(what string, f func()) {
-		t.Helper()
-		defer func() {
-			if recover() == nil {
-				t.Errorf("%s was not refused", what)
-			}
-		}()
-		f()
-	}
+	needInvariants(t)
 	tx, _ := newTestSender(t)
 	buf := make([]byte, 64)
 	fakeReply(tx, 0, 0, 1, 16, buf)
 	fakeReply(tx, 0, 1, 1, 16, buf)
 	tx.q[0].tail = 0
-	refused("a tail short of the queue's end", func() { tx.batch(0) })
+	refused(t, "a tail short of the queue's end", func() { tx.batch(0) })
 	tx.q[0].tail = 1
 	tx.rows[1].conn = 1
-	refused("another connection's reply", func() { tx.batch(0) })
+	refused(t, "another connection's reply", func() { tx.batch(0) })
 }

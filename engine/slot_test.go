@@ -121,21 +121,10 @@ func TestSlotTableConnGone(t *testing.T) {
 // TestSlotTableInvariants: freeing a live slot, or releasing one twice,
 // is refused by the invariants build.
 func TestSlotTableInvariants(t *testing.T) {
-	if !invariantsOn {
-		t.Skip("needs -tags invariants")
-	}
-	refused := func(what string, f func()) {
-		t.Helper()
-		defer func() {
-			if recover() == nil {
-				t.Errorf("%s was not refused", what)
-			}
-		}()
-		f()
-	}
+	needInvariants(t)
 	tab, _ := newTestSlots(t)
 	si := tab.alloc(0, &Export{Name: "t"})
-	refused("a live slot put back", func() { tab.put(si) })
+	refused(t, "a live slot put back", func() { tab.put(si) })
 	tab.release(si)
-	refused("a slot released twice", func() { tab.release(si) })
+	refused(t, "a slot released twice", func() { tab.release(si) })
 }
