@@ -3,11 +3,8 @@ package engine
 import (
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
-	"time"
 
-	"github.com/nbdring/nbdring/ring"
 	"github.com/nbdring/nbdring/wire"
 	"golang.org/x/sys/unix"
 )
@@ -28,13 +25,7 @@ type testDev struct {
 
 func newTestDev(t *testing.T) *testDev {
 	t.Helper()
-	runtime.LockOSThread() // the ring belongs to the thread that made it
-	t.Cleanup(runtime.UnlockOSThread)
-	rg, err := ring.New(64, 16, time.Millisecond)
-	if err != nil {
-		skipMissing(t, "io_uring", "io_uring unavailable here: %v", err)
-	}
-	t.Cleanup(rg.Close)
+	rg := testRing(t, 64)
 	ar, err := newArena(64 << 10)
 	if err != nil {
 		skipMissing(t, "memory", "cannot map an arena here: %v", err)

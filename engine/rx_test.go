@@ -2,12 +2,8 @@ package engine
 
 import (
 	"bytes"
-	"runtime"
 	"slices"
 	"testing"
-	"time"
-
-	"github.com/nbdring/nbdring/ring"
 )
 
 // testRx is an rx alone, with no shard: a pool of 8 buffers on a ring of
@@ -20,15 +16,10 @@ type testRx struct {
 
 func newTestRx(t *testing.T) *testRx {
 	t.Helper()
-	runtime.LockOSThread() // the ring belongs to the thread that made it
-	t.Cleanup(runtime.UnlockOSThread)
-	rg, err := ring.New(16, 16, time.Millisecond)
-	if err != nil {
-		skipMissing(t, "io_uring", "io_uring unavailable here: %v", err)
-	}
-	t.Cleanup(rg.Close)
+	rg := testRing(t, 16)
 	tr := new(testRx)
 	tr.init(2, &tr.st)
+	var err error
 	if tr.pool, err = newRecvPool(rg, 8, true); err != nil {
 		skipMissing(t, "io_uring", "no provided buffer ring here: %v", err)
 	}
